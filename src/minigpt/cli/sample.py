@@ -1,0 +1,41 @@
+"""`minigpt sample`: stream text from a checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sample", help="generate text from a checkpoint",
+                       description="Generate text from a checkpoint, streaming tokens.")
+    p.add_argument("--ckpt", required=True, help="checkpoint directory")
+    p.add_argument("--prompt", default="", help="text to continue")
+    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=0.8, help="0 means greedy")
+    p.add_argument("--top-k", type=int, default=None, help="keep the k most likely tokens")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus: keep probability mass p")
+    p.add_argument("--num-samples", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto")
+    p.add_argument("--which", choices=["last", "best"], default="last", help="which weights")
+    p.add_argument("--no-cache", action="store_true", help="recompute the window every token")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..checkpoint import load
+    from ..errors import MiniGPTError
+    from ..generation import check_sampling, sample_text
+    from ..training import resolve_device
+
+    check_sampling(args.temperature, args.top_k, args.top_p, args.max_new_tokens)
+    if args.num_samples < 1:
+        raise MiniGPTError(f"--num-samples must be at least 1, got {args.num_samples}.")
+    model, tok, _, _ = load(args.ckpt, which=args.which, device=resolve_device(args.device))
+    tok.check_text(args.prompt)
+    sample_text(model, tok, args.prompt, max_new_tokens=args.max_new_tokens,
+                temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                num_samples=args.num_samples, stream=True, use_cache=not args.no_cache,
+                warn=lambda m: print(m, file=sys.stderr))
+    return 0

@@ -1,0 +1,331 @@
+"""Typed, validated configuration: model shapes, training settings and named presets.
+
+Everything a run needs is in `RunConfig` (a `ModelConfig` plus a `TrainConfig`); it is saved
+as `config.json` in the checkpoint directory, and a run is reproducible from that file.
+The CLI builds its flags from these dataclasses, so a new field is a new flag for free.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+# Upper bounds that stop a hostile or mistaken config from allocating absurd memory
+# before anything is built (a 124M GPT-2 is far inside them).
+MAX_VOCAB = 1_000_000
+MAX_D_MODEL = 16_384
+MAX_LAYERS = 256
+MAX_BLOCK = 1_048_576
+MAX_PARAMS = 20_000_000_000
+
+
+@dataclass
+class ModelConfig:
+    """Shapes of the GPT. `vocab_size` is filled in from the tokenizer when left at 0."""
+
+    vocab_size: int = 0
+    block_size: int = 64  # trained context length L
+    n_layer: int = 4
+    n_head: int = 4
+    d_model: int = 128
+    d_ff: int = 0  # 0 means 4 * d_model
+    dropout: float = 0.0
+    pos: str = "learned"
+    bias: bool = True  # biases in linear layers and LayerNorms, as GPT-2
+    layer_norm_eps: float = 1e-5  # GPT-2's value
+    activation: str = "gelu_tanh"  # GPT-2's "gelu_new"; "gelu" is the exact erf form
+    rope_base: float = 10000.0
+    t5_num_buckets: int = 32
+    t5_max_distance: int = 128
+
+    def __post_init__(self) -> None:
+        if self.d_ff == 0:
+            self.d_ff = 4 * self.d_model
+        _check_int(self, "vocab_size", 0, MAX_VOCAB)
+        _check_int(self, "block_size", 1, MAX_BLOCK)
+        _check_int(self, "n_layer", 1, MAX_LAYERS)
+        _check_int(self, "n_head", 1, MAX_D_MODEL)
+        _check_int(self, "d_model", 1, MAX_D_MODEL)
+        _check_int(self, "d_ff", 1, 8 * MAX_D_MODEL)
+        _check_int(self, "t5_num_buckets", 2, 4096)
+        _check_int(self, "t5_max_distance", 2, MAX_BLOCK)
+        _check_float(self, "dropout", 0.0, 1.0, hi_open=True)
+        _check_float(self, "layer_norm_eps", 0.0, 1.0, lo_open=True)
+        _check_float(self, "rope_base", 1.0, 1e12, lo_open=True)
+        if self.d_model % self.n_head:
+            raise ConfigError(
+                f"d_model ({self.d_model}) must be divisible by n_head ({self.n_head})."
+            )
+        from .positional import REGISTRY  # late import: positional needs this module
+
+        if self.pos not in REGISTRY:
+            raise ConfigError(
+                f"pos: unknown positional encoding {self.pos!r}; choose one of "
+                f"{', '.join(REGISTRY)}."
+            )
+        if self.pos == "rope" and (self.d_model // self.n_head) % 2:
+            raise ConfigError("pos 'rope' needs an even head size (d_model / n_head).")
+        if self.activation not in ("gelu", "gelu_tanh"):
+            raise ConfigError("activation must be 'gelu' or 'gelu_tanh'.")
+        if self.t5_max_distance <= self.t5_num_buckets // 2:
+            raise ConfigError("t5_max_distance must be larger than t5_num_buckets / 2.")
+        if self.approx_params() > MAX_PARAMS:
+            raise ConfigError(
+                f"these shapes make about {self.approx_params():.3g} parameters, over the "
+                f"limit of {MAX_PARAMS:.0e}; use smaller n_layer, d_model or vocab_size."
+            )
+
+    @property
+    def head_size(self) -> int:
+        return self.d_model // self.n_head
+
+    def approx_params(self) -> int:
+        c = self.d_model
+        per_layer = 4 * c * c + 2 * c * self.d_ff
+        return self.vocab_size * c + self.block_size * c + self.n_layer * per_layer
+
+
+@dataclass
+class TrainConfig:
+    """Data, optimisation, evaluation and output settings of one training run."""
+
+    data: str = "shakespeare"  # "shakespeare" (embedded) or a .txt file / directory
+    tokenizer: str = "char"  # char | word | bpe
+    vocab_size_bpe: int = 512  # target vocabulary of the bpe tokenizer
+    min_freq: int = 1  # word tokenizer: drop rarer words
+    max_vocab: int = 20_000  # word tokenizer: keep the most frequent
+    batching: str = "stream"  # stream | documents
+    batch_size: int = 12
+    grad_accum: int = 1
+    max_steps: int = 2000
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0  # 0 disables clipping
+    eval_interval: int = 250
+    eval_iters: int = 20
+    log_interval: int = 10
+    seed: int = 1337
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    dtype: str = "auto"  # auto | float32 | bfloat16 (autocast)
+    compile: str = "off"  # off | on | auto
+    sample_temperatures: list[float] = field(default_factory=lambda: [0.5, 0.8, 1.0])
+    sample_tokens: int = 200
+    sample_prompt: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.data, str) or not self.data:
+            raise ConfigError("data must be 'shakespeare' or a path to a .txt file or directory.")
+        _check_choice(self, "tokenizer", ("char", "word", "bpe"))
+        _check_choice(self, "batching", ("stream", "documents"))
+        _check_choice(self, "dtype", ("auto", "float32", "bfloat16"))
+        _check_choice(self, "compile", ("off", "on", "auto"))
+        _check_int(self, "vocab_size_bpe", 260, MAX_VOCAB)
+        _check_int(self, "min_freq", 1, 1 << 40)
+        _check_int(self, "max_vocab", 8, MAX_VOCAB)
+        _check_int(self, "batch_size", 1, 1 << 20)
+        _check_int(self, "grad_accum", 1, 1 << 20)
+        _check_int(self, "max_steps", 1, 1 << 40)
+        _check_int(self, "warmup_steps", 0, 1 << 40)
+        _check_int(self, "eval_interval", 1, 1 << 40)
+        _check_int(self, "eval_iters", 1, 1 << 20)
+        _check_int(self, "log_interval", 1, 1 << 40)
+        _check_int(self, "seed", 0, 2**63 - 1)
+        _check_int(self, "sample_tokens", 0, 1 << 20)
+        _check_float(self, "lr", 0.0, 10.0, lo_open=True)
+        _check_float(self, "min_lr", 0.0, 10.0)
+        _check_float(self, "weight_decay", 0.0, 10.0)
+        _check_float(self, "beta1", 0.0, 1.0, hi_open=True)
+        _check_float(self, "beta2", 0.0, 1.0, hi_open=True)
+        _check_float(self, "grad_clip", 0.0, 1e9)
+        if self.min_lr > self.lr:
+            raise ConfigError(f"min_lr ({self.min_lr}) must not exceed lr ({self.lr}).")
+        if not isinstance(self.sample_temperatures, list) or not all(
+            _is_number(t) and 0 <= t <= 100 for t in self.sample_temperatures
+        ):
+            raise ConfigError("sample_temperatures must be a list of numbers from 0 to 100.")
+        self.sample_temperatures = [float(t) for t in self.sample_temperatures]
+        dev = self.device
+        if not isinstance(dev, str) or not (
+            dev in ("auto", "cpu", "cuda", "mps") or (dev.startswith("cuda:") and dev[5:].isdigit())
+        ):
+            raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps, not {dev!r}.")
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": dataclasses.asdict(self.model), "train": dataclasses.asdict(self.train)}
+
+    @classmethod
+    def from_dict(cls, d: Any, *, where: str = "config") -> "RunConfig":
+        if not isinstance(d, dict):
+            raise ConfigError(f"{where} must be a table/object with 'model' and 'train' sections.")
+        unknown = set(d) - {"model", "train", "preset"}
+        if unknown:
+            raise ConfigError(
+                f"{where} has unknown section(s) {', '.join(sorted(unknown))}; "
+                "expected 'model', 'train' and optionally 'preset'."
+            )
+        base = preset(d["preset"]) if "preset" in d else RunConfig()
+        return merge(base, d.get("model", {}), d.get("train", {}), where=where)
+
+
+# --- presets ---------------------------------------------------------------------------
+
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    # seconds on a CPU: for tests and smoke runs
+    "tiny": {
+        "model": dict(block_size=32, n_layer=2, n_head=2, d_model=32),
+        "train": dict(batch_size=8, max_steps=50, lr=3e-3, min_lr=3e-4, warmup_steps=5,
+                      eval_interval=25, eval_iters=2, log_interval=5, sample_tokens=40),
+    },
+    # nanoGPT's CPU recipe for shakespeare_char
+    "small": {
+        "model": dict(block_size=64, n_layer=4, n_head=4, d_model=128),
+        "train": dict(batch_size=12, max_steps=2000, lr=1e-3, min_lr=1e-4, warmup_steps=100,
+                      eval_interval=250, eval_iters=20),
+    },
+    # nanoGPT's GPU recipe for shakespeare_char
+    "shakespeare-char": {
+        "model": dict(block_size=256, n_layer=6, n_head=6, d_model=384, dropout=0.2),
+        "train": dict(batch_size=64, max_steps=5000, lr=1e-3, min_lr=1e-4, warmup_steps=100,
+                      eval_interval=250, eval_iters=200, beta2=0.99),
+    },
+    # GPT-2 small (124M) shapes
+    "gpt2": {
+        "model": dict(block_size=1024, n_layer=12, n_head=12, d_model=768, dropout=0.0),
+        "train": dict(tokenizer="bpe", vocab_size_bpe=50257, batch_size=12, grad_accum=40,
+                      max_steps=600000, lr=6e-4, min_lr=6e-5, warmup_steps=2000,
+                      eval_interval=1000, eval_iters=200, beta2=0.95),
+    },
+}
+
+
+def preset(name: str) -> RunConfig:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}.")
+    p = PRESETS[name]
+    return merge(RunConfig(), p["model"], p["train"], where=f"preset {name}")
+
+
+# --- merging and parsing ----------------------------------------------------------------
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _coerce(cls_name: str, name: str, typ: Any, value: Any) -> Any:
+    """Check (and gently convert) one value against its annotated type."""
+    origin = typing.get_origin(typ)
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+    elif typ is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif typ is float:
+        if _is_number(value):
+            return float(value)
+    elif typ is str:
+        if isinstance(value, str):
+            return value
+    elif origin is list:
+        (inner,) = typing.get_args(typ)
+        if isinstance(value, list):
+            return [_coerce(cls_name, name, inner, v) for v in value]
+    elif origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(typ):
+            try:
+                return _coerce(cls_name, name, option, value)
+            except ConfigError:
+                pass
+    tname = getattr(typ, "__name__", str(typ))
+    raise ConfigError(f"{name} must be of type {tname}, got {value!r}.")
+
+
+def field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def merge(base: RunConfig, model: Any = None, train: Any = None, *, where: str = "config"
+          ) -> RunConfig:
+    """Return `base` with the given model/train overrides applied, validated."""
+    out = []
+    for section, cls, current in (("model", ModelConfig, base.model),
+                                  ("train", TrainConfig, base.train)):
+        overrides = (model if section == "model" else train) or {}
+        if not isinstance(overrides, dict):
+            raise ConfigError(f"{where}: section '{section}' must be a table of settings.")
+        types_ = field_types(cls)
+        unknown = [k for k in overrides if k not in types_]
+        if unknown:
+            raise ConfigError(
+                f"{where}: unknown {section} setting(s) {', '.join(sorted(unknown))}."
+            )
+        values = dataclasses.asdict(current)
+        for k, v in overrides.items():
+            values[k] = _coerce(cls.__name__, k, types_[k], v)
+        if section == "model" and "d_ff" not in overrides and "d_model" in overrides:
+            values["d_ff"] = 0  # re-derive 4 * d_model unless given
+        out.append(cls(**values))
+    return RunConfig(model=out[0], train=out[1])
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file {p} does not exist.") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file {p} cannot be read as UTF-8 text ({e.__class__.__name__}).") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {p} is not valid TOML: {e}.") from None
+
+
+def _check_int(obj: Any, name: str, lo: int, hi: int) -> None:
+    v = getattr(obj, name)
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise ConfigError(f"{name} must be an integer, got {v!r}.")
+    if not lo <= v <= hi:
+        raise ConfigError(f"{name} must be between {lo} and {hi}, got {v}.")
+
+
+def _check_float(obj: Any, name: str, lo: float, hi: float, *, lo_open: bool = False,
+                 hi_open: bool = False) -> None:
+    v = getattr(obj, name)
+    if not _is_number(v):
+        raise ConfigError(f"{name} must be a finite number, got {v!r}.")
+    too_low = v <= lo if lo_open else v < lo
+    too_high = v >= hi if hi_open else v > hi
+    if too_low or too_high:
+        lb = "(" if lo_open else "["
+        rb = ")" if hi_open else "]"
+        raise ConfigError(f"{name} must be in {lb}{lo}, {hi}{rb}, got {v}.")
+    setattr(obj, name, float(v))
+
+
+def _check_choice(obj: Any, name: str, choices: tuple[str, ...]) -> None:
+    v = getattr(obj, name)
+    if v not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {v!r}.")

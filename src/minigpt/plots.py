@@ -1,0 +1,31 @@
+"""Small matplotlib helpers shared by training, compare and viz (no display needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def loss_curve(history: list[dict[str, Any]], path: Path, title: str = "") -> Path:
+    """Train and validation loss against step, from metrics rows."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    tr = [(r["step"], r["train_loss"]) for r in history if "train_loss" in r]
+    va = [(r["step"], r["val_loss"]) for r in history if "val_loss" in r]
+    if tr:
+        ax.plot(*zip(*tr), label="train (batch)", alpha=0.7)
+    if va:
+        ax.plot(*zip(*va), "o-", label="validation")
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy loss (nats/token)")
+    ax.set_title(f"Loss curve {title}".strip())
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,239 @@
+"""Positional encodings as plug-ins.
+
+Position information can enter a GPT at three points, and the model calls all three hooks
+at fixed places without ever asking which encoding it has:
+
+    embed(x, pos)      added to the token embeddings          learned, sinusoidal
+    rotate(q, k, pos)  rotates queries and keys per head      rope
+    bias(q_pos, k_pos) added to the attention scores          alibi, t5
+
+Each hook is a no-op by default (that is `nope`). Adding an encoding is one subclass and
+one `@register` line. `pos` tensors hold absolute token positions (long, shape (T,)), so the
+same code serves a full forward pass and cached generation at any offset.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar
+
+import torch
+import torch.nn as nn
+
+from .config import ModelConfig
+from .errors import MiniGPTError
+
+REGISTRY: dict[str, type["PositionalEncoding"]] = {}
+
+
+def register(cls: type["PositionalEncoding"]) -> type["PositionalEncoding"]:
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def build(cfg: ModelConfig) -> "PositionalEncoding":
+    return REGISTRY[cfg.pos](cfg)
+
+
+class PositionLimitError(MiniGPTError):
+    """Raised when an encoding that cannot extrapolate is asked for a position past L."""
+
+
+class PositionalEncoding(nn.Module):
+    name: ClassVar[str] = ""
+    extrapolates: ClassVar[bool] = True  # defined (and meaningful) past block_size?
+    where: ClassVar[str] = "nowhere"
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+
+    def embed(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def rotate(self, q: torch.Tensor, k: torch.Tensor, pos: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        return q, k
+
+    def bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor | None:
+        return None
+
+    @property
+    def has_bias(self) -> bool:
+        return type(self).bias is not PositionalEncoding.bias
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+@register
+class NoPE(PositionalEncoding):
+    """No positional information at all: the causal mask is the only cue (Kazemnejad 2023)."""
+
+    name = "nope"
+
+
+@register
+class Learned(PositionalEncoding):
+    """A trained vector per absolute position, added to the token embedding (GPT-2)."""
+
+    name = "learned"
+    extrapolates = False
+    where = "added to token embeddings"
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__(cfg)
+        self.wpe = nn.Embedding(cfg.block_size, cfg.d_model)
+
+    def embed(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        if pos.numel() and int(pos[-1]) >= self.cfg.block_size:
+            raise PositionLimitError(
+                f"learned positions stop at block_size {self.cfg.block_size}: this model "
+                f"cannot score position {int(pos[-1])}; use a sequence of at most "
+                f"{self.cfg.block_size} tokens."
+            )
+        return x + self.wpe(pos)  # (B, T, C) + (T, C)
+
+    def table(self, n: int | None = None) -> torch.Tensor:
+        return self.wpe.weight[: n or self.cfg.block_size].detach()
+
+
+def sinusoid_table(positions: torch.Tensor, d: int) -> torch.Tensor:
+    """Vaswani et al. 2017: PE[p, 2i] = sin(p / 10000^(2i/d)), PE[p, 2i+1] = cos(same)."""
+    i = torch.arange(0, d, 2, dtype=torch.float64)
+    angle = positions.to(torch.float64)[:, None] / (10000.0 ** (i / d))[None, :]  # (T, d/2)
+    pe = torch.zeros(len(positions), d, dtype=torch.float64)
+    pe[:, 0::2] = torch.sin(angle)
+    pe[:, 1::2] = torch.cos(angle[:, : d // 2])
+    return pe.to(torch.float32)
+
+
+@register
+class Sinusoidal(PositionalEncoding):
+    """Fixed sin/cos waves of geometric wavelengths, added to the token embedding."""
+
+    name = "sinusoidal"
+    where = "added to token embeddings"
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__(cfg)
+        self.register_buffer("pe", sinusoid_table(torch.arange(cfg.block_size), cfg.d_model),
+                             persistent=False)
+
+    def _grow(self, n: int) -> None:
+        if n > self.pe.shape[0]:
+            n = max(n, 2 * self.pe.shape[0])
+            self.pe = sinusoid_table(torch.arange(n), self.cfg.d_model).to(self.pe.device)
+
+    def embed(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        self._grow(int(pos[-1]) + 1 if pos.numel() else 0)
+        return x + self.pe[pos].to(x.dtype)
+
+    def table(self, n: int | None = None) -> torch.Tensor:
+        n = n or self.cfg.block_size
+        self._grow(n)
+        return self.pe[:n]
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+@register
+class Rotary(PositionalEncoding):
+    """RoPE (Su et al. 2021): rotate each (i, i + hs/2) pair of q and k by pos * base^(-2i/hs).
+
+    The half-split pairing is GPT-NeoX's convention, so a rope model maps exactly onto
+    `GPTNeoXForCausalLM` with the full rotary dimension.
+    """
+
+    name = "rope"
+    where = "rotates queries and keys"
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__(cfg)
+        hs = cfg.head_size
+        inv_freq = 1.0 / (cfg.rope_base ** (torch.arange(0, hs, 2, dtype=torch.float32) / hs))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)  # (hs/2,)
+        self._cos = self._sin = None
+
+    def _tables(self, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._cos is None or self._cos.shape[0] < n or self._cos.device != device:
+            n = max(n, self.cfg.block_size, 0 if self._cos is None else 2 * self._cos.shape[0])
+            t = torch.arange(n, device=device, dtype=torch.float32)
+            freqs = torch.outer(t, self.inv_freq.to(device))  # (n, hs/2)
+            emb = torch.cat((freqs, freqs), dim=-1)  # (n, hs)
+            self._cos, self._sin = emb.cos(), emb.sin()
+        return self._cos, self._sin
+
+    def rotate(self, q: torch.Tensor, k: torch.Tensor, pos: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        cos, sin = self._tables(int(pos[-1]) + 1, q.device)
+        cos, sin = cos[pos].to(q.dtype), sin[pos].to(q.dtype)  # (T, hs), broadcast over B, nh
+        return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+
+
+def alibi_slopes(n_head: int) -> torch.Tensor:
+    """Press et al. 2022: geometric slopes 2^(-8/n) ... ; for n not a power of two, take the
+    slopes of the closest smaller power of two, then every other slope of twice that."""
+
+    def pow2(n: int) -> list[float]:
+        start = 2.0 ** (-8.0 / n)
+        return [start ** (i + 1) for i in range(n)]
+
+    if math.log2(n_head).is_integer():
+        return torch.tensor(pow2(n_head))
+    m = 2 ** math.floor(math.log2(n_head))
+    return torch.tensor(pow2(m) + pow2(2 * m)[0::2][: n_head - m])
+
+
+@register
+class ALiBi(PositionalEncoding):
+    """Attention with Linear Biases: score(i, j) -= slope_h * (i - j)."""
+
+    name = "alibi"
+    where = "biases attention scores"
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__(cfg)
+        self.register_buffer("slopes", alibi_slopes(cfg.n_head), persistent=False)
+
+    def bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
+        dist = (q_pos[:, None] - k_pos[None, :]).clamp(min=0).to(self.slopes.dtype)  # (Tq, Tk)
+        return -self.slopes[:, None, None] * dist  # (nh, Tq, Tk)
+
+
+def t5_bucket(rel: torch.Tensor, num_buckets: int, max_distance: int) -> torch.Tensor:
+    """T5's causal (one-directional) bucket of relative position rel = key - query.
+
+    Distances n = max(-rel, 0) below num_buckets/2 get their own bucket; larger ones share
+    logarithmically wider buckets up to max_distance; everything further is the last bucket.
+    """
+    n = (-rel).clamp(min=0)
+    max_exact = num_buckets // 2
+    is_small = n < max_exact
+    large = max_exact + (
+        torch.log(n.float().clamp(min=1) / max_exact)
+        / math.log(max_distance / max_exact)
+        * (num_buckets - max_exact)
+    ).to(torch.long)
+    large = large.clamp(max=num_buckets - 1)
+    return torch.where(is_small, n, large)
+
+
+@register
+class T5Bias(PositionalEncoding):
+    """T5's learned scalar bias per head and relative-distance bucket (Raffel et al. 2020)."""
+
+    name = "t5"
+    where = "biases attention scores"
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__(cfg)
+        self.rel_bias = nn.Embedding(cfg.t5_num_buckets, cfg.n_head)
+
+    def bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
+        rel = k_pos[None, :] - q_pos[:, None]  # (Tq, Tk)
+        buckets = t5_bucket(rel, self.cfg.t5_num_buckets, self.cfg.t5_max_distance)
+        return self.rel_bias(buckets).permute(2, 0, 1)  # (Tq, Tk, nh) -> (nh, Tq, Tk)

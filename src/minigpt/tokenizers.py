@@ -1,0 +1,232 @@
+"""Three tokenizers behind one interface; each saves to and loads from one JSON file.
+
+- `char`: one id per character seen in training; unknown characters are an error.
+- `word`: words and punctuation (and newlines), vocabulary from the training text,
+  `<unk>` for the rest; `decode` re-joins with ordinary English spacing.
+- `bpe`:  byte-level BPE trained with Hugging Face `tokenizers`; round-trips any text.
+
+Every tokenizer has a `<pad>` id (for the `documents` batching) that decode drops.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+from .errors import DataError
+
+PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<bos>", "<eos>"
+FORMAT_VERSION = 1
+
+
+class Tokenizer:
+    kind: ClassVar[str] = ""
+
+    vocab_size: int
+    pad_id: int
+
+    def encode(self, text: str) -> list[int]:
+        raise NotImplementedError
+
+    def decode(self, ids: Iterable[int]) -> str:
+        raise NotImplementedError
+
+    def to_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def check_text(self, text: str) -> None:
+        """Raise a DataError if `text` (a prompt) cannot be encoded faithfully."""
+
+    def save(self, path: str | Path) -> None:
+        from .io import atomic_write_text
+
+        atomic_write_text(path, json.dumps({"format": "minigpt-tokenizer", "version":
+                                            FORMAT_VERSION, **self.to_dict()}, ensure_ascii=False))
+
+    def fingerprint(self) -> str:
+        import hashlib
+
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+class CharTokenizer(Tokenizer):
+    kind = "char"
+
+    def __init__(self, chars: list[str]) -> None:
+        self.chars = list(chars)
+        self.stoi = {c: i for i, c in enumerate(self.chars)}
+        self.pad_id = len(self.chars)  # <pad> comes after the characters
+        self.vocab_size = len(self.chars) + 1
+
+    @classmethod
+    def train(cls, texts: Iterable[str], **_: Any) -> "CharTokenizer":
+        seen: set[str] = set()
+        for t in texts:
+            seen.update(t)
+        if not seen:
+            raise DataError("cannot build a char vocabulary from an empty corpus.")
+        return cls(sorted(seen))
+
+    def check_text(self, text: str) -> None:
+        unknown = sorted({c for c in text if c not in self.stoi})
+        if unknown:
+            shown = ", ".join(repr(c) for c in unknown[:5])
+            raise DataError(
+                f"the char tokenizer does not know the character(s) {shown}; use only "
+                "characters that occur in the training text."
+            )
+
+    def encode(self, text: str) -> list[int]:
+        try:
+            return [self.stoi[c] for c in text]
+        except KeyError:
+            self.check_text(text)
+            raise
+
+    def decode(self, ids: Iterable[int]) -> str:
+        n = len(self.chars)
+        return "".join(self.chars[i] for i in ids if 0 <= i < n)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": "char", "chars": self.chars}
+
+
+# words (with inner apostrophes, as "ne'er"), single punctuation marks, newlines
+WORD_RE = re.compile(r"\n|[^\W_]+(?:['’][^\W_]+)*|[^\w\s]|_")
+NO_SPACE_BEFORE = set(".,;:!?)]}'’”-") | {"'s", "n't"}
+NO_SPACE_AFTER = set("([{‘“-") | {"\n"}
+
+
+class WordTokenizer(Tokenizer):
+    kind = "word"
+    specials = [PAD, UNK, BOS, EOS]
+
+    def __init__(self, words: list[str]) -> None:
+        self.itos = list(self.specials) + [w for w in words if w not in self.specials]
+        self.stoi = {w: i for i, w in enumerate(self.itos)}
+        self.pad_id, self.unk_id = self.stoi[PAD], self.stoi[UNK]
+        self.vocab_size = len(self.itos)
+
+    @staticmethod
+    def split(text: str) -> list[str]:
+        return WORD_RE.findall(text)
+
+    @classmethod
+    def train(cls, texts: Iterable[str], min_freq: int = 1, max_vocab: int = 20_000,
+              **_: Any) -> "WordTokenizer":
+        counts: Counter[str] = Counter()
+        for t in texts:
+            counts.update(cls.split(t))
+        if not counts:
+            raise DataError("cannot build a word vocabulary from an empty corpus.")
+        keep = [w for w, c in sorted(counts.items(), key=lambda wc: (-wc[1], wc[0]))
+                if c >= min_freq][: max(0, max_vocab - len(cls.specials))]
+        return cls(keep)
+
+    def encode(self, text: str) -> list[int]:
+        get, unk = self.stoi.get, self.unk_id
+        return [get(w, unk) for w in self.split(text)]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        out: list[str] = []
+        prev = "\n"
+        for i in ids:
+            if not 0 <= i < len(self.itos) or i == self.pad_id:
+                continue
+            w = self.itos[i]
+            if out and prev not in NO_SPACE_AFTER and w not in NO_SPACE_BEFORE and w != "\n":
+                out.append(" ")
+            out.append(w)
+            prev = w
+        return "".join(out)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": "word", "words": self.itos[len(self.specials):]}
+
+
+class BPETokenizer(Tokenizer):
+    """Byte-level BPE from Hugging Face `tokenizers` (the GPT-2 scheme)."""
+
+    kind = "bpe"
+    specials = [PAD, EOS]
+
+    def __init__(self, hf: Any) -> None:
+        self.hf = hf
+        self.pad_id = hf.token_to_id(PAD)
+        self.vocab_size = hf.get_vocab_size()
+
+    @classmethod
+    def train(cls, texts: Iterable[str], vocab_size: int = 512, **_: Any) -> "BPETokenizer":
+        from tokenizers import Tokenizer as HFTokenizer
+        from tokenizers import decoders, models, pre_tokenizers, trainers
+
+        hf = HFTokenizer(models.BPE())
+        hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        hf.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size, special_tokens=cls.specials, show_progress=False,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+        hf.train_from_iterator(texts, trainer=trainer)
+        return cls(hf)
+
+    def encode(self, text: str) -> list[int]:
+        return self.hf.encode(text).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self.hf.encode_batch(texts)]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.hf.decode([i for i in ids if i != self.pad_id], skip_special_tokens=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": "bpe", "hf": json.loads(self.hf.to_str())}
+
+
+KINDS: dict[str, type[Tokenizer]] = {"char": CharTokenizer, "word": WordTokenizer,
+                                     "bpe": BPETokenizer}
+
+
+def train_tokenizer(kind: str, texts: Iterable[str] | Iterator[str], *, vocab_size: int = 512,
+                    min_freq: int = 1, max_vocab: int = 20_000) -> Tokenizer:
+    return KINDS[kind].train(texts, vocab_size=vocab_size, min_freq=min_freq,
+                             max_vocab=max_vocab)
+
+
+def from_dict(d: Any, where: str = "tokenizer") -> Tokenizer:
+    try:
+        kind = d["type"]
+        if kind == "char":
+            chars = d["chars"]
+            if not all(isinstance(c, str) and len(c) == 1 for c in chars) or \
+                    len(set(chars)) != len(chars):
+                raise ValueError
+            return CharTokenizer(chars)
+        if kind == "word":
+            words = d["words"]
+            if not all(isinstance(w, str) for w in words):
+                raise ValueError
+            return WordTokenizer(words)
+        if kind == "bpe":
+            from tokenizers import Tokenizer as HFTokenizer
+
+            return BPETokenizer(HFTokenizer.from_str(json.dumps(d["hf"])))
+    except Exception:
+        pass
+    raise DataError(f"{where} is not a valid minigpt tokenizer file.")
+
+
+def load_tokenizer(path: str | Path) -> Tokenizer:
+    p = Path(path)
+    try:
+        d = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"tokenizer file {p} does not exist.") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        raise DataError(f"tokenizer file {p} is not readable JSON.") from None
+    if not isinstance(d, dict) or d.get("format") != "minigpt-tokenizer":
+        raise DataError(f"{p} is not a minigpt tokenizer file.")
+    return from_dict(d, where=str(p))

@@ -1,0 +1,401 @@
+"""The training loop: AdamW, warm-up + cosine schedule, clipping, accumulation, evaluation,
+checkpoints, exact resume, safe interrupts, and DDP when launched by torchrun.
+
+One step = `grad_accum` micro-batches of `batch_size` rows on each of `world` processes.
+Batches come from `Dataset.batch(step, micro, rank)`, a pure function of the seed, so the
+run is reproducible from config.json and resumes exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import resource
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from . import checkpoint
+from .config import RunConfig, TrainConfig
+from .data import Dataset, prepare
+from .errors import CheckpointError, MiniGPTError
+from .io import atomic_write_text
+from .model import GPT
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    step: int
+    best_val_loss: float
+    final_val_loss: float
+    elapsed: float  # seconds of training in this process (excluding start-up)
+    tokens_per_s: float
+    interrupted: bool = False
+    params: int = 0
+    pos_params: int = 0
+    peak_mem_mb: float = 0.0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+# --- devices, precision, processes ---------------------------------------------------------
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise MiniGPTError(f"device {name} was asked for but CUDA is not available here; "
+                           "use --device cpu or auto.")
+    if name == "mps" and not (getattr(torch.backends, "mps", None)
+                              and torch.backends.mps.is_available()):
+        raise MiniGPTError("device mps was asked for but is not available here; use --device cpu.")
+    return torch.device(name)
+
+
+def autocast_dtype(tc: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast on CUDA where supported (auto) or when asked for; fp32 otherwise."""
+    if tc.dtype == "float32":
+        return None
+    if tc.dtype == "bfloat16":
+        return torch.bfloat16
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+
+def setup_distributed(device_name: str) -> tuple[Dist, torch.device]:
+    """Join the torchrun job if there is one: NCCL on CUDA, gloo on CPU."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist(), resolve_device(device_name)
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() and device_name in ("auto", "cuda")
+    device = torch.device(f"cuda:{local}") if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return Dist(dist.get_rank(), dist.get_world_size(), local), device
+
+
+# --- schedule and optimizer ----------------------------------------------------------------
+
+def lr_at(step: int, tc: TrainConfig) -> float:
+    """Linear warm-up to lr, then cosine decay to min_lr at max_steps."""
+    if step < tc.warmup_steps:
+        return tc.lr * (step + 1) / tc.warmup_steps
+    span = max(1, tc.max_steps - tc.warmup_steps)
+    progress = min(1.0, (step - tc.warmup_steps) / span)
+    return tc.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (tc.lr - tc.min_lr)
+
+
+def make_optimizer(model: GPT, tc: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (not biases, LayerNorms or 1-d params)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": tc.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    kwargs: dict[str, Any] = {}
+    if device.type == "cuda":
+        kwargs["fused"] = True
+    return torch.optim.AdamW(groups, lr=tc.lr, betas=(tc.beta1, tc.beta2), **kwargs)
+
+
+# --- evaluation ----------------------------------------------------------------------------
+
+@torch.no_grad()
+def estimate_loss(model: torch.nn.Module, data: Dataset, split: str, cfg: RunConfig,
+                  device: torch.device, amp: torch.dtype | None, d: Dist = Dist()) -> float:
+    """Mean loss over `eval_iters` fixed batches of a split (the same batches every time)."""
+    tc = cfg.train
+    was_training = model.training
+    model.eval()
+    total = torch.zeros((), device=device)
+    for i in range(tc.eval_iters):
+        x, y = data.batch(split, step=-1 - i, micro=0, batch_size=tc.batch_size,
+                          block_size=cfg.model.block_size, seed=tc.seed, mode=tc.batching,
+                          rank=d.rank, world=d.world)
+        with autocast(device, amp):
+            _, loss = model(x.to(device), y.to(device))
+        total += loss.float()
+    if d.enabled:
+        dist.all_reduce(total)
+        total /= d.world
+    model.train(was_training)
+    return float(total) / tc.eval_iters
+
+
+# --- the run -------------------------------------------------------------------------------
+
+class _StopFlag:
+    """SIGINT/SIGTERM ask the loop to stop after the current step; a second one aborts."""
+
+    def __init__(self) -> None:
+        self.requested: str | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> "_StopFlag":
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = signal.Signals(signum).name
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def prepare_output(out: Path, resume: bool) -> None:
+    if resume:
+        if not (out / "config.json").exists():
+            raise CheckpointError(f"cannot resume: {out} holds no run (config.json missing).")
+        return
+    if (out / "config.json").exists() or (out / checkpoint.STATE_FILE).exists():
+        raise MiniGPTError(f"{out} already holds a run; pass --resume to continue it or choose "
+                           "another --out.")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise MiniGPTError(f"cannot create output directory {out}: {e.strerror}.") from None
+
+
+def load_dataset(cfg: RunConfig, tokenizer_path: Path | None = None,
+                 verbose: bool = False) -> Dataset:
+    tc = cfg.train
+    return prepare(tc.data, tc.tokenizer, vocab_size=tc.vocab_size_bpe, min_freq=tc.min_freq,
+                   max_vocab=tc.max_vocab, tokenizer_path=tokenizer_path, verbose=verbose)
+
+
+def _truncate_metrics(path: Path, step: int) -> list[dict[str, Any]]:
+    """Keep the metrics rows up to `step` (a resume replays what came after)."""
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by a crash
+        if isinstance(row, dict) and row.get("step", 0) <= step:
+            rows.append(row)
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+    return rows
+
+
+def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, until: int | None = None,
+          progress: bool = True, data: Dataset | None = None, init_from: str | Path | None = None,
+          log=print) -> TrainResult:
+    """Train (or resume) a model into the checkpoint directory `out`.
+
+    `init_from` starts from another checkpoint's weights and tokenizer (fine-tuning); its
+    model shapes must match `cfg.model`.
+    """
+    out = Path(out)
+    tc = cfg.train
+    d, device = setup_distributed(tc.device)
+    if d.main:
+        prepare_output(out, resume)
+    tok_path = out / "tokenizer.json" if resume else None
+    if init_from is not None and not resume:
+        tok_path = Path(init_from) / "tokenizer.json"
+    data = data or load_dataset(cfg, tok_path, verbose=progress and d.main)
+    data.check_block(cfg.model.block_size)
+    cfg.model.vocab_size = data.tokenizer.vocab_size
+    cfg.model.__post_init__()  # re-validate with the vocabulary filled in
+
+    torch.manual_seed(tc.seed + d.rank)  # dropout streams; weights use their own generators
+    model = GPT(cfg.model, seed=tc.seed).to(device)
+    if init_from is not None and not resume:
+        src, _, _, _ = checkpoint.load(init_from)
+        model.load_state_dict(src.state_dict())
+    optimizer = make_optimizer(model, tc, device)
+    step, best_val = 0, float("inf")
+    history: list[dict[str, Any]] = []
+    if resume:
+        state = checkpoint.load_trainer_state(out, model, optimizer)
+        step, best_val = int(state["step"]), float(state["best_val"])
+        if d.main:
+            history = _truncate_metrics(out / "metrics.jsonl", step)
+    elif d.main:
+        checkpoint.write_config(out, cfg, 0)
+        data.tokenizer.save(out / "tokenizer.json")
+    amp = autocast_dtype(tc, device)
+    train_model: torch.nn.Module = model
+    if tc.compile == "on":
+        train_model = torch.compile(model)
+    if d.enabled:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        train_model = DDP(train_model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    writer = None
+    if d.main:
+        writer = _tensorboard(out, step)
+    metrics_fh = open(out / "metrics.jsonl", "a", encoding="utf-8") if d.main else None
+    tokens_per_step = tc.batch_size * cfg.model.block_size * tc.grad_accum * d.world
+    stop_at = min(tc.max_steps, until) if until is not None else tc.max_steps
+    bar = None
+    if progress and d.main:
+        from tqdm import tqdm
+
+        bar = tqdm(total=tc.max_steps, initial=step, desc="train", unit="step",
+                   dynamic_ncols=True, file=sys.stderr)
+
+    def log_row(row: dict[str, Any]) -> None:
+        history.append(row)
+        if metrics_fh is not None:
+            metrics_fh.write(json.dumps(row) + "\n")
+            metrics_fh.flush()
+        if writer is not None:
+            for k, v in row.items():
+                if k != "step" and isinstance(v, (int, float)):
+                    writer.add_scalar(k, v, row["step"])
+
+    def save(step: int, val: float | None) -> None:
+        nonlocal best_val
+        if not d.main:
+            return
+        improved = val is not None and val < best_val
+        if improved:
+            best_val = val
+            checkpoint.save_weights(out / "best.safetensors", model, step)
+        checkpoint.save_weights(out / "model.safetensors", model, step)
+        checkpoint.write_config(out, cfg, step)
+        checkpoint.save_trainer_state(out, model, optimizer,
+                                      {"step": step, "best_val": best_val})
+
+    t_start = time.perf_counter()
+    t_last, step_last = t_start, step
+    steps_run = 0
+    last_val = float("nan")
+    interrupted = None
+    model.train()
+    try:
+        with _StopFlag() as stop:
+            while step < stop_at:
+                lr = lr_at(step, tc)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                loss_sum = torch.zeros((), device=device)
+                for micro in range(tc.grad_accum):
+                    x, y = data.batch("train", step=step, micro=micro, batch_size=tc.batch_size,
+                                      block_size=cfg.model.block_size, seed=tc.seed,
+                                      mode=tc.batching, rank=d.rank, world=d.world)
+                    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                    sync = not d.enabled or micro == tc.grad_accum - 1
+                    ctx = train_model.no_sync() if not sync else contextlib.nullcontext()
+                    with ctx:
+                        with autocast(device, amp):
+                            _, loss = train_model(x, y)
+                        (loss / tc.grad_accum).backward()
+                    loss_sum += loss.detach().float()
+                if tc.grad_clip > 0:
+                    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+                else:
+                    grad_norm = torch.zeros((), device=device)
+                check_now = device.type == "cpu" or (step + 1) % tc.log_interval == 0
+                if check_now and not math.isfinite(float(loss_sum)):
+                    raise MiniGPTError(
+                        f"the training loss became {float(loss_sum / tc.grad_accum)} at step "
+                        f"{step + 1}; lower the learning rate (--lr) or raise --warmup-steps. "
+                        "The last good checkpoint was kept.")
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                steps_run += 1
+                if step % tc.log_interval == 0 or step == stop_at:
+                    now = time.perf_counter()
+                    tps = tokens_per_step * (step - step_last) / max(now - t_last, 1e-9)
+                    t_last, step_last = now, step
+                    train_loss = float(loss_sum) / tc.grad_accum
+                    log_row({"step": step, "train_loss": train_loss, "lr": lr,
+                             "grad_norm": float(grad_norm), "tokens_per_s": tps,
+                             "elapsed": now - t_start})
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{tps:,.0f}")
+                if bar is not None:
+                    bar.update(1)
+                evaluate = step % tc.eval_interval == 0 or step == tc.max_steps
+                if evaluate or step == stop_at or stop.requested:
+                    val = None
+                    if evaluate:
+                        val = estimate_loss(train_model, data, "val", cfg, device, amp, d)
+                        trn = estimate_loss(train_model, data, "train", cfg, device, amp, d)
+                        last_val = val
+                        log_row({"step": step, "val_loss": val, "val_ppl": math.exp(min(val, 50)),
+                                 "train_loss_eval": trn, "elapsed": time.perf_counter() - t_start})
+                    save(step, val)
+                if stop.requested:
+                    interrupted = stop.requested
+                    break
+    finally:
+        if bar is not None:
+            bar.close()
+        if metrics_fh is not None:
+            metrics_fh.close()
+        if writer is not None:
+            writer.close()
+    elapsed = time.perf_counter() - t_start
+    if d.main and interrupted:
+        log(f"stopped by {interrupted} at step {step}; the checkpoint is saved. Resume with: "
+            f"minigpt train --resume --out {out}")
+    if d.main and not interrupted and step >= tc.max_steps:
+        from .plots import loss_curve
+
+        loss_curve(history, out / "loss.png", title=f"{cfg.model.pos} · {out.name}")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device) / 2**20
+    return TrainResult(out=out, step=step, best_val_loss=best_val, final_val_loss=last_val,
+                       elapsed=elapsed, tokens_per_s=tokens_per_step * steps_run / max(elapsed, 1e-9),
+                       interrupted=bool(interrupted), params=model.num_params(),
+                       pos_params=model.pos.num_params(), peak_mem_mb=peak, history=history)
+
+
+def _tensorboard(out: Path, step: int):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard not installed: metrics.jsonl still has everything
+        return None
+    return SummaryWriter(log_dir=str(out / "tb"), purge_step=step or None)

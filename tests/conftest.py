@@ -1,0 +1,76 @@
+"""Shared fixtures: a private token cache per test session, a small corpus, tiny runs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A few hundred lines of real Shakespeare-like text is plenty for tiny models.
+SMALL_TEXT = """FIRST CITIZEN:
+Before we proceed any further, hear me speak.
+
+ALL:
+Speak, speak.
+
+FIRST CITIZEN:
+You are all resolved rather to die than to famish?
+
+ALL:
+Resolved. resolved.
+
+FIRST CITIZEN:
+First, you know Caius Marcius is chief enemy to the people.
+
+ALL:
+We know't, we know't.
+
+FIRST CITIZEN:
+Let us kill him, and we'll have corn at our own price.
+Is't a verdict?
+
+ALL:
+No more talking on't; let it be done: away, away!
+
+SECOND CITIZEN:
+One word, good citizens.
+
+"""
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    os.environ["MINIGPT_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> Path:
+    """A small UTF-8 text file (about 12 KB)."""
+    p = tmp_path / "corpus.txt"
+    p.write_text(SMALL_TEXT * 24, encoding="utf-8")
+    return p
+
+
+def tiny_config(data: str | Path, **model_overrides):
+    from minigpt.config import merge, preset
+
+    train = dict(data=str(data), max_steps=6, eval_interval=3, eval_iters=1, log_interval=1,
+                 sample_tokens=0, batch_size=4)
+    train.update({k: model_overrides.pop(k) for k in list(model_overrides) if k in train
+                  or k in ("lr", "grad_accum", "tokenizer", "batching", "seed", "dropout_")})
+    model = dict(block_size=16, n_layer=2, n_head=2, d_model=16)
+    model.update(model_overrides)
+    return merge(preset("tiny"), model, train)
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 120
+            ) -> subprocess.CompletedProcess:
+    """Run `python -m minigpt ARGS` as a user would, capturing output."""
+    return subprocess.run([sys.executable, "-m", "minigpt", *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
