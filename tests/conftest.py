@@ -56,16 +56,14 @@ def corpus(tmp_path: Path) -> Path:
     return p
 
 
-def tiny_config(data: str | Path, **model_overrides):
+def tiny_config(data: str | Path, model: dict | None = None, train: dict | None = None):
+    """A RunConfig for a seconds-long run on `data` (a path or 'shakespeare')."""
     from minigpt.config import merge, preset
 
-    train = dict(data=str(data), max_steps=6, eval_interval=3, eval_iters=1, log_interval=1,
-                 sample_tokens=0, batch_size=4)
-    train.update({k: model_overrides.pop(k) for k in list(model_overrides) if k in train
-                  or k in ("lr", "grad_accum", "tokenizer", "batching", "seed", "dropout_")})
-    model = dict(block_size=16, n_layer=2, n_head=2, d_model=16)
-    model.update(model_overrides)
-    return merge(preset("tiny"), model, train)
+    t = dict(data=str(data), max_steps=6, eval_interval=3, eval_iters=1, log_interval=1,
+             sample_tokens=0, batch_size=4)
+    m = dict(block_size=16, n_layer=2, n_head=2, d_model=16)
+    return merge(preset("tiny"), {**m, **(model or {})}, {**t, **(train or {})})
 
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 120
