@@ -337,7 +337,9 @@ def prepare(data: str, tokenizer: str = "char", *, vocab_size: int = 512, min_fr
         train=arr("train.bin", meta["dtype"]), val=arr("val.bin", meta["dtype"]),
         train_docs=arr("train_docs.bin", "int64").reshape(-1, 2),
         val_docs=arr("val_docs.bin", "int64").reshape(-1, 2), meta=meta)
-    for split in ("train", "val"):
-        if len(ds.split(split)[0]) == 0:
-            raise DataError(f"the corpus {data} is empty: its {split} split has no tokens.")
+    if len(ds.train) == 0:
+        raise DataError(f"the corpus {data} is empty: it has no training text.")
+    if len(ds.val) == 0:
+        raise DataError(f"the corpus {data} is too short to hold out a validation split; "
+                        "give it more lines of text.")
     return ds

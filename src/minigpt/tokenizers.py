@@ -95,8 +95,8 @@ class CharTokenizer(Tokenizer):
         return {"type": "char", "chars": self.chars}
 
 
-# words (with inner apostrophes, as "ne'er"), single punctuation marks, newlines
-WORD_RE = re.compile(r"\n|[^\W_]+(?:['’][^\W_]+)*|[^\w\s]|_")
+# special tokens, newlines, words (with inner apostrophes, as "ne'er"), single punctuation marks
+WORD_RE = re.compile(r"<(?:pad|unk|bos|eos)>|\n|[^\W_]+(?:['’][^\W_]+)*|[^\w\s]|_")
 NO_SPACE_BEFORE = set(".,;:!?)]}'’”-") | {"'s", "n't"}
 NO_SPACE_AFTER = set("([{‘“-") | {"\n"}
 

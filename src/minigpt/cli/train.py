@@ -45,6 +45,8 @@ def run(args: argparse.Namespace) -> int:
         if changed:
             raise MiniGPTError(f"--resume continues the saved config; only --max-steps and "
                                f"--device may change, not {', '.join(changed)}.")
+        if not (out / "config.json").exists():
+            raise MiniGPTError(f"cannot resume: {out} holds no run (no config.json).")
         cfg, _ = read_config(out)
         cfg = merge(cfg, None, train_o, where="command line")
     else:

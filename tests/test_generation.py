@@ -1,0 +1,109 @@
+"""Sampling: the kept sets of top-k/top-p, greedy, seeds, and the cache."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from minigpt.config import ModelConfig
+from minigpt.errors import MiniGPTError
+from minigpt.generation import filter_logits, generate, sample_text
+from minigpt.model import GPT
+from minigpt.tokenizers import CharTokenizer
+
+
+def kept(logits: torch.Tensor) -> set[int]:
+    return set(torch.nonzero(torch.isfinite(logits[0])).flatten().tolist())
+
+
+def logp(*probs: float) -> torch.Tensor:
+    return torch.tensor([[math.log(p) for p in probs]])
+
+
+def test_top_k_keeps_k_most_likely_and_ties():
+    assert kept(filter_logits(logp(0.1, 0.5, 0.15, 0.25), top_k=2)) == {1, 3}
+    assert kept(filter_logits(torch.tensor([[1.0, 2.0, 2.0, 0.5]]), top_k=2)) == {1, 2}
+    assert kept(filter_logits(torch.tensor([[1.0, 2.0, 2.0, 0.5]]), top_k=1)) == {1, 2}  # tie
+    assert kept(filter_logits(logp(0.5, 0.5), top_k=10)) == {0, 1}
+
+
+def test_top_p_keeps_smallest_set_reaching_p():
+    d = logp(0.05, 0.5, 0.15, 0.3)
+    assert kept(filter_logits(d, top_p=0.5)) == {1}
+    assert kept(filter_logits(d, top_p=0.79)) == {1, 3}
+    assert kept(filter_logits(d, top_p=0.81)) == {1, 3, 2}
+    assert kept(filter_logits(d, top_p=1.0)) == {0, 1, 2, 3}
+    assert kept(filter_logits(d, top_p=0.01)) == {1}  # never empty
+
+
+def test_matches_hugging_face_warpers():
+    from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
+
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        scores = torch.randn(3, 40, generator=g) * 3
+        for k in (1, 5, 17):
+            ours = filter_logits(scores, top_k=k)
+            assert torch.equal(ours, TopKLogitsWarper(top_k=k)(None, scores))
+        for p in (0.1, 0.5, 0.9, 0.99):
+            ours = filter_logits(scores, top_p=p)
+            assert torch.equal(ours, TopPLogitsWarper(top_p=p)(None, scores))
+
+
+def test_bad_sampling_settings():
+    with pytest.raises(MiniGPTError, match="top_p"):
+        sample_text(*_model_and_tok(), "a", top_p=1.5)
+    with pytest.raises(MiniGPTError, match="temperature"):
+        sample_text(*_model_and_tok(), "a", temperature=-1)
+
+
+def _model_and_tok(pos: str = "rope", block: int = 16):
+    tok = CharTokenizer.train(["abcdefgh \n"])
+    cfg = ModelConfig(vocab_size=tok.vocab_size, block_size=block, n_layer=2, n_head=2,
+                      d_model=16, pos=pos)
+    return GPT(cfg, seed=0).eval(), tok
+
+
+@pytest.mark.parametrize("pos", ["learned", "rope", "alibi", "t5", "sinusoidal", "nope"])
+def test_cached_and_uncached_generation_agree(pos):
+    model, _ = _model_and_tok(pos, block=12)
+    prompt = torch.tensor([[1, 2, 3, 4, 5]])
+    for temperature in (0.0, 1.0):
+        outs = []
+        for use_cache in (True, False):
+            g = torch.Generator().manual_seed(4)
+            outs.append(generate(model, prompt, 20, temperature=temperature, top_k=5,
+                                 generator=g, use_cache=use_cache))
+        assert torch.equal(outs[0], outs[1]), (pos, temperature)
+        assert outs[0].shape == (1, 25)
+
+
+def test_same_seed_same_text_and_greedy_is_deterministic():
+    model, tok = _model_and_tok()
+    a = sample_text(model, tok, "abc", max_new_tokens=30, temperature=1.0, seed=11)
+    b = sample_text(model, tok, "abc", max_new_tokens=30, temperature=1.0, seed=11)
+    c = sample_text(model, tok, "abc", max_new_tokens=30, temperature=1.0, seed=12)
+    assert a == b and a != c and a[0].startswith("abc")
+    g1 = sample_text(model, tok, "abc", max_new_tokens=30, temperature=0, seed=1)
+    g2 = sample_text(model, tok, "abc", max_new_tokens=30, temperature=0, seed=2)
+    assert g1 == g2
+
+
+def test_long_prompt_for_learned_keeps_last_block_with_warning():
+    model, tok = _model_and_tok("learned", block=8)
+    warnings = []
+    out = sample_text(model, tok, "abcdefgh" * 3, max_new_tokens=5, temperature=0,
+                      warn=warnings.append)
+    assert len(warnings) == 1 and "last 8" in warnings[0]
+    assert len(out[0]) == 24 + 5
+    # the continuation depends only on the last 8 prompt tokens
+    same = sample_text(model, tok, "abcdefgh", max_new_tokens=5, temperature=0)
+    assert out[0][-5:] == same[0][-5:]
+
+
+def test_unknown_prompt_character_is_a_clear_error():
+    model, tok = _model_and_tok()
+    with pytest.raises(MiniGPTError, match="does not know the character"):
+        sample_text(model, tok, "xyz")

@@ -1,0 +1,158 @@
+"""Each encoding pinned to its published definition, and every one causal and cache-exact."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from minigpt.config import ModelConfig
+from minigpt.model import GPT
+from minigpt.positional import (REGISTRY, PositionLimitError, Rotary, alibi_slopes, build,
+                                sinusoid_table, t5_bucket)
+
+ALL = list(REGISTRY)
+
+
+def cfg(pos: str, **kw) -> ModelConfig:
+    base = dict(vocab_size=50, block_size=16, n_layer=2, n_head=4, d_model=32, pos=pos)
+    return ModelConfig(**{**base, **kw})
+
+
+def test_registry_has_all_six():
+    assert set(ALL) == {"learned", "sinusoidal", "rope", "alibi", "nope", "t5"}
+
+
+def test_sinusoidal_closed_form():
+    d = 8
+    pe = sinusoid_table(torch.arange(50), d)
+    for p in (0, 1, 7, 49):
+        for i in range(d // 2):
+            angle = p / 10000 ** (2 * i / d)
+            assert pe[p, 2 * i].item() == pytest.approx(math.sin(angle), abs=1e-6)
+            assert pe[p, 2 * i + 1].item() == pytest.approx(math.cos(angle), abs=1e-6)
+
+
+def test_rotary_scores_depend_only_on_offset():
+    rope = Rotary(cfg("rope"))
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 1, 1, 8, generator=g)
+    k = torch.randn(1, 1, 1, 8, generator=g)
+
+    def score(m: int, n: int) -> float:
+        qm, _ = rope.rotate(q, q, torch.tensor([m]))
+        kn, _ = rope.rotate(k, k, torch.tensor([n]))
+        return (qm * kn).sum().item()
+
+    for offset in (0, 1, 5, 13):
+        ref = score(offset, 0)
+        for shift in (3, 40, 1000):  # including far past block_size
+            assert score(offset + shift, shift) == pytest.approx(ref, rel=1e-4, abs=1e-4)
+    assert score(5, 0) != pytest.approx(score(6, 0), abs=1e-3)  # it does encode position
+
+
+def test_rotary_preserves_norm_and_uses_base():
+    rope = Rotary(cfg("rope", rope_base=500.0))
+    hs = 8
+    assert torch.allclose(rope.inv_freq, 500.0 ** (-torch.arange(0, hs, 2).float() / hs))
+    x = torch.randn(2, 4, 10, hs)
+    y, _ = rope.rotate(x, x, torch.arange(10))
+    assert torch.allclose(x.norm(dim=-1), y.norm(dim=-1), atol=1e-5)
+
+
+def test_alibi_slopes_power_of_two():
+    expected = [2.0 ** -(i + 1) for i in range(8)]
+    assert alibi_slopes(8).tolist() == pytest.approx(expected)
+
+
+def test_alibi_slopes_not_power_of_two():
+    # Press et al.: closest power of two (4) gives 2^-2, 2^-4, 2^-6, 2^-8; then every other
+    # slope of 8 heads (2^-1, 2^-3, ...) fills the rest: for 6 heads, 2^-1 and 2^-3.
+    expected = [2.0**-2, 2.0**-4, 2.0**-6, 2.0**-8, 2.0**-1, 2.0**-3]
+    assert alibi_slopes(6).tolist() == pytest.approx(expected)
+    assert len(alibi_slopes(12)) == 12
+
+
+def test_alibi_bias_is_linear_in_distance():
+    alibi = build(cfg("alibi", n_head=2))
+    b = alibi.bias(torch.arange(5), torch.arange(5))  # (nh, Tq, Tk)
+    assert b.shape == (2, 5, 5)
+    assert b[0, 4, 1].item() == pytest.approx(-alibi_slopes(2)[0].item() * 3)
+    assert b[1, 3, 3].item() == 0.0
+
+
+def test_t5_buckets_match_hand_computed():
+    # num_buckets=32, max_distance=128: distances 0..15 exact; then log-spaced
+    # bucket = 16 + floor(log(n/16) / log(128/16) * 16), capped at 31.
+    rel = -torch.tensor([0, 1, 15, 16, 20, 31, 32, 64, 127, 128, 1000])
+    got = t5_bucket(rel, 32, 128).tolist()
+    assert got == [0, 1, 15, 16, 17, 21, 21, 26, 31, 31, 31]
+    # causal: keys after the query all share bucket 0
+    assert t5_bucket(torch.tensor([1, 5]), 32, 128).tolist() == [0, 0]
+
+
+def test_parameter_counts():
+    c = cfg("learned")
+    assert build(c).num_params() == c.block_size * c.d_model
+    assert build(cfg("t5")).num_params() == 32 * 4
+    for name in ("nope", "sinusoidal", "rope", "alibi"):
+        assert build(cfg(name)).num_params() == 0
+    assert GPT(cfg("nope")).num_params() + 16 * 32 == GPT(cfg("learned")).num_params()
+
+
+def test_extrapolation_flags():
+    assert {n for n, c in REGISTRY.items() if not c.extrapolates} == {"learned"}
+
+
+@pytest.mark.parametrize("pos", ALL)
+def test_every_encoding_is_causal(pos):
+    torch.manual_seed(0)
+    model = GPT(cfg(pos), seed=1).eval()
+    x = torch.randint(0, 50, (1, 12))
+    y = x.clone()
+    y[0, 8:] = (y[0, 8:] + 7) % 50  # change only later tokens
+    with torch.no_grad():
+        a, _ = model(x)
+        b, _ = model(y)
+    assert torch.equal(a[0, :8], b[0, :8]) or torch.allclose(a[0, :8], b[0, :8], atol=1e-6)
+    assert not torch.allclose(a[0, 8:], b[0, 8:])
+
+
+@pytest.mark.parametrize("pos", ALL)
+def test_cached_logits_equal_full_forward(pos):
+    model = GPT(cfg(pos), seed=2).eval()
+    T = 16 if pos == "learned" else 40  # past block_size where the encoding allows it
+    x = torch.randint(0, 50, (2, T), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        full, _ = model(x)
+        cache = model.new_cache(2, T)
+        parts = [model(x[:, :5], cache=cache)[0]]  # a prompt, then one token at a time
+        for t in range(5, T):
+            parts.append(model(x[:, t:t + 1], cache=cache)[0])
+    stepped = torch.cat(parts, dim=1)
+    assert torch.allclose(full, stepped, atol=1e-5), (full - stepped).abs().max()
+
+
+def test_learned_refuses_positions_past_block_size():
+    model = GPT(cfg("learned"))
+    with pytest.raises(PositionLimitError, match="learned positions stop at block_size 16"):
+        model(torch.zeros(1, 17, dtype=torch.long))
+
+
+@pytest.mark.parametrize("pos", ["sinusoidal", "rope", "alibi", "nope", "t5"])
+def test_extrapolating_encodings_evaluate_past_block_size(pos):
+    model = GPT(cfg(pos))
+    logits, loss = model(torch.zeros(1, 64, dtype=torch.long), torch.zeros(1, 64, dtype=torch.long))
+    assert logits.shape == (1, 64, 50) and torch.isfinite(loss)
+
+
+def test_shared_parameters_start_equal_across_encodings():
+    a = dict(GPT(cfg("learned"), seed=7).named_parameters())
+    for pos in ("rope", "t5", "alibi"):
+        b = dict(GPT(cfg(pos), seed=7).named_parameters())
+        shared = set(a) & set(b)
+        assert "tok_emb.weight" in shared and "blocks.1.attn.c_attn.weight" in shared
+        for k in shared:
+            assert torch.equal(a[k], b[k]), k
+    assert not torch.equal(GPT(cfg("rope"), seed=8).tok_emb.weight, b["tok_emb.weight"])

@@ -1,0 +1,91 @@
+"""Tokenizers: round trips, unknown input, one JSON file each."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from minigpt.errors import DataError
+from minigpt.tokenizers import (BPETokenizer, CharTokenizer, WordTokenizer, load_tokenizer,
+                                train_tokenizer)
+
+TEXT = "ROMEO:\nBut, soft! what light through yonder window breaks?\nIt is the east.\n\n"
+
+
+@pytest.mark.parametrize("kind", ["char", "word", "bpe"])
+def test_save_load_round_trip(kind, tmp_path):
+    tok = train_tokenizer(kind, [TEXT * 20], vocab_size=300)
+    tok.save(tmp_path / "tok.json")
+    again = load_tokenizer(tmp_path / "tok.json")
+    assert type(again) is type(tok)
+    assert again.encode(TEXT) == tok.encode(TEXT)
+    assert again.vocab_size == tok.vocab_size and again.pad_id == tok.pad_id
+
+
+def test_char_round_trip_and_unknown():
+    tok = CharTokenizer.train([TEXT])
+    assert tok.decode(tok.encode(TEXT)) == TEXT
+    assert tok.vocab_size == len(set(TEXT)) + 1  # + <pad>
+    with pytest.raises(DataError, match="does not know the character"):
+        tok.encode("Zebra")
+    assert tok.decode([tok.pad_id]) == ""
+
+
+def test_word_tokenizer_splits_and_rejoins():
+    tok = WordTokenizer.train([TEXT])
+    assert WordTokenizer.split("ne'er, sir!\n") == ["ne'er", ",", "sir", "!", "\n"]
+    assert tok.decode(tok.encode(TEXT)) == TEXT.rstrip("\n") + "\n\n"
+    unk = tok.encode("what zebra")
+    assert unk[1] == tok.unk_id and tok.decode(unk) == "what <unk>"
+
+
+def test_word_tokenizer_min_freq_and_max_vocab():
+    tok = WordTokenizer.train(["a a a b b c"], min_freq=2)
+    assert tok.itos[4:] == ["a", "b"]
+    tok = WordTokenizer.train(["a a a b b c"], max_vocab=5)
+    assert tok.itos[4:] == ["a"] and tok.vocab_size == 5
+
+
+def test_bpe_round_trips_any_text():
+    tok = BPETokenizer.train([TEXT * 10], vocab_size=300)
+    for s in [TEXT, "Zürich — 東京 🎭", ""]:
+        assert tok.decode(tok.encode(s)) == s
+    assert tok.vocab_size <= 300
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.text(alphabet=st.sampled_from(sorted(set(TEXT))), max_size=80))
+def test_char_round_trip_property(s):
+    tok = CharTokenizer.train([TEXT])
+    assert tok.decode(tok.encode(s)) == s
+
+
+_BPE = BPETokenizer.train([TEXT * 10], vocab_size=300)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.text(max_size=60))
+def test_bpe_round_trip_property(s):
+    assert _BPE.decode(_BPE.encode(s)) == s
+
+
+_WORD = WordTokenizer.train([TEXT])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.sampled_from(list("abc ,.!?\n'-") + ["light", "east", "It's"]), max_size=30))
+def test_word_encode_is_stable_after_one_round_trip(parts):
+    s = "".join(parts)
+    once = _WORD.encode(s)
+    assert _WORD.encode(_WORD.decode(once)) == once
+
+
+def test_load_rejects_foreign_json(tmp_path):
+    p = tmp_path / "x.json"
+    p.write_text('{"model": {"type": "BPE"}}')
+    with pytest.raises(DataError, match="not a minigpt tokenizer"):
+        load_tokenizer(p)
+    p.write_text('{"format": "minigpt-tokenizer", "type": "char", "chars": ["ab"]}')
+    with pytest.raises(DataError, match="not a valid minigpt tokenizer"):
+        load_tokenizer(p)

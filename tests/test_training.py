@@ -1,0 +1,177 @@
+"""Training runs: outputs on disk, exact resume, interrupts, schedule, refusals."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import run_cli, tiny_config
+from minigpt.checkpoint import load
+from minigpt.config import merge, preset
+from minigpt.errors import MiniGPTError
+from minigpt.positional import REGISTRY
+from minigpt.training import lr_at, train
+
+
+def test_outputs_of_a_run(corpus, tmp_path):
+    out = tmp_path / "run"
+    res = train(tiny_config(corpus), out, progress=False)
+    names = {p.name for p in out.iterdir()}
+    assert {"config.json", "model.safetensors", "best.safetensors", "tokenizer.json",
+            "metrics.jsonl", "trainer_state.safetensors", "loss.png", "tb"} <= names
+    assert any(p.name.startswith("events.out.tfevents") for p in (out / "tb").iterdir())
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if "train_loss" in r]
+    val_rows = [r for r in rows if "val_loss" in r]
+    assert [r["step"] for r in train_rows] == list(range(1, 7))
+    assert [r["step"] for r in val_rows] == [3, 6]
+    for key in ("lr", "grad_norm", "tokens_per_s", "elapsed"):
+        assert all(key in r for r in train_rows)
+    assert val_rows[-1]["val_ppl"] == pytest.approx(2.718281828 ** val_rows[-1]["val_loss"])
+    assert res.step == 6 and res.best_val_loss == min(r["val_loss"] for r in val_rows)
+    cfg = json.loads((out / "config.json").read_text())
+    model, tok, rc, _ = load(out)
+    assert cfg["step"] == 6 and cfg["model"]["vocab_size"] == tok.vocab_size
+    assert model.num_params() == res.params
+    assert load_file(out / "model.safetensors").keys() == load_file(out / "best.safetensors").keys()
+
+
+def test_training_lowers_the_loss(corpus, tmp_path):
+    cfg = tiny_config(corpus, train={"max_steps": 40, "eval_interval": 40, "eval_iters": 4,
+                                     "lr": 1e-2})
+    res = train(cfg, tmp_path / "run", progress=False)
+    first = res.history[0]["train_loss"]
+    assert res.final_val_loss < first - 0.5
+
+
+def test_schedule_warmup_then_cosine():
+    tc = preset("small").train
+    assert lr_at(0, tc) == pytest.approx(tc.lr / tc.warmup_steps)
+    assert lr_at(tc.warmup_steps - 1, tc) == pytest.approx(tc.lr)
+    assert lr_at(tc.warmup_steps, tc) == pytest.approx(tc.lr)
+    mid = (tc.warmup_steps + tc.max_steps) // 2
+    assert lr_at(mid, tc) == pytest.approx((tc.lr + tc.min_lr) / 2, rel=1e-2)
+    assert lr_at(tc.max_steps, tc) == pytest.approx(tc.min_lr)
+
+
+def test_weight_decay_only_on_matrices(corpus):
+    from minigpt.model import GPT
+    from minigpt.training import make_optimizer
+
+    cfg = tiny_config(corpus, model={"vocab_size": 20})
+    opt = make_optimizer(GPT(cfg.model), cfg.train, torch.device("cpu"))
+    decay, no_decay = opt.param_groups
+    assert decay["weight_decay"] == cfg.train.weight_decay and no_decay["weight_decay"] == 0
+    assert all(p.dim() == 2 for p in decay["params"])
+    assert all(p.dim() == 1 for p in no_decay["params"])
+
+
+@pytest.mark.parametrize("pos", list(REGISTRY))
+def test_resume_is_bitwise_exact(corpus, tmp_path, pos):
+    """2N steps in one go == N steps, stop, resume for N more (accumulation and dropout on)."""
+    cfg = tiny_config(corpus, model={"pos": pos, "dropout": 0.1},
+                      train={"max_steps": 6, "grad_accum": 2, "eval_interval": 2})
+    full = train(cfg, tmp_path / "full", progress=False)
+    cfg2 = tiny_config(corpus, model={"pos": pos, "dropout": 0.1},
+                       train={"max_steps": 6, "grad_accum": 2, "eval_interval": 2})
+    half = train(cfg2, tmp_path / "half", until=3, progress=False)
+    assert half.step == 3
+    resumed = train(cfg2, tmp_path / "half", resume=True, progress=False)
+    assert resumed.step == 6
+    a = load_file(tmp_path / "full" / "model.safetensors")
+    b = load_file(tmp_path / "half" / "model.safetensors")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+    def losses(d):
+        rows = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
+        return [(r["step"], r.get("train_loss"), r.get("val_loss")) for r in rows]
+
+    assert losses(tmp_path / "full") == losses(tmp_path / "half")
+
+
+def test_refuses_to_overwrite_an_existing_run(corpus, tmp_path):
+    out = tmp_path / "run"
+    train(tiny_config(corpus), out, progress=False)
+    before = (out / "model.safetensors").read_bytes()
+    with pytest.raises(MiniGPTError, match="already holds a run"):
+        train(tiny_config(corpus), out, progress=False)
+    assert (out / "model.safetensors").read_bytes() == before
+
+
+def test_cli_train_then_sample(corpus, tmp_path):
+    out = tmp_path / "run"
+    r = run_cli("train", "--preset", "tiny", "--data", corpus, "--out", out, "--max-steps", "4",
+                "--eval-interval", "2", "--n-layer", "1", "--quiet", "--sample-tokens", "20")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("--- sample at temperature") == 3
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["model"]["n_layer"] == 1 and saved["train"]["max_steps"] == 4
+    args = ["sample", "--ckpt", out, "--prompt", "ALL:", "--max-new-tokens", "30", "--seed", "3",
+            "--top-k", "5", "--top-p", "0.9", "--num-samples", "2"]
+    a, b = run_cli(*args), run_cli(*args)
+    assert a.returncode == 0 and a.stdout == b.stdout and a.stdout.startswith("ALL:")
+    assert a.stdout.count("ALL:") >= 2
+
+
+def test_toml_config_and_flags_combine(corpus, tmp_path):
+    cfg_file = tmp_path / "c.toml"
+    cfg_file.write_text(f'preset = "tiny"\n[model]\nn_layer = 3\nd_model = 24\n'
+                        f'[train]\ndata = "{corpus}"\nmax_steps = 2\nlr = 0.005\n')
+    out = tmp_path / "run"
+    r = run_cli("train", "--config", cfg_file, "--d-model", "16", "--out", out, "--quiet",
+                "--sample-tokens", "0", "--eval-interval", "2")
+    assert r.returncode == 0, r.stderr
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["model"]["n_layer"] == 3  # from the file
+    assert saved["model"]["d_model"] == 16  # the flag wins
+    assert saved["train"]["lr"] == 0.005 and saved["model"]["block_size"] == 32  # tiny preset
+
+
+def test_sigint_saves_and_resume_finishes(corpus, tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "minigpt", "train", "--preset", "tiny", "--data", str(corpus),
+         "--out", str(out), "--max-steps", "100000", "--eval-interval", "100000",
+         "--log-interval", "1", "--quiet", "--sample-tokens", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = out / "metrics.jsonl"
+    deadline = time.time() + 60
+    while time.time() < deadline and not (metrics.exists() and metrics.stat().st_size > 0):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+    assert "Resume with: minigpt train --resume --out" in stdout
+    state = json.loads((out / "config.json").read_text())
+    assert 0 < state["step"] < 100000
+    r = run_cli("train", "--resume", "--out", out, "--max-steps", str(state["step"] + 3),
+                "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert f"step {state['step'] + 3}:" in r.stdout
+
+
+def test_init_from_starts_from_the_checkpoint(corpus, tmp_path):
+    src = tmp_path / "src"
+    train(tiny_config(corpus), src, progress=False)
+    r = run_cli("train", "--preset", "tiny", "--data", corpus, "--init-from", src, "--out",
+                tmp_path / "ft", "--max-steps", "1", "--lr", "1e-9", "--min-lr", "0",
+                "--warmup-steps", "0", "--quiet", "--sample-tokens", "0")
+    assert r.returncode == 0, r.stderr
+    a = load_file(src / "model.safetensors")
+    b = load_file(tmp_path / "ft" / "model.safetensors")
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_merge_config_validation_names_the_field():
+    with pytest.raises(MiniGPTError, match="d_model"):
+        merge(preset("tiny"), {"d_model": 30, "n_head": 4}, None)
+    with pytest.raises(MiniGPTError, match="dropout"):
+        merge(preset("tiny"), {"dropout": 1.0}, None)
