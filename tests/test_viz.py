@@ -77,7 +77,8 @@ def test_learned_from_a_checkpoint_with_attention_maps(ckpts, tmp_path: Path) ->
     # --pos is taken from the checkpoint; the prompt adds one picture per layer (2 layers)
     paths = viz.draw(None, ckpts["learned"], tmp_path, prompt="ALL:\nSpeak.")
     assert [p.name for p in paths] == ["learned_table.png", "learned_similarity.png",
-                                       "attention_layer0.png", "attention_layer1.png"]
+                                       "learned_attention_layer0.png",
+                                       "learned_attention_layer1.png"]
     for p in paths:
         assert_picture(p)
 
@@ -158,7 +159,7 @@ def test_cli_user_error_is_one_line_and_exit_2(tmp_path: Path) -> None:
     (["--ckpt", "no/such/dir"], "does not exist"),
     (["--pos", "rope", "--ckpt", "{learned}"], "does not match"),
     (["--pos", "t5"], "--ckpt"),
-    (["--ckpt", "{learned}", "--block-size", "8"], "drop them"),
+    (["--ckpt", "{learned}", "--block-size", "8"], "not to a checkpoint"),
     (["--pos", "rope", "--prompt", "hi"], "--ckpt"),
     ([], "--pos NAME"),
 ])

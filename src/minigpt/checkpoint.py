@@ -61,7 +61,8 @@ def write_config(out: Path, cfg: RunConfig, step: int, extra: dict | None = None
 
 
 def save_trainer_state(out: Path, model: GPT, optimizer: torch.optim.Optimizer,
-                       state: dict[str, Any]) -> None:
+                       state: dict[str, Any], rank_rng: list[torch.Tensor] | None = None
+                       ) -> None:
     """Weights, optimizer moments and RNG states in one safetensors file (atomic)."""
     tensors = {f"model.{k}": v for k, v in model_state(model).items()}
     opt = optimizer.state_dict()
@@ -70,6 +71,8 @@ def save_trainer_state(out: Path, model: GPT, optimizer: torch.optim.Optimizer,
             t = val if torch.is_tensor(val) else torch.tensor(val)
             tensors[f"optim.{idx}.{key}"] = t.detach().contiguous().cpu()
     tensors["rng.cpu"] = torch.get_rng_state()
+    for r, st in enumerate(rank_rng or []):  # DDP: each rank's own dropout stream
+        tensors[f"rng.cpu.rank{r}"] = st
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"rng.cuda.{i}"] = s
@@ -77,8 +80,8 @@ def save_trainer_state(out: Path, model: GPT, optimizer: torch.optim.Optimizer,
     atomic_write_bytes(out / STATE_FILE, st_save(tensors, metadata=meta))
 
 
-def load_trainer_state(out: Path, model: GPT, optimizer: torch.optim.Optimizer
-                       ) -> dict[str, Any]:
+def load_trainer_state(out: Path, model: GPT, optimizer: torch.optim.Optimizer,
+                       rank: int = 0) -> dict[str, Any]:
     """Restore weights, optimizer and RNG from trainer_state.safetensors; return its state."""
     path = out / STATE_FILE
     if not path.exists():
@@ -104,7 +107,7 @@ def load_trainer_state(out: Path, model: GPT, optimizer: torch.optim.Optimizer
         optimizer.load_state_dict({"state": opt_state, "param_groups": groups})
     except (ValueError, KeyError) as e:
         raise CheckpointError(f"{path} holds optimizer state for another model ({e}).") from None
-    torch.set_rng_state(tensors["rng.cpu"])
+    torch.set_rng_state(tensors.get(f"rng.cpu.rank{rank}", tensors["rng.cpu"]))
     cuda_states = [tensors[f"rng.cuda.{i}"] for i in range(torch.cuda.device_count())
                    if f"rng.cuda.{i}" in tensors]
     if cuda_states and torch.cuda.is_available():

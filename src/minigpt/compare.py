@@ -31,7 +31,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -53,20 +53,20 @@ NOT_FINGERPRINTED = {"device", "compile"}
 STUDY_PRESETS: dict[str, dict[str, Any]] = {
     "quick": {
         "base": "small",
-        "model": dict(block_size=64, n_layer=4, n_head=4, d_model=128, dropout=0.0),
-        "train": dict(tokenizer="char", batch_size=16, max_steps=450, lr=2e-3, min_lr=2e-4,
-                      warmup_steps=40, eval_interval=75, eval_iters=8, log_interval=10,
-                      sample_tokens=300),
+        "model": {"block_size": 64, "n_layer": 4, "n_head": 4, "d_model": 128, "dropout": 0.0},
+        "train": {"tokenizer": "char", "batch_size": 16, "max_steps": 450, "lr": 2e-3,
+                  "min_lr": 2e-4, "warmup_steps": 40, "eval_interval": 75, "eval_iters": 8,
+                  "log_interval": 10, "sample_tokens": 300},
         "seeds": 1,
         "lengths": "1x,2x,4x,8x",
         "eval_windows": 16,  # windows of the longest length: 16 x 512 = 8192 tokens scored
     },
     "full": {
         "base": "small",
-        "model": dict(block_size=128, n_layer=6, n_head=8, d_model=256, dropout=0.1),
-        "train": dict(tokenizer="char", batch_size=32, max_steps=4000, lr=1e-3, min_lr=1e-4,
-                      warmup_steps=200, eval_interval=250, eval_iters=40, log_interval=20,
-                      sample_tokens=500),
+        "model": {"block_size": 128, "n_layer": 6, "n_head": 8, "d_model": 256, "dropout": 0.1},
+        "train": {"tokenizer": "char", "batch_size": 32, "max_steps": 4000, "lr": 1e-3,
+                  "min_lr": 1e-4, "warmup_steps": 200, "eval_interval": 250, "eval_iters": 40,
+                  "log_interval": 20, "sample_tokens": 500},
         "seeds": 3,
         "lengths": "1x,2x,4x,8x",
         "eval_windows": 64,  # 64 x 1024 = 65536 tokens scored at every length
@@ -105,7 +105,7 @@ def parse_lengths(spec: str | list[str], L: int) -> list[int]:
                 n = mult * L
                 if not (mult > 0 and math.isfinite(n) and abs(n - round(n)) < 1e-9):
                     raise ValueError
-                out.add(int(round(n)))
+                out.add(round(n))
             else:
                 n = int(item)
                 if n < 1:
@@ -507,7 +507,7 @@ class StudyOutcome:
 
 
 def _fmt_s(s: float) -> str:
-    s = int(round(s))
+    s = round(s)
     return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
@@ -535,7 +535,7 @@ def _write_study_file(study: Study, out: Path, status: str) -> None:
     atomic_write_json(out / "study.json", {
         "format": "minigpt-compare-study", "version": SCHEMA_VERSION,
         "minigpt_version": __version__, "status": status,
-        "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "updated": datetime.now(UTC).isoformat(timespec="seconds"),
         "fingerprint": study.fingerprint(), "settings": study.settings(),
         "runs": [name for name, _, _ in study.runs()]})
 
@@ -574,26 +574,26 @@ def held_equal(study: Study, data: Any, span_tokens: int, prompt: str,
     m, t = study.base.model, study.base.train
     differ = ", ".join(verification["configs_differ_only_in"]) or "nothing"
     return [
-        f"Configuration: the same model shapes for every run ({m.n_layer} layers, {m.n_head} "
+        (f"Configuration: the same model shapes for every run ({m.n_layer} layers, {m.n_head} "
         f"heads, d_model {m.d_model}, d_ff {m.d_ff}, trained context L = {m.block_size}); "
-        f"the run configs differ only in {differ} (checked).",
-        f"Data and tokenizer: {t.data}, {t.tokenizer} tokenizer, vocabulary of "
-        f"{data.tokenizer.vocab_size}; the same train/validation split.",
-        f"Hyper-parameters: AdamW (betas {t.beta1}, {t.beta2}, weight decay {t.weight_decay}), "
+        f"the run configs differ only in {differ} (checked)."),
+        (f"Data and tokenizer: {t.data}, {t.tokenizer} tokenizer, vocabulary of "
+        f"{data.tokenizer.vocab_size}; the same train/validation split."),
+        (f"Hyper-parameters: AdamW (betas {t.beta1}, {t.beta2}, weight decay {t.weight_decay}), "
         f"lr {t.lr} -> {t.min_lr} with {t.warmup_steps} warm-up steps, clipping {t.grad_clip}, "
-        f"batch {t.batch_size}x{t.grad_accum}, {t.max_steps} steps, dropout {m.dropout}.",
-        "Training batches: the same windows in the same order for a given seed (batches are a "
-        "pure function of seed and step and never depend on the model).",
-        "Initial values: every parameter the encodings share (token embedding, attention, MLP, "
+        f"batch {t.batch_size}x{t.grad_accum}, {t.max_steps} steps, dropout {m.dropout}."),
+        ("Training batches: the same windows in the same order for a given seed (batches are a "
+        "pure function of seed and step and never depend on the model)."),
+        ("Initial values: every parameter the encodings share (token embedding, attention, MLP, "
         "LayerNorms) is drawn per parameter name from its own seeded generator; verified "
         f"identical across encodings for {verification['shared_tensors']} shared tensors and "
         f"seed(s) {', '.join(map(str, verification['seeds_checked']))}: "
-        f"{'yes' if verification['shared_init_identical'] else 'NO'}.",
-        f"Evaluation tokens: one fixed validation span of {span_tokens} tokens, scored once at "
-        "every length by every model.",
-        f"Sampling: prompt {prompt!r}, temperatures "
+        f"{'yes' if verification['shared_init_identical'] else 'NO'}."),
+        (f"Evaluation tokens: one fixed validation span of {span_tokens} tokens, scored once at "
+        "every length by every model."),
+        (f"Sampling: prompt {prompt!r}, temperatures "
         f"{', '.join(f'{x:g}' for x in t.sample_temperatures)}, {t.sample_tokens} new tokens, "
-        "the run's seed; every model sees at most its last L tokens while sampling.",
+        "the run's seed; every model sees at most its last L tokens while sampling."),
         "Machine: the same device and thread count, one run at a time.",
     ]
 
@@ -801,7 +801,7 @@ def collect_results(study: Study, out: Path, data: Any, device: Any, span: Any, 
     return {
         "schema": SCHEMA,
         "schema_version": SCHEMA_VERSION,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "study": {
             "preset": study.preset, "encodings": study.encodings, "seeds": study.seeds,
             "block_size": study.block_size, "lengths": study.lengths,

@@ -28,7 +28,6 @@ import torch.nn.functional as F
 from .errors import DataError, MiniGPTError
 from .positional import PositionLimitError
 
-
 # --- the fixed validation span -------------------------------------------------------------
 
 def span_unit(lengths: Sequence[int]) -> int:
@@ -49,8 +48,9 @@ def eval_span(val: np.ndarray, lengths: Sequence[int], windows: int, *, start: i
         raise MiniGPTError(f"the number of evaluation windows must be at least 1, got {windows}.")
     unit = span_unit(lengths)
     if unit > 1 << 24:
-        raise MiniGPTError(f"the evaluation lengths {list(lengths)} have no common multiple below "
-                           "16M tokens; use lengths that divide the longest one (e.g. 1x,2x,4x,8x).")
+        raise MiniGPTError(f"the evaluation lengths {list(lengths)} have no common multiple "
+                           "below 16M tokens; use lengths that divide the longest one "
+                           "(e.g. 1x,2x,4x,8x).")
     want = -(-windows * max(lengths) // unit) * unit  # round up to a multiple of unit
     avail = len(val) - start - 1
     M = min(want, (avail // unit) * unit)
@@ -101,7 +101,7 @@ def length_generalization(model: torch.nn.Module, span: np.ndarray, lengths: Seq
     results: list[dict[str, Any]] = []
     position: dict[str, Any] | None = None
     try:
-        for T in sorted(set(int(t) for t in lengths)):
+        for T in sorted({int(t) for t in lengths}):
             row: dict[str, Any] = {"length": T, "multiple": T / L, "tokens": len(span) - 1,
                                    "loss": None, "ppl": None, "reason": None}
             if T > L and not model.pos.extrapolates:

@@ -67,8 +67,18 @@ import torch
 
 from .config import ModelConfig, RunConfig, TrainConfig
 from .errors import MiniGPTError
-from .tokenizers import (EOS, NO_SPACE_AFTER, NO_SPACE_BEFORE, PAD, UNK, WORD_RE, BPETokenizer,
-                         CharTokenizer, Tokenizer, WordTokenizer)
+from .tokenizers import (
+    EOS,
+    NO_SPACE_AFTER,
+    NO_SPACE_BEFORE,
+    PAD,
+    UNK,
+    WORD_RE,
+    BPETokenizer,
+    CharTokenizer,
+    Tokenizer,
+    WordTokenizer,
+)
 
 EXPORTABLE = {"learned": "GPT2LMHeadModel", "rope": "GPTNeoXForCausalLM"}
 IMPORTABLE = {"gpt2": "GPT2LMHeadModel", "gpt_neox": "GPTNeoXForCausalLM"}
@@ -80,6 +90,7 @@ HF_ACT = {"gelu_tanh": "gelu_new", "gelu": "gelu"}
 # HF activation names that are exactly (up to float rounding) one of ours
 FROM_HF_ACT = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu_fast": "gelu_tanh",
                "gelu": "gelu"}
+GPT2_EOS = "<|endoftext|>"
 INSTALL_HINT = "pip install 'minigpt[hf]'"
 
 
@@ -240,11 +251,18 @@ def tokenizer_to_hf_backend(tok: Tokenizer) -> Any:
 def special_ids(tok: Tokenizer) -> dict[str, int | None]:
     """bos/eos/pad/unk ids of our tokenizer, None where it has none."""
     if isinstance(tok, BPETokenizer):
-        return {"bos": None, "eos": tok.hf.token_to_id(EOS), "pad": tok.pad_id, "unk": None}
+        eos = _bpe_eos(tok)
+        return {"bos": None, "eos": None if eos is None else tok.hf.token_to_id(eos),
+                "pad": tok.pad_id, "unk": None}
     if isinstance(tok, WordTokenizer):
         s = tok.stoi
         return {"bos": s["<bos>"], "eos": s[EOS], "pad": tok.pad_id, "unk": tok.unk_id}
     return {"bos": None, "eos": None, "pad": tok.pad_id, "unk": None}
+
+
+def _bpe_eos(tok: BPETokenizer) -> str | None:
+    """The end-of-text token of a BPE vocabulary: ours (<eos>) or GPT-2's (<|endoftext|>)."""
+    return next((t for t in (EOS, GPT2_EOS) if tok.hf.token_to_id(t) is not None), None)
 
 
 def hf_tokenizer(tok: Tokenizer, model_max_length: int | None = None) -> Any:
@@ -257,8 +275,8 @@ def hf_tokenizer(tok: Tokenizer, model_max_length: int | None = None) -> Any:
     elif isinstance(tok, BPETokenizer):
         if tok.pad_id is None:
             kw.pop("pad_token")
-        if tok.hf.token_to_id(EOS) is not None:
-            kw["eos_token"] = EOS
+        if _bpe_eos(tok) is not None:
+            kw["eos_token"] = _bpe_eos(tok)
     if model_max_length:
         kw["model_max_length"] = model_max_length
     return transformers.PreTrainedTokenizerFast(
@@ -300,7 +318,7 @@ def tokenizer_from_hf_dir(d: Path, vocab_size: int) -> Tokenizer:
         elif model.get("type") == "BPE" and any(p.get("type") == "ByteLevel" for p in parts):
             try:
                 tok = BPETokenizer(HFTokenizer.from_file(str(path)))
-            except Exception as e:  # the Rust side raises plain Exceptions
+            except Exception as e:  # noqa: BLE001 (the Rust side raises plain Exceptions)
                 raise HFError(f"{path} cannot be loaded by the tokenizers library ({e}).") from None
         else:
             raise HFError(f"{path} holds a {model.get('type')} tokenizer; minigpt imports "
@@ -308,12 +326,12 @@ def tokenizer_from_hf_dir(d: Path, vocab_size: int) -> Tokenizer:
     elif (d / "vocab.json").is_file() and (d / "merges.txt").is_file():
         try:
             hf = HFTokenizer(models.BPE.from_file(str(d / "vocab.json"), str(d / "merges.txt")))
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 (the Rust side raises plain Exceptions)
             raise HFError(f"{d}'s vocab.json and merges.txt are not a BPE tokenizer ({e})."
                           ) from None
         hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         hf.decoder = decoders.ByteLevel()
-        for special in ("<|endoftext|>", PAD, EOS):
+        for special in (GPT2_EOS, PAD, EOS):
             if hf.token_to_id(special) is not None:
                 hf.add_special_tokens([special])
         tok = BPETokenizer(hf)
@@ -370,8 +388,8 @@ def _fit_bpe(tok: BPETokenizer, vocab_size: int, path: Path) -> BPETokenizer:
 
 def hf_config_kwargs(cfg: ModelConfig, ids: dict[str, int | None]) -> tuple[str, dict[str, Any]]:
     """Our ModelConfig -> (HF config class name, its keyword arguments)."""
-    common = dict(vocab_size=cfg.vocab_size, bos_token_id=ids["bos"], eos_token_id=ids["eos"],
-                  pad_token_id=ids["pad"], tie_word_embeddings=True)
+    common = {"vocab_size": cfg.vocab_size, "bos_token_id": ids["bos"],
+              "eos_token_id": ids["eos"], "pad_token_id": ids["pad"], "tie_word_embeddings": True}
     if cfg.pos == "learned":
         return "GPT2Config", dict(
             common, n_positions=cfg.block_size, n_embd=cfg.d_model, n_layer=cfg.n_layer,
@@ -416,13 +434,13 @@ def model_config_from_hf(raw: dict[str, Any], where: Path) -> tuple[str, ModelCo
                 raise HFError(f"{where} sets {key}={raw.get(key)}; minigpt's attention needs "
                               f"{key}={want}.")
         act = raw.get("activation_function", "gelu_new")
-        d = raw.get("n_embd", 768)
-        kw = dict(block_size=_get(raw, "n_positions", 1024, int), n_layer=_get(raw, "n_layer", 12, int),
-                  n_head=_get(raw, "n_head", 12, int), d_model=_get(raw, "n_embd", 768, int),
-                  d_ff=_get(raw, "n_inner", 4 * d if isinstance(d, int) else 0, int),
-                  dropout=float(_get(raw, "resid_pdrop", 0.1)),
-                  layer_norm_eps=float(_get(raw, "layer_norm_epsilon", 1e-5)), pos="learned",
-                  vocab_size=_get(raw, "vocab_size", 50257, int))
+        d_model = _get(raw, "n_embd", 768, int)
+        kw = {"block_size": _get(raw, "n_positions", 1024, int),
+              "n_layer": _get(raw, "n_layer", 12, int), "n_head": _get(raw, "n_head", 12, int),
+              "d_model": d_model, "d_ff": _get(raw, "n_inner", 4 * d_model, int),
+              "dropout": float(_get(raw, "resid_pdrop", 0.1)),
+              "layer_norm_eps": float(_get(raw, "layer_norm_epsilon", 1e-5)), "pos": "learned",
+              "vocab_size": _get(raw, "vocab_size", 50257, int)}
     else:
         if raw.get("use_parallel_residual", True):
             raise HFError(f"{where} uses GPT-NeoX's parallel residual (attention and MLP side by "
@@ -442,14 +460,16 @@ def model_config_from_hf(raw: dict[str, Any], where: Path) -> tuple[str, ModelCo
                           "rotates the whole head (rotary_pct 1.0).")
         base = rope.get("rope_theta", raw.get("rope_theta", raw.get("rotary_emb_base", 10000.0)))
         act = raw.get("hidden_act", "gelu")
-        kw = dict(block_size=_get(raw, "max_position_embeddings", 2048, int),
-                  n_layer=_get(raw, "num_hidden_layers", 44, int),
-                  n_head=_get(raw, "num_attention_heads", 64, int),
-                  d_model=_get(raw, "hidden_size", 6144, int),
-                  d_ff=_get(raw, "intermediate_size", 24576, int),
-                  dropout=float(_get(raw, "hidden_dropout", 0.0)),
-                  layer_norm_eps=float(_get(raw, "layer_norm_eps", 1e-5)), pos="rope",
-                  rope_base=float(base), vocab_size=_get(raw, "vocab_size", 50432, int))
+        if not isinstance(base, (int, float)) or isinstance(base, bool):
+            raise HFError(f"config.json in {where}: rope_theta has an unexpected value {base!r}.")
+        kw = {"block_size": _get(raw, "max_position_embeddings", 2048, int),
+              "n_layer": _get(raw, "num_hidden_layers", 44, int),
+              "n_head": _get(raw, "num_attention_heads", 64, int),
+              "d_model": _get(raw, "hidden_size", 6144, int),
+              "d_ff": _get(raw, "intermediate_size", 24576, int),
+              "dropout": float(_get(raw, "hidden_dropout", 0.0)),
+              "layer_norm_eps": float(_get(raw, "layer_norm_eps", 1e-5)), "pos": "rope",
+              "rope_base": float(base), "vocab_size": _get(raw, "vocab_size", 50432, int)}
     if act not in FROM_HF_ACT:
         raise HFError(f"{where} uses the activation {act!r}; minigpt supports "
                       f"{', '.join(sorted(FROM_HF_ACT))}.")
@@ -484,14 +504,15 @@ def _weight_files(d: Path) -> list[Path]:
     raise HFError(f"{d} has no model.safetensors; it is not a complete model directory.")
 
 
-def _read_hf_tensors(d: Path, prefixes: tuple[str, ...]) -> dict[str, torch.Tensor]:
+def _read_hf_tensors(files: list[Path], prefixes: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """All tensors of the safetensors files, with the HF model prefix removed from names."""
     from safetensors import SafetensorError, safe_open
 
     out: dict[str, torch.Tensor] = {}
-    for f in _weight_files(d):
+    for f in files:
         try:
             with safe_open(str(f), "pt") as st:
-                for k in st.keys():
+                for k in list(st.keys()):
                     name = k
                     for p in prefixes:
                         if name.startswith(p):
@@ -630,9 +651,10 @@ def import_hf(src: str | Path, out: str | Path) -> ImportResult:
         raise HFError(f"{cfg_path} is not a Hugging Face model config.")
     arch, mcfg = model_config_from_hf(raw, d)
     _check_out(out, "a run")
+    files = _weight_files(d)  # refuse pickle-only directories before anything else
     tok = tokenizer_from_hf_dir(d, mcfg.vocab_size)
     prefixes = ("transformer.",) if arch == "gpt2" else ("gpt_neox.",)
-    tensors = _read_hf_tensors(d, prefixes)
+    tensors = _read_hf_tensors(files, prefixes)
     emb = "wte.weight" if arch == "gpt2" else "embed_in.weight"
     if emb not in tensors:
         raise HFError(f"{d}'s weights have no {emb}; the directory is incomplete.")

@@ -111,6 +111,20 @@ def setup_distributed(device_name: str) -> tuple[Dist, torch.device]:
     return Dist(dist.get_rank(), dist.get_world_size(), local), device
 
 
+def barrier(d: Dist) -> None:
+    if d.enabled:
+        dist.barrier()
+
+
+def any_rank(d: Dist, flag: bool, device: torch.device) -> bool:
+    """True on every rank if `flag` is true on any rank (one tiny all-reduce)."""
+    if not d.enabled:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
 # --- schedule and optimizer ----------------------------------------------------------------
 
 def lr_at(step: int, tc: TrainConfig) -> float:
@@ -177,9 +191,10 @@ class _StopFlag:
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested:
+        name = signal.Signals(signum).name
+        if self.requested == name:  # asked twice: stop now
             raise KeyboardInterrupt
-        self.requested = signal.Signals(signum).name
+        self.requested = self.requested or name
 
     def __exit__(self, *exc: Any) -> None:
         for sig, old in self._old.items():
@@ -234,12 +249,14 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, until: int |
     out = Path(out)
     tc = cfg.train
     d, device = setup_distributed(tc.device)
-    if d.main:
-        prepare_output(out, resume)
+    prepare_output(out, resume)  # every rank checks; only rank 0 writes, after the barrier
     tok_path = out / "tokenizer.json" if resume else None
     if init_from is not None and not resume:
         tok_path = Path(init_from) / "tokenizer.json"
-    data = data or load_dataset(cfg, tok_path, verbose=progress and d.main)
+    if data is None and d.main:  # rank 0 tokenizes into the cache, the others then read it
+        data = load_dataset(cfg, tok_path, verbose=progress)
+    barrier(d)
+    data = data or load_dataset(cfg, tok_path)
     data.check_block(cfg.model.block_size)
     cfg.model.vocab_size = data.tokenizer.vocab_size
     cfg.model.__post_init__()  # re-validate with the vocabulary filled in
@@ -253,7 +270,7 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, until: int |
     step, best_val = 0, float("inf")
     history: list[dict[str, Any]] = []
     if resume:
-        state = checkpoint.load_trainer_state(out, model, optimizer)
+        state = checkpoint.load_trainer_state(out, model, optimizer, rank=d.rank)
         step, best_val = int(state["step"]), float(state["best_val"])
         if d.main:
             history = _truncate_metrics(out / "metrics.jsonl", step)
@@ -294,6 +311,7 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, until: int |
 
     def save(step: int, val: float | None) -> None:
         nonlocal best_val
+        rng = rank_rng_states(d)  # a collective: every rank takes part
         if not d.main:
             return
         improved = val is not None and val < best_val
@@ -303,7 +321,7 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, until: int |
         checkpoint.save_weights(out / "model.safetensors", model, step)
         checkpoint.write_config(out, cfg, step)
         checkpoint.save_trainer_state(out, model, optimizer,
-                                      {"step": step, "best_val": best_val})
+                                      {"step": step, "best_val": best_val}, rank_rng=rng)
 
     t_start = time.perf_counter()
     t_last, step_last = t_start, step
@@ -357,7 +375,8 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, until: int |
                 if bar is not None:
                     bar.update(1)
                 evaluate = step % tc.eval_interval == 0 or step == tc.max_steps
-                if evaluate or step == stop_at or stop.requested:
+                stopping = any_rank(d, stop.requested is not None, device)
+                if evaluate or step == stop_at or stopping:
                     val = None
                     if evaluate:
                         val = estimate_loss(train_model, data, "val", cfg, device, amp, d)
@@ -366,8 +385,8 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, until: int |
                         log_row({"step": step, "val_loss": val, "val_ppl": math.exp(min(val, 50)),
                                  "train_loss_eval": trn, "elapsed": time.perf_counter() - t_start})
                     save(step, val)
-                if stop.requested:
-                    interrupted = stop.requested
+                if stopping:
+                    interrupted = stop.requested or "a signal on another rank"
                     break
     finally:
         if bar is not None:
@@ -391,6 +410,16 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, until: int |
                        elapsed=elapsed, tokens_per_s=tokens_per_step * steps_run / max(elapsed, 1e-9),
                        interrupted=bool(interrupted), params=model.num_params(),
                        pos_params=model.pos.num_params(), peak_mem_mb=peak, history=history)
+
+
+def rank_rng_states(d: Dist) -> list[torch.Tensor] | None:
+    """Every rank's CPU RNG state (dropout streams differ per rank), gathered on all ranks."""
+    if not d.enabled:
+        return None
+    mine = torch.get_rng_state()
+    states = [torch.empty_like(mine) for _ in range(d.world)]
+    dist.all_gather(states, mine)
+    return states
 
 
 def _tensorboard(out: Path, step: int):

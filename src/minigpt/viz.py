@@ -8,6 +8,7 @@
                          the same bias against distance
     nope                 nothing: it adds no positional information
     any checkpoint       with a prompt, the attention weights of every head, one grid per layer
+                         ({pos}_attention_layer{i}.png)
 
 Trained encodings (learned, t5) are drawn from a checkpoint; the fixed ones (sinusoidal, rope,
 alibi) can also be drawn untrained from a preset. Everything is written as PNG with the Agg
@@ -27,11 +28,11 @@ import numpy as np
 import torch
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from . import positional  # noqa: E402
-from .config import ModelConfig, merge, preset  # noqa: E402
-from .errors import MiniGPTError  # noqa: E402
+from . import positional
+from .config import ModelConfig, merge, preset
+from .errors import MiniGPTError
 
 TRAINED = {"learned", "t5"}  # encodings with parameters: only a checkpoint shows them
 # model settings that describe an untrained encoding (and so make no sense with a checkpoint)
@@ -54,14 +55,14 @@ class Source:
 
 
 def draw(pos: str | None, ckpt: str | Path | None, out: str | Path, prompt: str | None = None,
-         *, preset_name: str = "small", overrides: dict[str, Any] | None = None,
+         *, preset_name: str | None = None, overrides: dict[str, Any] | None = None,
          which: str = "last", log: Callable[[str], None] | None = None) -> list[Path]:
     """Write the pictures of one encoding (and, with `prompt`, attention maps) into `out`.
 
     `pos` may be None when `ckpt` is given (it is read from the checkpoint). Without a
-    checkpoint the encoding is built untrained from `preset_name` with `overrides` (any of
-    block_size, n_head, d_model, rope_base). Returns the PNG paths written; `log` receives a
-    one-line note when there is nothing to draw.
+    checkpoint the encoding is built untrained from `preset_name` (default "small") with
+    `overrides` (any of block_size, n_head, d_model, rope_base). Returns the PNG paths
+    written; `log` receives a one-line note when there is nothing to draw.
     """
     src = _source(pos, ckpt, preset_name, overrides or {}, which, prompt)
     idx = _encode_prompt(src, prompt) if prompt is not None else None
@@ -78,7 +79,8 @@ def draw(pos: str | None, ckpt: str | Path | None, out: str | Path, prompt: str 
     elif idx is None and log is not None:
         what = ("adds no positional information, so there is nothing of the encoding to draw"
                 if type(src.module).where == "nowhere" else "has no picture of its own yet")
-        log(f"{src.pos} {what}; give --ckpt DIR --prompt TEXT to see the attention it leads to.")
+        hint = "--prompt TEXT" if src.model is not None else "--ckpt DIR --prompt TEXT"
+        log(f"{src.pos} {what}; give {hint} to see the attention it leads to.")
     if idx is not None:
         paths += _draw_attention(src, idx, prompt or "", out)
     return paths
@@ -86,7 +88,7 @@ def draw(pos: str | None, ckpt: str | Path | None, out: str | Path, prompt: str 
 
 # --- where the encoding comes from --------------------------------------------------------
 
-def _source(pos: str | None, ckpt: str | Path | None, preset_name: str,
+def _source(pos: str | None, ckpt: str | Path | None, preset_name: str | None,
             overrides: dict[str, Any], which: str, prompt: str | None) -> Source:
     if pos is not None and pos not in positional.REGISTRY:
         raise MiniGPTError(f"unknown positional encoding {pos!r}; choose one of "
@@ -100,10 +102,14 @@ def _source(pos: str | None, ckpt: str | Path | None, preset_name: str,
     if ckpt is not None:
         from .checkpoint import load
 
+        if preset_name is not None:
+            given = {"preset": preset_name, **given}
         if given:
             flags = ", ".join("--" + k.replace("_", "-") for k in sorted(given))
-            raise MiniGPTError(f"{flags} describe an untrained encoding and cannot change a "
-                               "checkpoint; drop them or drop --ckpt.")
+            one = len(given) == 1
+            raise MiniGPTError(f"{flags} {'applies' if one else 'apply'} only to an untrained "
+                               f"encoding, not to a checkpoint; drop {'it' if one else 'them'} "
+                               "or drop --ckpt.")
         model, tok, cfg, raw = load(ckpt, which=which)
         found = cfg.model.pos
         if pos is not None and pos != found:
@@ -121,6 +127,7 @@ def _source(pos: str | None, ckpt: str | Path | None, preset_name: str,
                            f"checkpoint; give --ckpt DIR of a model trained with --pos {pos}.")
     if prompt is not None:
         raise MiniGPTError("--prompt shows a trained model's attention; give --ckpt DIR too.")
+    preset_name = preset_name or "small"
     cfg = merge(preset(preset_name), {**given, "pos": pos}, None, where="command line").model
     label = f"untrained, preset {preset_name}"
     if given:
@@ -172,7 +179,8 @@ def _causal(m: np.ndarray) -> np.ndarray:
 def _grid(n: int, panel: float = 3.2) -> tuple[plt.Figure, np.ndarray]:
     cols = math.ceil(math.sqrt(n))
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(panel * cols + 1.2, panel * rows + 0.8),
+    size = (max(panel * cols + 1.2, 8.0), panel * rows + 1.0)  # wide enough for the title
+    fig, axes = plt.subplots(rows, cols, figsize=size,
                              squeeze=False, layout="constrained")
     for ax in axes.flat[n:]:
         ax.axis("off")
@@ -353,7 +361,8 @@ def _draw_attention(src: Source, idx: torch.Tensor, prompt: str, out: Path) -> l
     ids = idx[0].tolist()
     T, nh = len(ids), src.cfg.n_head
     labels = _token_labels(src.tokenizer, ids) if T <= MAX_TICK_LABELS else None
-    shown = _short(prompt.replace("\n", "\\n"), 40)
+    shown = _short(prompt.replace("\n", "\\n"), 32)
+    L = src.cfg.block_size
     cmap = _masked_cmap("magma")
     paths = []
     for layer, att in enumerate(maps):
@@ -364,12 +373,15 @@ def _draw_attention(src: Source, idx: torch.Tensor, prompt: str, out: Path) -> l
             ax.set_title(f"head {h}", fontsize=9)
             ax.set_xlabel("key (attended to)")
             ax.set_ylabel("query (attending)")
+            if T > L:  # queries past the trained context
+                ax.axhline(L - 0.5, color="C0", ls="--", lw=0.8)
             if labels:
                 fs = 7 if T <= 24 else 5
                 ax.set_xticks(range(T), labels, rotation=90, fontsize=fs)
                 ax.set_yticks(range(T), labels, fontsize=fs)
         fig.colorbar(im, ax=axes, label="attention weight", shrink=0.8)
-        fig.suptitle(f"{src.pos}: attention of layer {layer} on “{shown}” ({T} tokens)\n"
-                     f"{src.label}")
-        paths.append(_save(fig, out / f"attention_layer{layer}.png"))
+        past = f"; dashed: trained context {L}" if T > L else ""
+        fig.suptitle(f"{src.pos}: attention weights of layer {layer} (layers 0-{len(maps) - 1})\n"
+                     f"prompt “{shown}” ({T} tokens{past})\n{src.label}")
+        paths.append(_save(fig, out / f"{src.pos}_attention_layer{layer}.png"))
     return paths

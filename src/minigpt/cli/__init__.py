@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code = args.handler(args)
     except MiniGPTError as e:
-        print(f"minigpt {args.command}: error: {e}", file=sys.stderr)
+        print(f"minigpt {args.command}: error: {_rank()}{e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"minigpt {args.command}: interrupted.", file=sys.stderr)
@@ -57,6 +57,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"minigpt {args.command}: error: {e.strerror or e}{where}.", file=sys.stderr)
         return 2
     return int(code or 0)
+
+
+def _rank() -> str:
+    """'rank N: ' inside a multi-process (torchrun) job, so a failure names its process."""
+    import os
+
+    return f"rank {os.environ['RANK']}: " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
 
 
 def run() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from ..errors import MiniGPTError
@@ -58,10 +59,12 @@ def run(args: argparse.Namespace) -> int:
                                    "only --dropout may change.")
             src_cfg, _ = read_config(args.init_from)
             cfg = merge(cfg, {**vars(src_cfg.model), **model_o}, None, where="--init-from")
-    if not args.quiet:
+    if not args.quiet and int(os.environ.get("RANK", "0")) == 0:
         print(f"minigpt train: {describe(cfg)} -> {out}")
     result = train(cfg, out, resume=args.resume, until=args.until, progress=not args.quiet,
                    init_from=args.init_from)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # under torchrun only rank 0 reports and samples
     print(f"step {result.step}: best val loss {result.best_val_loss:.4f}, "
           f"{result.tokens_per_s:,.0f} tokens/s, {result.elapsed:.1f}s")
     if result.interrupted or result.step < cfg.train.max_steps or not cfg.train.sample_tokens:

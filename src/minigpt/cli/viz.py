@@ -11,19 +11,24 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Draw a positional encoding (untrained from a preset, or from a "
                     "checkpoint) and, with --prompt, a checkpoint's attention maps; writes "
                     "PNGs into --out and prints their paths, one per line.")
-    p.add_argument("--pos", help="learned, sinusoidal, rope, alibi, nope or t5 (learned and t5 "
-                                 "need --ckpt; taken from the checkpoint when omitted)")
+    p.add_argument("--pos", metavar="NAME",
+                   help="learned, sinusoidal, rope, alibi, nope or t5 (learned and t5 need "
+                        "--ckpt; taken from the checkpoint when omitted)")
     p.add_argument("--ckpt", metavar="DIR", help="checkpoint directory of a trained model")
-    p.add_argument("--out", metavar="DIR", required=True, help="directory for the PNGs")
-    p.add_argument("--prompt", help="with --ckpt: draw every layer's attention on this text")
+    p.add_argument("--out", metavar="DIR", required=True,
+                   help="directory for the PNGs (created if missing)")
+    p.add_argument("--prompt", metavar="TEXT",
+                   help="with --ckpt: draw every layer's attention on this text")
     p.add_argument("--which", choices=["last", "best"], default="last",
                    help="which checkpoint weights (default last)")
     g = p.add_argument_group("untrained encoding (without --ckpt)")
-    g.add_argument("--preset", default="small", help="model shapes to start from (default small)")
-    g.add_argument("--block-size", type=int, help="context length L")
-    g.add_argument("--n-head", type=int, help="number of attention heads")
-    g.add_argument("--d-model", type=int, help="embedding width")
-    g.add_argument("--rope-base", type=float, help="rope base (default 10000)")
+    g.add_argument("--preset", metavar="NAME",
+                   help="model shapes to start from: tiny, small (default), shakespeare-char "
+                        "or gpt2")
+    g.add_argument("--block-size", type=int, metavar="L", help="context length L")
+    g.add_argument("--n-head", type=int, metavar="N", help="number of attention heads")
+    g.add_argument("--d-model", type=int, metavar="C", help="embedding width")
+    g.add_argument("--rope-base", type=float, metavar="B", help="rope base (default 10000)")
     p.set_defaults(handler=run)
 
 

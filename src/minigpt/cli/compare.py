@@ -1,0 +1,62 @@
+"""`minigpt compare`: the positional-encoding study (train, evaluate, report)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .options import add_config_flags, overrides
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "compare", help="train one model per positional encoding and compare them",
+        description="Train one model per positional encoding (and seed) on the same data with "
+                    "everything else held equal, then measure perplexity at and past the "
+                    "trained length, sample from each, and write results.json, report.md, "
+                    "report.html and plots into --out. Re-running skips finished runs and "
+                    "resumes an interrupted one.")
+    p.add_argument("--pos", metavar="A,B,...",
+                   help="encodings to compare (default learned,sinusoidal,rope,alibi,nope; "
+                        "t5 also available)")
+    p.add_argument("--seeds", type=int, metavar="N",
+                   help="seeds per encoding: --seed, --seed+1, ... (default: quick 1, full 3)")
+    p.add_argument("--preset", choices=["quick", "full"], default="quick",
+                   help="quick (default; minutes on a laptop CPU) or full (longer training, "
+                        "3 seeds; for a GPU)")
+    p.add_argument("--lengths", metavar="LIST",
+                   help="evaluation lengths: multiples of the trained length L such as "
+                        "1x,2x,4x,8x (default) or token counts such as 64,128,256; L is "
+                        "always included")
+    p.add_argument("--eval-windows", type=int, metavar="N",
+                   help="windows of the longest length in the fixed validation span "
+                        "(default: quick 16, full 64)")
+    p.add_argument("--out", default="runs/compare",
+                   help="study directory (default runs/compare)")
+    p.add_argument("--force", action="store_true",
+                   help="accept changed settings for an existing --out: retrain the runs "
+                        "whose training config changed, re-evaluate the rest")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_config_flags(p, skip={"pos"})
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..compare import make_study, run_study
+
+    model_o, train_o = overrides(args)
+    study = make_study(args.preset, encodings=args.pos, seeds=args.seeds, lengths=args.lengths,
+                       eval_windows=args.eval_windows, model=model_o, train=train_o)
+    out = Path(args.out)
+    runs = study.runs()
+    print(f"minigpt compare: {len(study.encodings)} encodings ({', '.join(study.encodings)}) x "
+          f"{len(study.seeds)} seed(s) = {len(runs)} runs, L = {study.block_size}, "
+          f"lengths {', '.join(map(str, study.lengths))} -> {out}", flush=True)
+    outcome = run_study(study, out, force=args.force, progress=not args.quiet,
+                        log=lambda m: print(m, flush=True))
+    if outcome.interrupted:
+        return 130
+    print(f"trained {len(outcome.trained)}, skipped {len(outcome.skipped)} finished run(s)")
+    print(outcome.results["summary"]["text"] if outcome.results else "")
+    print(f"report: {out / 'report.html'} (also report.md, results.json, *.png)")
+    return 0
