@@ -34,6 +34,13 @@ def assert_picture(path: Path) -> None:
     assert len(distinct) > 20, f"{path} has only {len(distinct)} colours: blank?"
 
 
+@pytest.fixture(autouse=True)
+def _quick_render(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process drawings at a lower resolution (still >= 300 px a side) to save time; the
+    command-line test renders at the real one."""
+    monkeypatch.setattr(viz, "DPI", 72)
+
+
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Two checkpoints trained for a couple of steps: learned and t5 positions."""

@@ -526,7 +526,7 @@ def check_out(study: Study, out: Path, force: bool, log: Callable[[str], None]) 
                     "changed there, or choose another --out.")
             log(f"settings changed ({', '.join(changed[:6])}); --force: runs whose training "
                 "config changed are retrained, the others re-evaluated as needed.")
-    elif out.exists() and any(out.iterdir()) and not force:
+    elif out.exists() and any(out.iterdir()) and not (out / "runs").is_dir() and not force:
         raise MiniGPTError(f"{out} exists, is not empty and holds no study (study.json); "
                            "choose another --out or pass --force to write into it.")
 
@@ -574,8 +574,8 @@ def held_equal(study: Study, data: Any, span_tokens: int, prompt: str,
     m, t = study.base.model, study.base.train
     differ = ", ".join(verification["configs_differ_only_in"]) or "nothing"
     return [
-        (f"Configuration: the same model shapes for every run ({m.n_layer} layers, {m.n_head} "
-        f"heads, d_model {m.d_model}, d_ff {m.d_ff}, trained context L = {m.block_size}); "
+        (f"Configuration: the same model shapes for every run ({_n(m.n_layer, 'layer')}, "
+        f"{_n(m.n_head, 'head')}, d_model {m.d_model}, d_ff {m.d_ff}, trained context L = {m.block_size}); "
         f"the run configs differ only in {differ} (checked)."),
         (f"Data and tokenizer: {t.data}, {t.tokenizer} tokenizer, vocabulary of "
         f"{data.tokenizer.vocab_size}; the same train/validation split."),
@@ -596,6 +596,10 @@ def held_equal(study: Study, data: Any, span_tokens: int, prompt: str,
         "the run's seed; every model sees at most its last L tokens while sampling."),
         "Machine: the same device and thread count, one run at a time.",
     ]
+
+
+def _n(k: int, word: str) -> str:
+    return f"{k} {word}{'' if k == 1 else 's'}"
 
 
 def default_prompt(data: Any) -> str:

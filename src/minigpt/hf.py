@@ -188,26 +188,32 @@ def to_hf_state(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, t
 def from_hf_state(tensors: dict[str, torch.Tensor], cfg: ModelConfig, arch: str
                   ) -> dict[str, torch.Tensor]:
     """HF tensors (prefix already removed) -> our state dict (tied head left out)."""
+    def need(name: str) -> torch.Tensor:
+        if name not in tensors:
+            raise HFError(f"the model's weights lack tensor {name}; the directory is "
+                          "incomplete or not a standard checkpoint.")
+        return tensors[name]
+
     out: dict[str, torch.Tensor] = {}
     emb, ln_f = ("wte", "ln_f") if arch == "gpt2" else ("embed_in", "final_layer_norm")
-    out["tok_emb.weight"] = tensors[f"{emb}.weight"]
+    out["tok_emb.weight"] = need(f"{emb}.weight")
     if arch == "gpt2":
-        out["pos.wpe.weight"] = tensors["wpe.weight"]
-    out["ln_f.weight"], out["ln_f.bias"] = tensors[f"{ln_f}.weight"], tensors[f"{ln_f}.bias"]
+        out["pos.wpe.weight"] = need("wpe.weight")
+    out["ln_f.weight"], out["ln_f.bias"] = need(f"{ln_f}.weight"), need(f"{ln_f}.bias")
     for i in range(cfg.n_layer):
         for ours, theirs, transpose in _block_pairs(i, arch):
-            if theirs not in tensors:
-                if theirs.endswith(".bias") and "attention." in theirs:
-                    # GPT-NeoX with attention_bias=False: zero biases are the same function
-                    n = 3 * cfg.d_model if "query_key_value" in theirs else cfg.d_model
-                    out[ours] = torch.zeros(n)
-                    continue
-                raise HFError(f"the model's weights lack tensor {theirs}; the directory is "
-                              "incomplete or not a standard checkpoint.")
-            t = tensors[theirs]
+            if theirs not in tensors and theirs.endswith(".bias") and "attention." in theirs:
+                # GPT-NeoX with attention_bias=False: zero biases are the same function
+                n = 3 * cfg.d_model if "query_key_value" in theirs else cfg.d_model
+                out[ours] = torch.zeros(n)
+                continue
+            t = need(theirs)
             if transpose:
                 t = t.t()
             if arch == "gpt_neox" and "query_key_value" in theirs:
+                if t.shape[0] != 3 * cfg.d_model:
+                    raise HFError(f"tensor {theirs} has shape {list(t.shape)}, not the "
+                                  f"{3 * cfg.d_model} rows its config.json implies.")
                 t = _qkv_from_neox(t, cfg.n_head)
             out[ours] = t
     return {k: v.to(torch.float32).contiguous() for k, v in out.items()}
@@ -310,14 +316,21 @@ def tokenizer_from_hf_dir(d: Path, vocab_size: int) -> Tokenizer:
         try:
             raw = json.loads(path.read_text(encoding="utf-8"))
             model = raw["model"]
+            if not isinstance(model, dict):
+                raise TypeError
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
             raise HFError(f"{path} is not a readable Hugging Face tokenizer file.") from None
         parts = _pre_tokenizer_parts(raw.get("pre_tokenizer"))
-        if model.get("type") == "WordLevel" and len(parts) == 1 and parts[0]["type"] == "Split":
+        if model.get("type") == "WordLevel" and len(parts) == 1 and \
+                parts[0].get("type") == "Split":
             tok = _wordlevel_to_ours(model.get("vocab") or {}, _split_pattern(parts[0]), path)
         elif model.get("type") == "BPE" and any(p.get("type") == "ByteLevel" for p in parts):
+            pp = raw.get("post_processor") or {}
+            if isinstance(pp, dict) and pp.get("type") == "TemplateProcessing" and pp.get("single") == [
+                    {"Sequence": {"id": "A", "type_id": 0}}]:
+                raw["post_processor"] = None  # transformers' no-op template: drop it
             try:
-                tok = BPETokenizer(HFTokenizer.from_file(str(path)))
+                tok = BPETokenizer(HFTokenizer.from_str(json.dumps(raw)))
             except Exception as e:  # noqa: BLE001 (the Rust side raises plain Exceptions)
                 raise HFError(f"{path} cannot be loaded by the tokenizers library ({e}).") from None
         else:
@@ -346,7 +359,9 @@ def tokenizer_from_hf_dir(d: Path, vocab_size: int) -> Tokenizer:
     return tok
 
 
-def _wordlevel_to_ours(vocab: dict[str, int], pattern: str | None, path: Path) -> Tokenizer:
+def _wordlevel_to_ours(vocab: Any, pattern: str | None, path: Path) -> Tokenizer:
+    if not isinstance(vocab, dict) or not all(isinstance(i, int) for i in vocab.values()):
+        raise HFError(f"{path} has a malformed WordLevel vocabulary.")
     itos = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
     if sorted(vocab.values()) != list(range(len(itos))):
         raise HFError(f"{path}'s vocabulary ids are not contiguous; it was not exported by "
@@ -419,6 +434,12 @@ def _get(d: dict, key: str, default: Any, kind: type | tuple = (int, float)) -> 
 def model_config_from_hf(raw: dict[str, Any], where: Path) -> tuple[str, ModelConfig]:
     """A HF config.json (as a dict) -> (model_type, our ModelConfig), or a clear refusal."""
     mtype = raw.get("model_type")
+    if raw.get("format") == "minigpt-checkpoint":
+        raise HFError(f"{where} is already a minigpt checkpoint; use it directly (sample, "
+                      "train --init-from) or export it with minigpt export.")
+    if not isinstance(mtype, str):
+        raise HFError(f"{where}'s config.json has no model_type, so it is not a transformers "
+                      "model directory.")
     if mtype not in IMPORTABLE:
         names = ", ".join(raw.get("architectures") or []) or str(mtype)
         raise HFError(f"{where} holds a {names} model; minigpt imports only GPT-2 "
@@ -597,6 +618,13 @@ def compare_logits(model: Any, hf_model: Any, T: int = 16, seed: int = 0
     return float((ours - theirs).abs().max()), float(ours.abs().max())
 
 
+def _update_json(path: Path, updates: dict[str, Any]) -> None:
+    from .io import atomic_write_json
+
+    d = json.loads(path.read_text(encoding="utf-8"))
+    atomic_write_json(path, {**d, **updates})
+
+
 def export_hf(ckpt: str | Path, out: str | Path, which: str = "last") -> ExportResult:
     """Write checkpoint `ckpt` as a transformers model directory `out` (checked for equality)."""
     from .checkpoint import load, read_config
@@ -623,6 +651,12 @@ def export_hf(ckpt: str | Path, out: str | Path, which: str = "last") -> ExportR
         out.mkdir(parents=True, exist_ok=True)
         hf_model.save_pretrained(str(out), safe_serialization=True)
         hf_tok.save_pretrained(str(out))
+        # names that older transformers (4.x) read too: 4.x has no "TokenizersBackend", and
+        # without rotary_pct it would silently rotate only a quarter of each head
+        _update_json(out / "tokenizer_config.json", {"tokenizer_class": "PreTrainedTokenizerFast"})
+        if cfg.model.pos == "rope":
+            _update_json(out / "config.json", {"rotary_pct": 1.0,
+                                               "rotary_emb_base": cfg.model.rope_base})
     except OSError as e:
         raise HFError(f"cannot write {out}: {e.strerror or e}.") from None
     finally:

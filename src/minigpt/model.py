@@ -164,6 +164,7 @@ class GPT(nn.Module):
     def attention_context(self, T: int, start: int, device: torch.device,
                           cache: KVCache | None = None) -> AttnContext:
         """Positions, mask and hooks for T new tokens that follow `start` earlier ones."""
+        self.pos.prepare(start + T, device)
         pos = torch.arange(start, start + T, device=device)
         k_pos = torch.arange(0, start + T, device=device)
         bias = self.pos.bias(pos, k_pos)  # (nh, Tq, Tk) or None

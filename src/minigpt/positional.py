@@ -48,6 +48,13 @@ class PositionalEncoding(nn.Module):
         super().__init__()
         self.cfg = cfg
 
+    def prepare(self, n: int, device: torch.device) -> None:
+        """Get ready for positions 0..n-1 (grow tables); refuse positions it cannot encode.
+
+        Called once per forward pass with plain ints, so the hooks below never need to read
+        a tensor back to the host (no syncs, no torch.compile graph breaks).
+        """
+
     def embed(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         return x
 
@@ -85,13 +92,15 @@ class Learned(PositionalEncoding):
         super().__init__(cfg)
         self.wpe = nn.Embedding(cfg.block_size, cfg.d_model)
 
-    def embed(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        if pos.numel() and int(pos[-1]) >= self.cfg.block_size:
+    def prepare(self, n: int, device: torch.device) -> None:
+        if n > self.cfg.block_size:
             raise PositionLimitError(
                 f"learned positions stop at block_size {self.cfg.block_size}: this model "
-                f"cannot score position {int(pos[-1])}; use a sequence of at most "
+                f"cannot score position {n - 1}; use a sequence of at most "
                 f"{self.cfg.block_size} tokens."
             )
+
+    def embed(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         return x + self.wpe(pos)  # (B, T, C) + (T, C)
 
     def table(self, n: int | None = None) -> torch.Tensor:
@@ -120,18 +129,17 @@ class Sinusoidal(PositionalEncoding):
         self.register_buffer("pe", sinusoid_table(torch.arange(cfg.block_size), cfg.d_model),
                              persistent=False)
 
-    def _grow(self, n: int) -> None:
+    def prepare(self, n: int, device: torch.device) -> None:
         if n > self.pe.shape[0]:
             n = max(n, 2 * self.pe.shape[0])
             self.pe = sinusoid_table(torch.arange(n), self.cfg.d_model).to(self.pe.device)
 
     def embed(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        self._grow(int(pos[-1]) + 1 if pos.numel() else 0)
         return x + self.pe[pos].to(x.dtype)
 
     def table(self, n: int | None = None) -> torch.Tensor:
         n = n or self.cfg.block_size
-        self._grow(n)
+        self.prepare(n, self.pe.device)
         return self.pe[:n]
 
 
@@ -156,21 +164,21 @@ class Rotary(PositionalEncoding):
         hs = cfg.head_size
         inv_freq = 1.0 / (cfg.rope_base ** (torch.arange(0, hs, 2, dtype=torch.float32) / hs))
         self.register_buffer("inv_freq", inv_freq, persistent=False)  # (hs/2,)
-        self._cos = self._sin = None
+        self.register_buffer("cos", torch.empty(0), persistent=False)
+        self.register_buffer("sin", torch.empty(0), persistent=False)
+        self.prepare(cfg.block_size, inv_freq.device)
 
-    def _tables(self, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._cos is None or self._cos.shape[0] < n or self._cos.device != device:
-            n = max(n, self.cfg.block_size, 0 if self._cos is None else 2 * self._cos.shape[0])
+    def prepare(self, n: int, device: torch.device) -> None:
+        if self.cos.shape[0] < n or self.cos.device != device:
+            n = max(n, self.cfg.block_size, 2 * self.cos.shape[0])
             t = torch.arange(n, device=device, dtype=torch.float32)
             freqs = torch.outer(t, self.inv_freq.to(device))  # (n, hs/2)
             emb = torch.cat((freqs, freqs), dim=-1)  # (n, hs)
-            self._cos, self._sin = emb.cos(), emb.sin()
-        return self._cos, self._sin
+            self.cos, self.sin = emb.cos(), emb.sin()
 
     def rotate(self, q: torch.Tensor, k: torch.Tensor, pos: torch.Tensor
                ) -> tuple[torch.Tensor, torch.Tensor]:
-        cos, sin = self._tables(int(pos[-1]) + 1, q.device)
-        cos, sin = cos[pos].to(q.dtype), sin[pos].to(q.dtype)  # (T, hs), broadcast over B, nh
+        cos, sin = self.cos[pos].to(q.dtype), self.sin[pos].to(q.dtype)  # (T, hs)
         return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
 
 

@@ -126,8 +126,8 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
         stuck = [a["pos"] for a in aggs if not a["extrapolates"]]
         findings["cannot_extrapolate"] = stuck
         if stuck:
-            verb = "stop" if len(stuck) > 1 else "stops"
-            tail = f"{_join(stuck)} cannot be evaluated past L (its positions {verb} at L)"
+            whose = "their" if len(stuck) > 1 else "its"
+            tail = f"{_join(stuck)} cannot be evaluated past L ({whose} positions stop at L)"
             s = f"{s}, while {tail}" if s else tail[0].upper() + tail[1:]
         if s:
             parts.append(s + ".")
@@ -143,7 +143,8 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
     counts = {a["pos"]: a["pos_params"]["mean"] for a in aggs}
     if times:
         findings["fastest"], findings["slowest"] = times[0][1], times[-1][1]
-        s = (f"Training took {times[0][0]:.0f}-{times[-1][0]:.0f} s per run "
+        d = 0 if times[0][0] >= 10 else 1
+        s = (f"Training took {times[0][0]:.{d}f}-{times[-1][0]:.{d}f} s per run "
              f"(fastest {times[0][1]}, slowest {times[-1][1]})")
         lo, hi = min(counts.values()), max(counts.values())
         if hi > lo:
@@ -296,9 +297,15 @@ def plot_length_ppl(results: dict[str, Any], path: Path) -> Path:
     ax.text(L, ax.get_ylim()[1], " trained L", va="top", color="gray", fontsize=8)
     ax.set_xscale("log", base=2)
     ax.set_xticks(study["lengths"], [str(n) for n in study["lengths"]])
-    ax.set_yscale("log")
+    lo, hi = ax.get_ylim()
+    log_y = lo > 0 and hi / lo > 4  # a log axis only when the range is wide
+    if log_y:
+        from matplotlib.ticker import ScalarFormatter
+
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(ScalarFormatter())
     ax.set_xlabel("evaluation window length (tokens)")
-    ax.set_ylabel("validation perplexity (log scale)")
+    ax.set_ylabel("validation perplexity" + (" (log scale)" if log_y else ""))
     ax.set_title(f"Length generalization: the same {study['eval_span_tokens']} tokens at every "
                  "length")
     ax.grid(alpha=0.3, which="both")

@@ -230,6 +230,7 @@ def rope_scores(module: positional.PositionalEncoding, q: torch.Tensor, max_dist
     n = max_dist + 1
     pos = torch.arange(n)
     x = q[:, None, None, :].expand(S, 1, n, hs)  # (S, 1, n, hs): same vector at every position
+    module.prepare(n, pos.device)
     with torch.no_grad():
         qr, kr = module.rotate(x, x, pos)
     score = (kr[:, 0] * qr[:, 0, -1:, :]).sum(-1)  # (S, n): query at max_dist, key at j
@@ -361,7 +362,9 @@ def _draw_attention(src: Source, idx: torch.Tensor, prompt: str, out: Path) -> l
     ids = idx[0].tolist()
     T, nh = len(ids), src.cfg.n_head
     labels = _token_labels(src.tokenizer, ids) if T <= MAX_TICK_LABELS else None
-    shown = _short(prompt.replace("\n", "\\n"), 32)
+    shown = prompt.replace("\n", "\\n")
+    shown = shown if len(shown) <= 32 else shown[:31] + "…"
+    norm = matplotlib.colors.PowerNorm(0.5, vmin=0, vmax=1)  # small weights stay visible
     L = src.cfg.block_size
     cmap = _masked_cmap("magma")
     paths = []
@@ -369,7 +372,7 @@ def _draw_attention(src: Source, idx: torch.Tensor, prompt: str, out: Path) -> l
         a = _causal(att[0].float().cpu().numpy())  # (nh, T, T)
         fig, axes = _grid(nh, panel=3.6 if labels else 3.2)
         for h, ax in enumerate(axes.flat[:nh]):
-            im = ax.imshow(a[h], cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+            im = ax.imshow(a[h], cmap=cmap, norm=norm, interpolation="nearest")
             ax.set_title(f"head {h}", fontsize=9)
             ax.set_xlabel("key (attended to)")
             ax.set_ylabel("query (attending)")
@@ -379,7 +382,8 @@ def _draw_attention(src: Source, idx: torch.Tensor, prompt: str, out: Path) -> l
                 fs = 7 if T <= 24 else 5
                 ax.set_xticks(range(T), labels, rotation=90, fontsize=fs)
                 ax.set_yticks(range(T), labels, fontsize=fs)
-        fig.colorbar(im, ax=axes, label="attention weight", shrink=0.8)
+        fig.colorbar(im, ax=axes, label="attention weight (square-root colour scale)",
+                     shrink=0.8)
         past = f"; dashed: trained context {L}" if T > L else ""
         fig.suptitle(f"{src.pos}: attention weights of layer {layer} (layers 0-{len(maps) - 1})\n"
                      f"prompt “{shown}” ({T} tokens{past})\n{src.label}")

@@ -1,0 +1,340 @@
+"""The positional-encoding study: evaluator, metrics, fairness, and a tiny end-to-end study
+(results.json against its schema, plots, report in a real browser, skip/resume/refusal)."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from conftest import SMALL_TEXT, run_cli
+from minigpt import compare, evaluation
+from minigpt.errors import ConfigError, DataError
+
+PNG = b"\x89PNG\r\n\x1a\n"
+NA_LEARNED = "n/a, learned positions stop at L"
+
+
+# --- length-generalization evaluator --------------------------------------------------------
+
+def test_span_scores_the_same_tokens_at_every_length() -> None:
+    val = np.arange(5000) % 61
+    lengths = [16, 32, 64, 128]
+    span = evaluation.eval_span(val, lengths, windows=3)
+    M = len(span) - 1
+    assert M == 3 * 128
+    for T in lengths:
+        x, y = evaluation.windows_of(span, T)
+        assert x.shape == (M // T, T) and y.numel() == M
+        assert torch.equal(y.flatten(), torch.from_numpy(span[1:]))  # the same targets, in order
+        assert torch.equal(x[:, 1:], y[:, :-1])  # y is x shifted by one inside every window
+    # lengths that do not divide each other: M is a multiple of all of them
+    span = evaluation.eval_span(val, [16, 24], windows=2)
+    assert (len(span) - 1) % 48 == 0
+    # a split that is too short for even one window of the longest length
+    with pytest.raises(DataError, match="too few"):
+        evaluation.eval_span(np.arange(100), [16, 128], windows=2)
+
+
+class ConstantLM(nn.Module):
+    """Logits that ignore the input: each token's loss depends only on the token itself."""
+
+    def __init__(self, vocab: int, block_size: int, extrapolates: bool = True) -> None:
+        super().__init__()
+        self.cfg = SimpleNamespace(block_size=block_size, pos="const")
+        self.pos = SimpleNamespace(extrapolates=extrapolates)
+        self.bias = nn.Parameter(torch.randn(vocab, generator=torch.Generator().manual_seed(0)))
+
+    def forward(self, idx, targets=None, **_):
+        return self.bias.expand(*idx.shape, -1), None
+
+
+def test_length_evaluation_is_model_independent_of_window_cut() -> None:
+    """With input-independent logits, every length must give exactly the same mean loss:
+    the same tokens are scored once at every length."""
+    val = np.random.default_rng(0).integers(0, 50, size=4000)
+    span = evaluation.eval_span(val, [16, 32, 64, 128], windows=4)
+    res = evaluation.length_generalization(ConstantLM(50, 16), span, [16, 32, 64, 128])
+    losses = [r["loss"] for r in res["results"]]
+    assert all(r["tokens"] == res["span_tokens"] == 512 for r in res["results"])
+    assert max(losses) - min(losses) < 1e-9
+    assert res["position_loss"]["length"] == 128 and len(res["position_loss"]["loss"]) == 128
+
+
+def test_learned_gets_na_past_L_never_a_number() -> None:
+    from minigpt.config import merge, preset
+    from minigpt.model import GPT
+
+    val = np.random.default_rng(1).integers(0, 30, size=3000)
+    span = evaluation.eval_span(val, [16, 32, 64], windows=2)
+    out = {}
+    for pos in ("learned", "alibi"):
+        cfg = merge(preset("tiny"), {"pos": pos, "block_size": 16, "n_layer": 1, "d_model": 16,
+                                     "n_head": 2, "vocab_size": 30}, {})
+        out[pos] = evaluation.length_generalization(GPT(cfg.model, seed=1), span, [16, 32, 64])
+    learned = {r["length"]: r for r in out["learned"]["results"]}
+    assert learned[16]["ppl"] is not None and learned[16]["reason"] is None
+    for n in (32, 64):
+        assert learned[n]["ppl"] is None and learned[n]["loss"] is None
+        assert learned[n]["reason"] == NA_LEARNED
+    assert out["learned"]["position_loss"]["length"] == 16  # the longest it can score
+    assert all(r["ppl"] is not None and math.isfinite(r["ppl"]) for r in out["alibi"]["results"])
+    assert out["alibi"]["position_loss"]["length"] == 64
+
+
+# --- generation-quality metrics -------------------------------------------------------------
+
+def test_generation_metrics_on_hand_made_text() -> None:
+    assert evaluation.words("Ne'er say 'never', ROMEO! 2 cats") == \
+        ["ne'er", "say", "never", "romeo", "2", "cats"]
+    ab = ["a", "b", "a", "b"]
+    assert evaluation.distinct_n(ab, 1) == 0.5
+    assert evaluation.distinct_n(ab, 2) == pytest.approx(2 / 3)
+    assert evaluation.distinct_n(["a"], 2) is None
+    loop = "a b c d a b c d".split()  # 5 four-grams, one of them a repeat
+    assert evaluation.repeated_ngram_share(loop, 4) == pytest.approx(1 / 5)
+    assert evaluation.repeated_ngram_share("a b c d e f".split(), 4) == 0.0
+    assert evaluation.repeated_ngram_share("a b c".split(), 4) is None
+    assert evaluation.known_word_share(["to", "be", "xyzzy"], {"to", "be"}) == pytest.approx(2 / 3)
+    m = evaluation.generation_metrics("To be, or not to be: to be!", {"to", "be", "or"})
+    assert m["words"] == 8 and m["distinct_1"] == pytest.approx(4 / 8)
+    assert m["known_word_share"] == pytest.approx(7 / 8)
+    assert m["repeated_4gram_share"] == pytest.approx(0.0)
+    empty = evaluation.generation_metrics("...", set())
+    assert empty["words"] == 0 and empty["distinct_1"] is None and empty["known_word_share"] is None
+    assert evaluation.mean_std([1.0, 2.0, 3.0]) == {"mean": 2.0, "std": 1.0, "n": 3}
+    assert evaluation.mean_std([None, None])["mean"] is None
+
+
+# --- settings, fairness, schema -------------------------------------------------------------
+
+def test_study_settings() -> None:
+    assert compare.parse_lengths("1x,2x,4x,8x", 64) == [64, 128, 256, 512]
+    assert compare.parse_lengths("100,200", 64) == [64, 100, 200]  # L is always included
+    assert compare.parse_lengths("0.5x,2x", 64) == [32, 64, 128]
+    for bad in ("3.3x", "abc", "0", "-2x"):
+        with pytest.raises(ConfigError):
+            compare.parse_lengths(bad, 16)
+    with pytest.raises(ConfigError, match="unknown encoding"):
+        compare.make_study(encodings="learned,fourier")
+    with pytest.raises(ConfigError, match="--pos"):
+        compare.make_study(model={"pos": "rope"})
+    s = compare.make_study("quick", encodings="learned,alibi", seeds=3, train={"seed": 7})
+    assert s.seeds == [7, 8, 9] and len(s.runs()) == 6
+    assert s.runs()[:2] == [("learned-s7", "learned", 7), ("alibi-s7", "alibi", 7)]
+    full = compare.make_study("full", encodings="learned,sinusoidal,rope,alibi,nope,t5")
+    assert full.seeds == [1337, 1338, 1339] and max(full.lengths) == 8 * full.block_size
+    assert s.fingerprint() != compare.make_study("quick", encodings="learned,alibi").fingerprint()
+
+
+def test_encodings_share_initial_values_and_batches(corpus: Path) -> None:
+    """For a given seed every encoding starts from identical shared parameters and sees the
+    same batches; run configs differ only in pos."""
+    from minigpt.model import GPT
+    from minigpt.training import load_dataset
+
+    names = ["learned", "sinusoidal", "rope", "alibi", "nope", "t5"]
+    study = compare.make_study("quick", encodings=names, model={"block_size": 16, "n_layer": 1,
+                               "d_model": 16, "n_head": 2}, train={"data": str(corpus)})
+    data = load_dataset(study.base)
+    check = compare.verify_shared_init(study, data.tokenizer.vocab_size)
+    assert check["shared_init_identical"] and check["configs_differ_only_in"] == ["model.pos"]
+    params = {}
+    for p in names:
+        cfg = study.run_config(p, 1337)
+        cfg.model.vocab_size = data.tokenizer.vocab_size
+        params[p] = dict(GPT(cfg.model, seed=1337).named_parameters())
+    shared = set.intersection(*(set(v) for v in params.values()))
+    assert len(shared) == check["shared_tensors"] > 10
+    for p in names:  # whatever is not shared belongs to the encoding
+        assert all(n.startswith("pos.") for n in set(params[p]) - shared)
+        for n in shared:
+            assert torch.equal(params[p][n], params["learned"][n]), (p, n)
+    batches = []
+    for p in names:
+        t, m = study.run_config(p, 1337).train, study.run_config(p, 1337).model
+        batches.append(data.batch("train", step=5, micro=0, batch_size=t.batch_size,
+                                  block_size=m.block_size, seed=t.seed, mode=t.batching))
+    assert all(torch.equal(b[0], batches[0][0]) and torch.equal(b[1], batches[0][1])
+               for b in batches)
+
+
+def test_schema_validator_catches_mistakes() -> None:
+    schema = compare.RESULTS_SCHEMA
+    assert compare.validate({"schema": compare.SCHEMA}, schema)  # many required keys missing
+    errs = compare.validate({"a": 1.5, "b": [1, "x"], "c": True},
+                            {"type": "object", "required": ["a", "d"], "properties": {
+                                "a": {"type": "integer"}, "b": {"type": "array",
+                                                                "items": {"type": "number"}},
+                                "c": {"type": "number"}}})
+    assert len(errs) == 4, errs  # a not integer, d missing, b[1] not number, bool not number
+
+
+# --- a tiny end-to-end study ----------------------------------------------------------------
+
+TINY = ["--pos", "learned,alibi", "--block-size", "16", "--n-layer", "1", "--n-head", "2",
+        "--d-model", "16", "--batch-size", "4", "--max-steps", "4", "--eval-interval", "2",
+        "--eval-iters", "1", "--log-interval", "1", "--sample-tokens", "24", "--eval-windows",
+        "2", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+    """One tiny study (learned + alibi, 4 steps). The learned run is first trained to step 2
+    outside the study, as if a previous `compare` had been interrupted there."""
+    from minigpt.training import train
+
+    root = tmp_path_factory.mktemp("study")
+    corpus = root / "corpus.txt"
+    corpus.write_text(SMALL_TEXT * 24, encoding="utf-8")
+    args = [*TINY, "--data", str(corpus)]
+    out = root / "out"
+    parsed = _parse(args)
+    cfg = parsed.run_config("learned", 1337)
+    res = train(cfg, out / "runs" / "learned-s1337", until=2, progress=False)
+    assert res.step == 2
+    compare._write_study_file(parsed, out, "interrupted")
+    first = run_cli("compare", *args, "--out", out)
+    assert first.returncode == 0, first.stderr
+    return SimpleNamespace(out=out, args=args, first=first)
+
+
+def _parse(args: list[str]) -> compare.Study:
+    from minigpt.cli import build_parser
+    from minigpt.cli.options import overrides
+
+    ns = build_parser().parse_args(["compare", *args])
+    m, t = overrides(ns)
+    return compare.make_study(ns.preset, encodings=ns.pos, seeds=ns.seeds, lengths=ns.lengths,
+                              eval_windows=ns.eval_windows, model=m, train=t)
+
+
+def test_study_results_match_schema(study: SimpleNamespace) -> None:
+    assert "learned-s1337: resuming from step 2" in study.first.stdout
+    assert "alibi-s1337: training" in study.first.stdout
+    results = json.loads((study.out / "results.json").read_text())
+    assert compare.validate(results, compare.RESULTS_SCHEMA) == []
+    assert results["schema_version"] == compare.SCHEMA_VERSION
+    env = results["environment"]
+    assert env["torch"] == torch.__version__ and env["torch_threads"] >= 1
+    assert [r["name"] for r in results["runs"]] == ["learned-s1337", "alibi-s1337"]
+    assert results["study"]["verification"]["shared_init_identical"] is True
+    assert results["study"]["held_equal"]
+    for run in results["runs"]:
+        d = study.out / run["dir"]
+        assert (d / "config.json").exists() and (d / "model.safetensors").exists()
+        tr = run["training"]
+        assert tr["steps"] == 4 and tr["final_val_loss"] is not None
+        assert tr["params"] > tr["pos_params"] >= 0 and tr["train_time_s"] > 0
+        assert len(run["generation"]) == 3 and all(g["text"] for g in run["generation"])
+    learned, alibi = results["runs"]
+    assert learned["training"]["pos_params"] == 16 * 16 and alibi["training"]["pos_params"] == 0
+    # the resumed run's curve covers both pieces with a wall clock that never goes back
+    wall = learned["training"]["curves"]["train"]["wall_s"]
+    assert learned["training"]["curves"]["train"]["step"] == [1, 2, 3, 4]
+    assert wall == sorted(wall)
+    rows = {r["length"]: r for r in learned["length_generalization"]["results"]}
+    assert set(rows) == {16, 32, 64, 128}
+    assert rows[16]["ppl"] is not None
+    assert all(rows[n]["ppl"] is None and rows[n]["reason"] == NA_LEARNED for n in (32, 64, 128))
+    assert all(r["ppl"] is not None for r in alibi["length_generalization"]["results"])
+    # run configs differ only in the encoding
+    cfgs = [json.loads((study.out / r["dir"] / "config.json").read_text()) for r in results["runs"]]
+    for c in cfgs:
+        c["model"].pop("pos")
+    assert cfgs[0]["model"] == cfgs[1]["model"] and cfgs[0]["train"] == cfgs[1]["train"]
+
+
+def test_report_files(study: SimpleNamespace) -> None:
+    for name in ("loss_curves.png", "length_ppl.png", "position_loss.png", "cost.png"):
+        assert (study.out / name).read_bytes()[:8] == PNG, name
+    md = (study.out / "report.md").read_text()
+    results = json.loads((study.out / "results.json").read_text())
+    summary = results["summary"]["text"]
+    assert "alibi" in summary and "learned" in summary
+    assert md.index("## Summary") < md.index(summary) < md.index("## Length generalization")
+    assert NA_LEARNED in md and "## What was held equal" in md
+    page = (study.out / "report.html").read_text()
+    assert page.count('src="data:image/png;base64,') == 4
+    assert not re.search(r"""(src|href)=["']?(https?:|//)""", page)  # nothing from the network
+
+
+def test_rerun_skips_finished_runs(study: SimpleNamespace) -> None:
+    runs = study.out / "runs"
+    before = {p: p.stat().st_mtime_ns for p in runs.glob("*/*.safetensors")}
+    before |= {p: p.stat().st_mtime_ns for p in runs.glob("*/result.json")}
+    again = run_cli("compare", *study.args, "--out", study.out)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.count("finished earlier, skipped") == 2
+    assert "trained 0, skipped 2" in again.stdout
+    assert {p: p.stat().st_mtime_ns for p in before} == before
+
+
+def test_changed_settings_refused_without_force(study: SimpleNamespace, tmp_path: Path) -> None:
+    out = tmp_path / "copy"
+    shutil.copytree(study.out, out)
+    changed = run_cli("compare", *study.args, "--lengths", "1x,2x", "--out", out)
+    assert changed.returncode == 2
+    assert "--force" in changed.stderr and "lengths" in changed.stderr
+    assert "Traceback" not in changed.stderr
+    # --force keeps the trained models (same training config) and only re-evaluates
+    forced = run_cli("compare", *study.args, "--lengths", "1x,2x", "--force", "--out", out)
+    assert forced.returncode == 0, forced.stderr
+    assert "trained 0" in forced.stdout and "trained earlier; evaluating" in forced.stdout
+    results = json.loads((out / "results.json").read_text())
+    assert results["study"]["lengths"] == [16, 32]
+
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+CHECK_SCRIPT = """
+<script>
+window.addEventListener("load", function () {
+  var imgs = Array.prototype.slice.call(document.images);
+  var s = document.getElementById("summary");
+  var r = {images: imgs.map(function (i) { return i.complete && i.naturalWidth > 0; }),
+           summaryVisible: !!s && s.offsetHeight > 0 && s.textContent.length > 20};
+  var pre = document.createElement("pre");
+  pre.id = "result";
+  pre.textContent = JSON.stringify(r);
+  document.body.appendChild(pre);
+});
+</script>
+"""
+
+
+def test_report_html_opens_in_a_headless_browser(study: SimpleNamespace, tmp_path: Path
+                                                 ) -> None:
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("chromium not found; run `bash scripts/ensure-chromium.sh` (as root) or "
+                    "install Chromium to check report.html in a real browser")
+    page = (study.out / "report.html").read_text(encoding="utf-8")
+    probe = tmp_path / "probe.html"
+    probe.write_text(page.replace("</body>", CHECK_SCRIPT + "</body>"), encoding="utf-8")
+    proc = subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
+         "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()],
+        capture_output=True, text=True, timeout=90)
+    m = re.search(r'<pre id="result">(.*?)</pre>', proc.stdout, re.S)
+    assert m, f"no result from the browser: rc={proc.returncode} {proc.stderr[-800:]}"
+    result = json.loads(m.group(1).replace("&quot;", '"'))
+    assert len(result["images"]) == 4 and all(result["images"]), result
+    assert result["summaryVisible"], result
