@@ -619,7 +619,7 @@ def run_study(study: Study, out: str | Path, *, force: bool = False, progress: b
 
     from . import checkpoint, evaluation
     from .report import summarize, write_report
-    from .training import load_dataset, resolve_device, train
+    from .training import load_dataset, resolve_device
 
     out = Path(out)
     check_out(study, out, force, log)
@@ -644,46 +644,46 @@ def run_study(study: Study, out: str | Path, *, force: bool = False, progress: b
     runs = study.runs()
     trained, skipped = [], []
     spent, steps_done = 0.0, 0  # for the ETA: wall seconds per trained step, this invocation
-    for i, (name, pos, seed) in enumerate(runs, 1):
-        cfg = study.run_config(pos, seed)
-        cfg.model.vocab_size = vocab
-        cfg.model.__post_init__()
-        run_dir = out / "runs" / name
-        tag = f"[{i}/{len(runs)}] {name}"
-        state, start_step = _run_state(run_dir, cfg, eval_fp, force)
-        if state == "done":
-            log(f"{tag}: finished earlier, skipped")
-            skipped.append(name)
-            continue
-        t0 = time.perf_counter()
-        if state in ("fresh", "partial"):
-            left = (cfg.train.max_steps - start_step) + cfg.train.max_steps * (len(runs) - i)
-            eta = f"study ETA {_fmt_s(left * spent / steps_done)}" if steps_done else \
-                "study ETA after the first run"
-            what = f"resuming from step {start_step}" if state == "partial" else "training"
-            log(f"{tag}: {what} ({pos}, seed {seed}, {cfg.train.max_steps} steps) · {eta}")
-            reset_ok = _reset_peak(device)
-            res = train(cfg, run_dir, resume=state == "partial", progress=progress, data=data,
-                        log=log)
-            if res.interrupted:
-                _write_study_file(study, out, "interrupted")
-                log(f"study interrupted during {name}; run the same command again to resume.")
-                return StudyOutcome(out, None, trained, skipped, interrupted=True)
-            peak, kind = _read_peak(device, reset_ok, res.peak_mem_mb)
-            atomic_write_json(run_dir / "trained.json", {"peak_mem_mb": peak,
-                                                         "peak_mem_kind": kind,
-                                                         "device": str(device)})
-            trained.append(name)
-            steps_done += res.step - start_step
-        else:
-            log(f"{tag}: trained earlier; evaluating")
-        model, tok, _, _ = checkpoint.load(run_dir, device=device)
-        record = evaluate_run(model, tok, cfg, run_dir, name, span, study.lengths, prompt,
-                              words)
-        record["eval_fingerprint"] = eval_fp
-        atomic_write_json(run_dir / "result.json", record)
-        spent += time.perf_counter() - t0
-        del model
+    try:
+        for i, (name, pos, seed) in enumerate(runs, 1):
+            cfg = study.run_config(pos, seed)
+            cfg.model.vocab_size = vocab
+            cfg.model.__post_init__()
+            run_dir = out / "runs" / name
+            tag = f"[{i}/{len(runs)}] {name}"
+            state, start_step = _run_state(run_dir, cfg, eval_fp, force)
+            if state == "done":
+                log(f"{tag}: finished earlier, skipped")
+                skipped.append(name)
+                continue
+            t0 = time.perf_counter()
+            if state == "trained":
+                log(f"{tag}: trained earlier; evaluating")
+            else:
+                left = cfg.train.max_steps * (len(runs) - i + 1) - start_step
+                eta = (f"study ETA {_fmt_s(left * spent / steps_done)}" if steps_done
+                       else "study ETA after the first run")
+                what = f"resuming from step {start_step}" if state == "partial" else "training"
+                log(f"{tag}: {what} ({pos}, seed {seed}, {cfg.train.max_steps} steps) · {eta}")
+                if not _train_run(cfg, run_dir, state == "partial", data, device, progress, log):
+                    _write_study_file(study, out, "interrupted")
+                    log(f"study interrupted during {name}; run the same command again to "
+                        "resume.")
+                    return StudyOutcome(out, None, trained, skipped, interrupted=True)
+                trained.append(name)
+                steps_done += cfg.train.max_steps - start_step
+            model, tok, _, _ = checkpoint.load(run_dir, device=device)
+            record = evaluate_run(model, tok, cfg, run_dir, name, span, study.lengths, prompt,
+                                  words)
+            record["eval_fingerprint"] = eval_fp
+            atomic_write_json(run_dir / "result.json", record)
+            spent += time.perf_counter() - t0
+            del model
+    except KeyboardInterrupt:  # a second Ctrl-C in training, or one during evaluation
+        _write_study_file(study, out, "interrupted")
+        log("study interrupted; every finished step is saved: run the same command again "
+            "to resume.")
+        return StudyOutcome(out, None, trained, skipped, interrupted=True)
 
     results = collect_results(study, out, data, device, span, prompt, verification)
     results["summary"] = summarize(results)
@@ -694,6 +694,21 @@ def run_study(study: Study, out: str | Path, *, force: bool = False, progress: b
     write_report(results, out)
     _write_study_file(study, out, "complete")
     return StudyOutcome(out, results, trained, skipped)
+
+
+def _train_run(cfg: RunConfig, run_dir: Path, resume: bool, data: Any, device: Any,
+               progress: bool, log: Callable[[str], None]) -> bool:
+    """Train (or resume) one run to the end; False when it was interrupted (Ctrl-C)."""
+    from .training import train
+
+    reset_ok = _reset_peak(device)
+    res = train(cfg, run_dir, resume=resume, progress=progress, data=data, log=log)
+    if res.interrupted:
+        return False
+    peak, kind = _read_peak(device, reset_ok, res.peak_mem_mb)
+    atomic_write_json(run_dir / "trained.json", {"peak_mem_mb": peak, "peak_mem_kind": kind,
+                                                 "device": str(device)})
+    return True
 
 
 def _run_state(run_dir: Path, cfg: RunConfig, eval_fp: str, force: bool) -> tuple[str, int]:

@@ -228,7 +228,8 @@ class Dataset:
         pick = usable[rng.integers(0, len(usable), size=n_global)[lo:hi]]
         rows = [data[s: s + min(n, block_size + 1)] for s, n in docs[pick]]
         width = max(len(r) for r in rows) - 1
-        x = np.full((len(rows), width), self.tokenizer.pad_id, dtype=np.int64)
+        pad = self.tokenizer.pad_id if self.tokenizer.pad_id is not None else 0  # masked anyway
+        x = np.full((len(rows), width), pad, dtype=np.int64)
         y = np.full((len(rows), width), IGNORE_INDEX, dtype=np.int64)
         for i, r in enumerate(rows):  # right padding: causal attention never sees it
             x[i, : len(r) - 1] = r[:-1]

@@ -72,7 +72,7 @@ def windows_of(span: np.ndarray, T: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 @torch.no_grad()
 def token_losses(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *,
-                 batch_tokens: int = 16_384) -> torch.Tensor:
+                 batch_tokens: int = 8192) -> torch.Tensor:
     """Cross-entropy of every target token: (N, T) float64 on the CPU."""
     device = next(model.parameters()).device
     N, T = x.shape
@@ -87,7 +87,7 @@ def token_losses(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *,
 
 
 def length_generalization(model: torch.nn.Module, span: np.ndarray, lengths: Sequence[int], *,
-                          batch_tokens: int = 16_384) -> dict[str, Any]:
+                          batch_tokens: int = 8192) -> dict[str, Any]:
     """Perplexity of `model` on the same span at every length, and loss by position.
 
     Returns {"span_tokens": M, "results": [{length, multiple, tokens, loss, ppl, reason}],

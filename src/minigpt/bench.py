@@ -1,0 +1,247 @@
+"""`minigpt bench`: how fast training, sampling and evaluation run, measured honestly.
+
+Every figure is a median over repeated timings after a warm-up. Model FLOPs utilisation
+(MFU) is the model's training FLOPs per second (6N + 12·L·C·T per token, as in the PaLM
+paper and nanoGPT) over the peak this machine reaches on one large matrix product in the
+same dtype, which the bench measures itself. With `--vs hf` the same shapes run in
+Hugging Face `GPT2LMHeadModel` (SDPA attention, no dropout) in the same process, the two
+timed alternately so that background load hits both alike.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import __version__
+from .config import ModelConfig, RunConfig, merge, preset
+from .errors import MiniGPTError
+from .generation import generate
+from .io import atomic_write_json
+from .model import GPT
+from .training import autocast, autocast_dtype, make_optimizer, resolve_device
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], Any], device: torch.device) -> float:
+    sync(device)
+    t = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - t
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
+    """FLOP/s of one large n×n by n×n product in `dtype` (the best of `reps`)."""
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    a @ b  # warm-up
+    best = min(timed(lambda: a @ b, device) for _ in range(reps))
+    return 2 * n**3 / best
+
+
+def flops_per_token(cfg: ModelConfig, n_params: int) -> float:
+    """Training FLOPs per token: 6N for the weights plus 12·L·C·T for attention scores."""
+    return 6 * n_params + 12 * cfg.n_layer * cfg.d_model * cfg.block_size
+
+
+@dataclass
+class Contender:
+    """One model under test with the three things the bench times."""
+
+    name: str
+    train_step: Callable[[torch.Tensor], None]
+    forward: Callable[[torch.Tensor], None]
+    generate: Callable[[torch.Tensor, int, bool], torch.Tensor]
+
+
+def ours(cfg: RunConfig, device: torch.device) -> tuple[Contender, GPT]:
+    model = GPT(cfg.model, seed=0).to(device)
+    opt = make_optimizer(model, cfg.train, device)
+    amp = autocast_dtype(cfg.train, device)
+    fwd_model = torch.compile(model) if cfg.train.compile == "on" else model
+
+    def train_step(x: torch.Tensor) -> None:
+        with autocast(device, amp):
+            _, loss = fwd_model(x, x)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    @torch.no_grad()
+    def forward(x: torch.Tensor) -> None:
+        with autocast(device, amp):
+            fwd_model(x, x)
+
+    def gen(x: torch.Tensor, n: int, use_cache: bool) -> torch.Tensor:
+        with autocast(device, amp):
+            return generate(model, x, n, temperature=0, use_cache=use_cache)
+
+    model.train()
+    return Contender("minigpt", train_step, forward, gen), model
+
+
+def hugging_face(cfg: RunConfig, device: torch.device, n_positions: int) -> Contender:
+    try:
+        from transformers import GPT2Config, GPT2LMHeadModel
+    except ImportError:
+        raise MiniGPTError("--vs hf needs transformers: pip install 'minigpt[hf]'.") from None
+    m = cfg.model
+    hf_cfg = GPT2Config(vocab_size=m.vocab_size, n_positions=n_positions, n_embd=m.d_model,
+                        n_layer=m.n_layer, n_head=m.n_head, n_inner=m.d_ff, resid_pdrop=0.0,
+                        embd_pdrop=0.0, attn_pdrop=0.0, layer_norm_epsilon=m.layer_norm_eps,
+                        activation_function="gelu_new", bos_token_id=0, eos_token_id=0)
+    hf_cfg._attn_implementation = "sdpa"
+    model = GPT2LMHeadModel(hf_cfg).to(device)
+    model.config.pad_token_id = 0
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr,
+                            betas=(cfg.train.beta1, cfg.train.beta2))
+    amp = autocast_dtype(cfg.train, device)
+
+    def train_step(x: torch.Tensor) -> None:
+        with autocast(device, amp):
+            loss = model(input_ids=x, labels=x).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    @torch.no_grad()
+    def forward(x: torch.Tensor) -> None:
+        with autocast(device, amp):
+            model(input_ids=x, labels=x)
+
+    @torch.no_grad()
+    def gen(x: torch.Tensor, n: int, use_cache: bool) -> torch.Tensor:
+        with autocast(device, amp):
+            return model.generate(x, max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                                  use_cache=use_cache, pad_token_id=0,
+                                  attention_mask=torch.ones_like(x))
+
+    model.train()
+    return Contender("hf", train_step, forward, gen)
+
+
+def _median_rates(contenders: list[Contender], fn_name: str, make_args: Callable[[], tuple],
+                  work: float, warmup: int, reps: int, device: torch.device
+                  ) -> dict[str, float]:
+    """Alternate the contenders rep by rep; return work/second medians per contender."""
+    for c in contenders:
+        for _ in range(warmup):
+            getattr(c, fn_name)(*make_args())
+    times: dict[str, list[float]] = {c.name: [] for c in contenders}
+    for _ in range(reps):
+        for c in contenders:
+            args = make_args()
+            times[c.name].append(timed(lambda: getattr(c, fn_name)(*args), device))
+    return {name: work / statistics.median(ts) for name, ts in times.items()}
+
+
+def run_bench(preset_name: str = "small", *, vs_hf: bool = False, device_name: str = "auto",
+              dtype: str = "auto", compile_mode: str = "off", batch_size: int | None = None,
+              vocab_size: int = 65, gen_tokens: int = 256, reps: int = 7,
+              threads: int | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+    if threads is not None:
+        if threads < 1:
+            raise MiniGPTError(f"--threads must be at least 1, got {threads}.")
+        torch.set_num_threads(threads)
+    if gen_tokens < 1 or reps < 1:
+        raise MiniGPTError("--gen-tokens and --reps must be at least 1.")
+    base = preset(preset_name)
+    train_o: dict[str, Any] = {"dtype": dtype, "compile": compile_mode, "device": device_name}
+    if batch_size is not None:
+        train_o["batch_size"] = batch_size
+    cfg = merge(base, {"vocab_size": vocab_size, "dropout": 0.0}, train_o, where="bench")
+    device = resolve_device(device_name)
+    torch.manual_seed(0)
+    m, tc = cfg.model, cfg.train
+    amp = autocast_dtype(tc, device)
+    dt = amp or torch.float32
+    log(f"minigpt bench: preset {preset_name} ({m.n_layer} layers, {m.n_head} heads, "
+        f"{m.d_model} wide, context {m.block_size}, vocab {m.vocab_size}, batch "
+        f"{tc.batch_size}) on {device.type}, {str(dt).replace('torch.', '')}, "
+        f"{torch.get_num_threads()} threads, compile {compile_mode}")
+    peak = matmul_peak(device, dt)
+    mine, model = ours(cfg, device)
+    contenders = [mine]
+    if vs_hf:
+        contenders.append(hugging_face(cfg, device, max(m.block_size, gen_tokens + 1)))
+    B, T = tc.batch_size, m.block_size
+    g = torch.Generator().manual_seed(0)
+
+    def batch(b: int, t: int) -> Callable[[], tuple]:
+        return lambda: (torch.randint(0, m.vocab_size, (b, t), generator=g).to(device),)
+
+    res: dict[str, Any] = {"schema": "minigpt-bench/1", "preset": preset_name,
+                           "shapes": {"n_layer": m.n_layer, "n_head": m.n_head,
+                                      "d_model": m.d_model, "block_size": T,
+                                      "vocab_size": m.vocab_size, "batch_size": B},
+                           "device": device.type, "dtype": str(dt).replace("torch.", ""),
+                           "threads": torch.get_num_threads(), "compile": compile_mode,
+                           "reps": reps, "peak_flops": peak,
+                           "versions": {"minigpt": __version__, "torch": torch.__version__,
+                                        "python": platform.python_version()}}
+    train = _median_rates(contenders, "train_step", batch(B, T), B * T, 2, reps, device)
+    fpt = flops_per_token(m, model.num_params() - model.pos.num_params())
+    res["train_tokens_per_s"] = train
+    res["train_mfu"] = {k: v * fpt / peak for k, v in train.items()}
+    res["eval_tokens_per_s"] = _median_rates(contenders, "forward", batch(B, T), B * T, 1,
+                                             reps, device)
+    res["generate_tokens_per_s"] = {}
+    for b in (1, 8):
+        for use_cache in (True, False):
+            n = gen_tokens if use_cache else min(gen_tokens, 64)
+            key = f"batch{b}_{'cache' if use_cache else 'nocache'}"
+            rates = _median_rates(
+                contenders, "generate", lambda b=b, n=n, c=use_cache: (*batch(b, 1)(), n, c),
+                b * n, 1, max(1, min(3, reps)), device)
+            res["generate_tokens_per_s"][key] = {"new_tokens": n, **rates}
+    if vs_hf:
+        res["ratio_vs_hf"] = {
+            "train": train["minigpt"] / train["hf"],
+            "eval": res["eval_tokens_per_s"]["minigpt"] / res["eval_tokens_per_s"]["hf"],
+            **{k: v["minigpt"] / v["hf"] for k, v in res["generate_tokens_per_s"].items()}}
+    return res
+
+
+def format_table(res: dict[str, Any]) -> str:
+    names = ["minigpt"] + (["hf"] if "ratio_vs_hf" in res else [])
+    head = f"{'measure':34s}" + "".join(f"{n:>14s}" for n in names)
+    if "ratio_vs_hf" in res:
+        head += f"{'ratio':>10s}"
+    lines = [head, "-" * len(head)]
+
+    def row(label: str, vals: dict[str, float], ratio: float | None, fmt: str = "{:,.0f}"
+            ) -> None:
+        line = f"{label:34s}" + "".join(f"{fmt.format(vals[n]):>14s}" for n in names)
+        if ratio is not None:
+            line += f"{ratio:>9.2f}x"
+        lines.append(line)
+
+    r = res.get("ratio_vs_hf", {})
+    row("train tokens/s", res["train_tokens_per_s"], r.get("train"))
+    row("train MFU", res["train_mfu"], None, "{:.1%}")
+    row("eval tokens/s", res["eval_tokens_per_s"], r.get("eval"))
+    for k, v in res["generate_tokens_per_s"].items():
+        row(f"generate {k} ({v['new_tokens']} new) tok/s", v, r.get(k))
+    lines.append(f"matmul peak ({res['dtype']}): {res['peak_flops'] / 1e9:,.0f} GFLOP/s; "
+                 f"{res['threads']} threads; medians of {res['reps']} alternating timings")
+    return "\n".join(lines)
+
+
+def bench(out: str | Path | None = "bench.json", **kwargs: Any) -> dict[str, Any]:
+    res = run_bench(**kwargs)
+    if out:
+        atomic_write_json(Path(out), res)
+    return res
