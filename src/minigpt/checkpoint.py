@@ -20,13 +20,12 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from . import __version__
 from .config import RunConfig
 from .errors import CheckpointError, ConfigError, MiniGPTError
-from .io import atomic_write_bytes, atomic_write_json
+from .io import atomic_write_bytes, atomic_write_json, remove_stale_temps
 from .model import GPT
 from .tokenizers import Tokenizer, load_tokenizer
 
@@ -50,8 +49,20 @@ def expected_shapes(cfg: RunConfig) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in m.state_dict().items() if k != "lm_head.weight"}
 
 
+def _check_finite(tensors: dict[str, torch.Tensor], step: int) -> None:
+    """Refuse to save weights that overflowed: a bad checkpoint must never replace a good one."""
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise MiniGPTError(
+            f"the weights became NaN or infinite by step {step} ({bad[0]}); lower the learning "
+            "rate (--lr), keep --grad-clip on or raise --warmup-steps. The last good checkpoint "
+            "was kept.")
+
+
 def save_weights(path: Path, model: GPT, step: int) -> None:
-    atomic_write_bytes(path, st_save(model_state(model), metadata={"step": str(step)}))
+    state = model_state(model)
+    _check_finite(state, step)
+    atomic_write_bytes(path, st_save(state, metadata={"step": str(step)}))
 
 
 def write_config(out: Path, cfg: RunConfig, step: int, extra: dict | None = None) -> None:
@@ -64,7 +75,9 @@ def save_trainer_state(out: Path, model: GPT, optimizer: torch.optim.Optimizer,
                        state: dict[str, Any], rank_rng: list[torch.Tensor] | None = None
                        ) -> None:
     """Weights, optimizer moments and RNG states in one safetensors file (atomic)."""
-    tensors = {f"model.{k}": v for k, v in model_state(model).items()}
+    weights = model_state(model)
+    _check_finite(weights, int(state.get("step", -1)))
+    tensors = {f"model.{k}": v for k, v in weights.items()}
     opt = optimizer.state_dict()
     for idx, st in opt["state"].items():
         for key, val in st.items():
@@ -82,22 +95,43 @@ def save_trainer_state(out: Path, model: GPT, optimizer: torch.optim.Optimizer,
 
 def load_trainer_state(out: Path, model: GPT, optimizer: torch.optim.Optimizer,
                        rank: int = 0) -> dict[str, Any]:
-    """Restore weights, optimizer and RNG from trainer_state.safetensors; return its state."""
+    """Restore weights, optimizer and RNG from trainer_state.safetensors; return its state.
+
+    Names, shapes and dtypes are checked against `model` and `optimizer` from the file's
+    header before any tensor is read. A run stopped before its first checkpoint (no state
+    file and no weights yet) resumes from step 0: `model`, `optimizer` and the RNG are left
+    as built, which is exactly how a fresh run starts.
+    """
     path = out / STATE_FILE
+    if rank == 0:
+        remove_stale_temps(out)  # half-written files of a killed run
     if not path.exists():
-        raise CheckpointError(f"{out} has no {STATE_FILE}, so it cannot be resumed.")
+        if not any((out / f).exists() for f in WEIGHT_FILES.values()):
+            return {"step": 0, "best_val": float("inf")}
+        raise CheckpointError(f"{out} has no {STATE_FILE}, so it cannot be resumed; start a "
+                              f"new run from its weights with --init-from {out}.")
+    want = {k: tuple(v.shape) for k, v in model_state(model).items()}
+    params = [p for g in optimizer.param_groups for p in g["params"]]
     try:
-        raw = path.read_bytes()
-        with safe_open(str(path), "pt") as f:
+        with safe_open(str(path), "pt") as f:  # the header first: names and shapes
             meta = f.metadata() or {}
-        tensors = st_load(raw)
+            names = list(f.keys())
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in names}
+            _check_tensors({k[6:]: v for k, v in shapes.items() if k.startswith("model.")},
+                           want, path)
+            _check_state_names(shapes, params, path)
+            tensors = {k: f.get_tensor(k) for k in names}
         state = json.loads(meta["state"])
         groups = json.loads(meta["param_groups"])
-    except (SafetensorError, OSError, KeyError, ValueError) as e:
+    except (SafetensorError, OSError, KeyError, ValueError, TypeError) as e:
         raise CheckpointError(f"{path} is corrupt or truncated ({e.__class__.__name__}).") from None
+    if not (isinstance(state, dict) and isinstance(state.get("step"), int) and state["step"] >= 0
+            and isinstance(state.get("best_val"), (int, float))):
+        raise CheckpointError(f"{path} holds no valid step; it is corrupt.")
+    if not (isinstance(groups, list) and len(groups) == len(optimizer.param_groups)
+            and all(isinstance(g, dict) for g in groups)):
+        raise CheckpointError(f"{path} holds optimizer settings for another model.")
     weights = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
-    _check_tensors(weights, {k: tuple(v.shape) for k, v in model_state(model).items()}, path)
-    getattr(model, "_orig_mod", model).load_state_dict(weights, strict=False)
     opt_state: dict[int, dict[str, Any]] = {}
     for k, v in tensors.items():
         if k.startswith("optim."):
@@ -105,14 +139,60 @@ def load_trainer_state(out: Path, model: GPT, optimizer: torch.optim.Optimizer,
             opt_state.setdefault(int(idx), {})[key] = v
     try:
         optimizer.load_state_dict({"state": opt_state, "param_groups": groups})
-    except (ValueError, KeyError) as e:
+    except (ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"{path} holds optimizer state for another model ({e}).") from None
+    getattr(model, "_orig_mod", model).load_state_dict(weights, strict=False)
     torch.set_rng_state(tensors.get(f"rng.cpu.rank{rank}", tensors["rng.cpu"]))
     cuda_states = [tensors[f"rng.cuda.{i}"] for i in range(torch.cuda.device_count())
                    if f"rng.cuda.{i}" in tensors]
     if cuda_states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(cuda_states)
     return state
+
+
+def _check_state_names(shapes: dict[str, tuple[int, ...]], params: list[torch.Tensor],
+                       path: Path) -> None:
+    """Optimizer moments shaped like their parameters, and a CPU RNG state of the right size."""
+    rng = tuple(torch.get_rng_state().shape)
+    for k, shape in shapes.items():
+        if k.startswith("model."):
+            continue
+        if k.startswith("optim."):
+            parts = k.split(".", 2)
+            if len(parts) != 3 or not parts[1].isdigit() or int(parts[1]) >= len(params):
+                raise CheckpointError(f"{path} has optimizer tensor {k} for no parameter of "
+                                      "this model.")
+            p = params[int(parts[1])]
+            if parts[2] in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") and \
+                    shape != tuple(p.shape):
+                raise CheckpointError(f"{path}: optimizer tensor {k} has shape {list(shape)} "
+                                      f"but its parameter has {list(p.shape)}.")
+        elif k.startswith("rng.cpu"):
+            if shape != rng:
+                raise CheckpointError(f"{path}: {k} is not a CPU random-generator state.")
+        elif not k.startswith("rng.cuda."):
+            raise CheckpointError(f"{path} has tensor {k}, which no trainer state holds.")
+    if "rng.cpu" not in shapes:
+        raise CheckpointError(f"{path} has no random-generator state; it is incomplete.")
+
+
+def check_trainer_state(out: Path, cfg: RunConfig) -> None:
+    """Before a resume builds its model: the state file's weights match the saved config.
+
+    Reads only the header, so a config.json edited to absurd (but allowed) sizes is refused
+    without allocating them.
+    """
+    path = out / STATE_FILE
+    if not path.exists():
+        return
+    try:
+        with safe_open(str(path), "pt") as f:
+            names = list(f.keys())
+            shapes = {k[6:]: tuple(f.get_slice(k).get_shape()) for k in names
+                      if k.startswith("model.")}
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{path} is corrupt or truncated ({e.__class__.__name__}).") from None
+    _check_tensors(shapes, expected_shapes(cfg), path)
 
 
 def read_config(ckpt: str | Path) -> tuple[RunConfig, dict[str, Any]]:
@@ -155,6 +235,20 @@ def _check_tensors(found: dict[str, Any], want: dict[str, tuple[int, ...]], path
                                   f"implies {list(shape)}.")
 
 
+def check_weights(d: Path, cfg: RunConfig, which: str = "last") -> None:
+    """The weights file's header (names and shapes) matches `cfg`; nothing is allocated."""
+    wpath = d / WEIGHT_FILES[which]
+    if not wpath.exists():
+        raise CheckpointError(f"{d} is not a complete checkpoint: {wpath.name} is missing.")
+    try:
+        with safe_open(str(wpath), "pt") as f:
+            names = list(f.keys())
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in names}
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{wpath} is corrupt or truncated ({e.__class__.__name__}).") from None
+    _check_tensors(shapes, expected_shapes(cfg), wpath)
+
+
 def load(ckpt: str | Path, which: str = "last", device: str | torch.device = "cpu"
          ) -> tuple[GPT, Tokenizer, RunConfig, dict[str, Any]]:
     """Load a checkpoint directory -> (model in eval mode, tokenizer, config, raw config)."""
@@ -169,11 +263,17 @@ def load(ckpt: str | Path, which: str = "last", device: str | torch.device = "cp
     want = expected_shapes(cfg)
     try:
         with safe_open(str(wpath), "pt") as f:  # header only: names and shapes
-            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+            names = list(f.keys())
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in names}
             _check_tensors(shapes, want, wpath)
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            tensors = {k: f.get_tensor(k) for k in names}
     except (SafetensorError, OSError) as e:
-        raise CheckpointError(f"{wpath} is corrupt or truncated ({e}).") from None
+        why = str(e).splitlines()[0][:120] if str(e) else e.__class__.__name__
+        raise CheckpointError(f"{wpath} is corrupt or truncated ({why}).") from None
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"{wpath} holds NaN or infinite weights ({bad[0]}); the run that "
+                              "wrote it diverged, so use another checkpoint.")
     model = GPT(cfg.model, init=False)
     model.load_state_dict(tensors, strict=False)
     model.to(device).eval()

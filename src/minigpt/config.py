@@ -41,7 +41,7 @@ class ModelConfig:
     pos: str = "learned"
     bias: bool = True  # biases in linear layers and LayerNorms, as GPT-2
     layer_norm_eps: float = 1e-5  # GPT-2's value
-    activation: str = "gelu_tanh"  # GPT-2's "gelu_new"; "gelu" is the exact erf form
+    activation: str = "gelu"  # exact (erf) GELU, as nanoGPT; "gelu_tanh" is GPT-2's "gelu_new"
     rope_base: float = 10000.0
     t5_num_buckets: int = 32
     t5_max_distance: int = 128
@@ -217,7 +217,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 
 
 def preset(name: str) -> RunConfig:
-    if name not in PRESETS:
+    if not isinstance(name, str) or name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}.")
     p = PRESETS[name]
     return merge(RunConfig(), p["model"], p["train"], where=f"preset {name}")

@@ -289,6 +289,23 @@ def _encode_stream(tok: Tokenizer, texts: Iterator[str], out: Path
     return n, np.asarray(docs, dtype=np.int64).reshape(-1, 2), np.dtype(dtype).name
 
 
+def _read_cache(d: Path) -> tuple[dict, Tokenizer] | None:
+    """(meta, tokenizer) of a complete cache entry, or None if it is missing or damaged."""
+    try:
+        meta = json.loads((d / "meta.json").read_text(encoding="utf-8"))
+        if meta["dtype"] not in ("uint16", "uint32"):
+            return None
+        size = np.dtype(meta["dtype"]).itemsize
+        for split in ("train", "val"):
+            info = meta[split]
+            if (d / f"{split}.bin").stat().st_size != info["tokens"] * size or \
+                    (d / f"{split}_docs.bin").stat().st_size != info["documents"] * 16:
+                return None
+        return meta, load_tokenizer(d / "tokenizer.json")
+    except (OSError, ValueError, KeyError, TypeError, DataError):
+        return None
+
+
 def prepare(data: str, tokenizer: str = "char", *, vocab_size: int = 512, min_freq: int = 1,
             max_vocab: int = 20_000, tokenizer_path: str | Path | None = None,
             cache: Path | None = None, verbose: bool = False) -> Dataset:
@@ -301,10 +318,22 @@ def prepare(data: str, tokenizer: str = "char", *, vocab_size: int = 512, min_fr
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:20]
     root = cache or cache_root()
     d = root / key
-    if not (d / "meta.json").exists():
+    cached = _read_cache(d)
+    if cached is None:
         if verbose:
             print(f"tokenizing {data} with the {tokenizer} tokenizer (cached in {d}) ...")
-        root.mkdir(parents=True, exist_ok=True)
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise DataError(f"cannot create the token cache {root} ({e.strerror or e}); set "
+                            "MINIGPT_CACHE to a writable directory.") from None
+        if d.exists():  # left unreadable by a crash or a full disk: move it aside, rebuild
+            trash = Path(tempfile.mkdtemp(dir=root, prefix=f".{key}.", suffix=".old"))
+            try:
+                os.replace(d, trash / "d")
+            except OSError:
+                pass
+            shutil.rmtree(trash, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{key}."))
         try:
             tok = fixed_tok or train_tokenizer(tokenizer, _texts(data, files, "train"),
@@ -318,14 +347,22 @@ def prepare(data: str, tokenizer: str = "char", *, vocab_size: int = 512, min_fr
                 meta["dtype"] = dtype
             tok.save(tmp / "tokenizer.json")
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2))  # written last
+            for p in tmp.iterdir():  # on disk before the directory appears under its name
+                with open(p, "rb") as fh:
+                    os.fsync(fh.fileno())
             try:
                 os.replace(tmp, d)
             except OSError:  # another process finished first: use its copy
                 pass
+        except OSError as e:
+            raise DataError(f"cannot write the token cache in {root} ({e.strerror or e}); set "
+                            "MINIGPT_CACHE to a writable directory with free space.") from None
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    meta = json.loads((d / "meta.json").read_text())
-    tok = load_tokenizer(d / "tokenizer.json")
+        cached = _read_cache(d)
+        if cached is None:
+            raise DataError(f"the token cache {d} cannot be read back; delete it and retry.")
+    meta, tok = cached
 
     def arr(name: str, dtype: str) -> np.ndarray:
         p = d / name

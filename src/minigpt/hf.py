@@ -10,8 +10,9 @@ Which encodings leave, and as what:
     NoPE have no GPT-2/GPT-NeoX equivalent).
 
 The model is GPT-2-shaped on purpose, so the mapping is a renaming, not an approximation:
-pre-LayerNorm blocks, LayerNorm eps 1e-5 with bias, GELU tanh (`gelu_new`; our exact-erf
-`gelu` maps to HF `gelu`), biases in every Linear, LM head tied to the token embedding,
+pre-LayerNorm blocks, LayerNorm eps 1e-5 with bias, GELU (our default exact-erf `gelu` maps to
+HF `gelu`; `gelu_tanh` to GPT-2's `gelu_new`), biases in every Linear, LM head tied to the
+token embedding,
 attention scaled by 1/sqrt(head size).
 
 GPT-2 (ours -> `transformer.` prefix in HF):
@@ -67,6 +68,7 @@ import torch
 
 from .config import ModelConfig, RunConfig, TrainConfig
 from .errors import MiniGPTError
+from .io import staged_dir
 from .tokenizers import (
     EOS,
     NO_SPACE_AFTER,
@@ -648,15 +650,16 @@ def export_hf(ckpt: str | Path, out: str | Path, which: str = "last") -> ExportR
     bar = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # one tiny file: no "Writing model shards" bar
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        hf_model.save_pretrained(str(out), safe_serialization=True)
-        hf_tok.save_pretrained(str(out))
-        # names that older transformers (4.x) read too: 4.x has no "TokenizersBackend", and
-        # without rotary_pct it would silently rotate only a quarter of each head
-        _update_json(out / "tokenizer_config.json", {"tokenizer_class": "PreTrainedTokenizerFast"})
-        if cfg.model.pos == "rope":
-            _update_json(out / "config.json", {"rotary_pct": 1.0,
-                                               "rotary_emb_base": cfg.model.rope_base})
+        with staged_dir(out) as tmp:  # all files appear together, or none does
+            hf_model.save_pretrained(str(tmp), safe_serialization=True)
+            hf_tok.save_pretrained(str(tmp))
+            # names that older transformers (4.x) read too: 4.x has no "TokenizersBackend",
+            # and without rotary_pct it would silently rotate only a quarter of each head
+            _update_json(tmp / "tokenizer_config.json",
+                         {"tokenizer_class": "PreTrainedTokenizerFast"})
+            if cfg.model.pos == "rope":
+                _update_json(tmp / "config.json", {"rotary_pct": 1.0,
+                                                   "rotary_emb_base": cfg.model.rope_base})
     except OSError as e:
         raise HFError(f"cannot write {out}: {e.strerror or e}.") from None
     finally:
@@ -667,7 +670,7 @@ def export_hf(ckpt: str | Path, out: str | Path, which: str = "last") -> ExportR
 
 def import_hf(src: str | Path, out: str | Path) -> ImportResult:
     """Turn a local GPT-2 / GPT-NeoX model directory into a minigpt checkpoint directory."""
-    from .checkpoint import save_weights, write_config
+    from .checkpoint import expected_shapes, save_weights, write_config
     from .model import GPT
 
     d, out = Path(src), Path(out)
@@ -693,25 +696,28 @@ def import_hf(src: str | Path, out: str | Path) -> ImportResult:
     if emb not in tensors:
         raise HFError(f"{d}'s weights have no {emb}; the directory is incomplete.")
     _check_tied(tensors, emb, d)
-    state = from_hf_state(tensors, mcfg, arch)
-    model = GPT(mcfg, init=False)
-    want = {k: tuple(v.shape) for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    try:
+        state = from_hf_state(tensors, mcfg, arch)
+    except (RuntimeError, ValueError, IndexError):  # a transpose or reshape of a wrong shape
+        raise HFError(f"{d}'s weights do not have the shapes its config.json implies.") from None
+    # shapes checked on the meta device: nothing is allocated for a config that lies
+    want = expected_shapes(RunConfig(model=mcfg))
     for k, shape in want.items():
         if k not in state:
             raise HFError(f"{d}'s weights lack a tensor for {k}; the directory is incomplete.")
         if tuple(state[k].shape) != shape:
             raise HFError(f"{d}: tensor for {k} has shape {list(state[k].shape)} but its "
                           f"config.json implies {list(shape)}.")
+    if not all(torch.isfinite(v).all() for v in state.values()):
+        raise HFError(f"{d}'s weights hold NaN or infinite values.")
+    model = GPT(mcfg, init=False)
     model.load_state_dict(state, strict=False)
     train = TrainConfig(tokenizer=tok.kind,
                         vocab_size_bpe=max(260, tok.vocab_size) if tok.kind == "bpe" else 512)
     run = RunConfig(model=mcfg, train=train)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise HFError(f"cannot create output directory {out}: {e.strerror}.") from None
-    tok.save(out / "tokenizer.json")
-    save_weights(out / "model.safetensors", model, step=0)
-    write_config(out, run, 0, extra={"imported_from": {"format": "hf", "path": str(d.resolve()),
-                                                       "architecture": IMPORTABLE[arch]}})
+    with staged_dir(out) as tmp:  # a complete checkpoint appears, or nothing
+        tok.save(tmp / "tokenizer.json")
+        save_weights(tmp / "model.safetensors", model, step=0)
+        write_config(tmp, run, 0, extra={"imported_from": {
+            "format": "hf", "path": str(d.resolve()), "architecture": IMPORTABLE[arch]}})
     return ImportResult(out, IMPORTABLE[arch], tok.kind, model.num_params())

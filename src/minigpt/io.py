@@ -1,14 +1,46 @@
-"""Crash-safe file writing: write to a temporary file beside the target, fsync, rename."""
+"""Crash-safe file writing: write to a temporary file beside the target, fsync, rename.
+
+A reader (or a process started after a crash, even SIGKILL or a power cut) sees either the
+old file or the new one, never a mix. Temporary files are named `.{name}.*.tmp`, so a crash
+can leave at most such a file behind; `remove_stale_temps` clears them on resume.
+"""
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from .errors import MiniGPTError
+
+
+def _read_umask() -> int:
+    mask = os.umask(0o022)  # read once at import (os.umask can only be read by setting it)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename durable (the directory entry itself); best effort on odd filesystems."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -19,6 +51,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         raise MiniGPTError(f"cannot write to {path.parent}: {e.strerror}.") from None
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o666 & ~_UMASK)  # mkstemp makes 0600; use the usual mode
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -30,6 +63,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             pass
         raise MiniGPTError(f"writing {path} failed ({e.strerror}); the previous file is untouched."
                            ) from None
+    _fsync_dir(path.parent)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -38,6 +72,74 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def atomic_savefig(fig: Any, path: str | Path, **kwargs: Any) -> Path:
+    """`fig.savefig` through `atomic_write_bytes` (format taken from the suffix)."""
+    path = Path(path)
+    buf = io.BytesIO()
+    fig.savefig(buf, format=path.suffix.lstrip(".") or "png", **kwargs)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def remove_stale_temps(directory: str | Path) -> list[Path]:
+    """Delete the `.{name}.*.tmp` files a crash left in `directory`; return what was removed.
+
+    Only call this where no other process is writing into `directory` (e.g. on resume).
+    """
+    removed = []
+    try:
+        entries = list(Path(directory).iterdir())
+    except OSError:
+        return removed
+    for p in entries:
+        if p.name.startswith(".") and p.name.endswith(".tmp") and p.is_file():
+            try:
+                p.unlink()
+                removed.append(p)
+            except OSError:
+                pass
+    return removed
+
+
+@contextmanager
+def staged_dir(out: str | Path, last: tuple[str, ...] = ("config.json",)) -> Iterator[Path]:
+    """Write a whole directory into a temporary sibling, then move it into place.
+
+    Yields the temporary directory. On success it is renamed to `out` in one step when
+    `out` is missing or empty; otherwise its files are moved in one by one (each atomically),
+    the names in `last` at the end, so a crash never leaves a complete-looking but partial
+    directory. On failure the temporary directory is removed and `out` is untouched.
+    """
+    out = Path(out)
+    parent = out.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{out.name}.", suffix=".tmp"))
+    except OSError as e:
+        raise MiniGPTError(f"cannot create {out}: {e.strerror}.") from None
+    try:
+        yield tmp
+        for p in tmp.rglob("*"):
+            if p.is_file():
+                with open(p, "rb") as f:
+                    os.fsync(f.fileno())
+        os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes 0700
+        try:
+            os.replace(tmp, out)  # atomic when out is missing or an empty directory
+        except OSError:
+            if not out.is_dir():
+                raise
+            names = sorted(p.name for p in tmp.iterdir())
+            names = [n for n in names if n not in last] + [n for n in last if n in names]
+            for n in names:
+                os.replace(tmp / n, out / n)
+        _fsync_dir(parent)
+    except OSError as e:
+        raise MiniGPTError(f"writing {out} failed ({e.strerror or e}).") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def read_json(path: str | Path, what: str = "file") -> Any:

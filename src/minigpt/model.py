@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import zlib
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -51,6 +52,13 @@ class AttnContext:
     rotate: object  # the encoding's rotate hook
     cache: KVCache | None = None
 
+    def mask_as(self, dtype: torch.dtype) -> torch.Tensor | None:
+        """The mask in the dtype of the scores (additive masks must match the query)."""
+        m = self.mask
+        if m is not None and m.dtype != torch.bool and m.dtype != dtype:
+            m = self.mask = m.to(dtype)  # converted once, shared by the following layers
+        return m
+
 
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
@@ -73,12 +81,18 @@ class CausalSelfAttention(nn.Module):
         q, k = ctx.rotate(q, k, ctx.pos)
         if ctx.cache is not None:
             k, v = ctx.cache.update(layer, k, v)  # (B, nh, Tk, hs) with Tk = past + T
-        if self.capture:
-            y = self._explicit(q, k, v, ctx)
-        else:
-            y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=ctx.mask, is_causal=ctx.is_causal,
-                dropout_p=self.dropout if self.training else 0.0)
+        fp32_attention = q.dtype == torch.bfloat16 and q.device.type == "cpu"
+        if fp32_attention:
+            # bf16 autocast on a CPU: the matmuls gain, but the CPU flash-attention backward
+            # is several times slower in bf16 than in fp32, so attention runs in fp32
+            q, k, v = q.float(), k.float(), v.float()
+        with torch.autocast("cpu", enabled=False) if fp32_attention else nullcontext():
+            if self.capture:
+                y = self._explicit(q, k, v, ctx)
+            else:
+                y = F.scaled_dot_product_attention(
+                    q, k, v, attn_mask=ctx.mask_as(q.dtype), is_causal=ctx.is_causal,
+                    dropout_p=self.dropout if self.training else 0.0)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, nh, T, hs) -> (B, T, C)
         return self.resid_drop(self.c_proj(y))
 
@@ -91,8 +105,8 @@ class CausalSelfAttention(nn.Module):
             causal = torch.ones(Tq, Tk, dtype=torch.bool, device=q.device).tril(Tk - Tq)
             att = att.masked_fill(~causal, float("-inf"))
         elif ctx.mask is not None:
-            att = att.masked_fill(~ctx.mask, float("-inf")) if ctx.mask.dtype == torch.bool \
-                else att + ctx.mask
+            mask = ctx.mask_as(att.dtype)
+            att = att.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else att + mask
         att = att.softmax(dim=-1)
         self.last_attn = att.detach()
         return att @ v
@@ -183,10 +197,6 @@ class GPT(nn.Module):
         B, T = idx.shape
         start = cache.length if cache is not None else 0
         ctx = self.attention_context(T, start, idx.device, cache)
-        if ctx.mask is not None and ctx.mask.dtype != torch.bool:
-            dtype = torch.get_autocast_dtype(idx.device.type) \
-                if torch.is_autocast_enabled(idx.device.type) else self.tok_emb.weight.dtype
-            ctx.mask = ctx.mask.to(dtype)
         x = self.pos.embed(self.tok_emb(idx), ctx.pos)  # (B, T, C)
         x = self.drop(x)
         for i, block in enumerate(self.blocks):

@@ -64,13 +64,23 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def cpu_has_fast_bf16() -> bool:
+    """AVX512-BF16 or AMX: bf16 matrix products run about twice as fast as fp32 here."""
+    cpu = getattr(torch, "cpu", None)
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(cpu, name, lambda: False)() for name in checks)
+
+
 def autocast_dtype(tc: TrainConfig, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast on CUDA where supported (auto) or when asked for; fp32 otherwise."""
+    """The autocast dtype: `auto` picks bf16 on CUDA GPUs that support it and on CPUs with
+    native bf16 matrix instructions (measured: same loss per step, faster), else fp32."""
     if tc.dtype == "float32":
         return None
     if tc.dtype == "bfloat16":
         return torch.bfloat16
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    if device.type == "cpu" and cpu_has_fast_bf16():
         return torch.bfloat16
     return None
 

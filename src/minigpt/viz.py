@@ -33,6 +33,7 @@ import matplotlib.pyplot as plt
 from . import positional
 from .config import ModelConfig, merge, preset
 from .errors import MiniGPTError
+from .io import atomic_savefig
 
 TRAINED = {"learned", "t5"}  # encodings with parameters: only a checkpoint shows them
 # model settings that describe an untrained encoding (and so make no sense with a checkpoint)
@@ -159,9 +160,10 @@ def _fmt(v: Any) -> str:
 # --- helpers ------------------------------------------------------------------------------
 
 def _save(fig: plt.Figure, path: Path) -> Path:
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return path
+    try:
+        return atomic_savefig(fig, path, dpi=DPI)  # a crash never leaves half a PNG
+    finally:
+        plt.close(fig)
 
 
 def _masked_cmap(name: str) -> matplotlib.colors.Colormap:

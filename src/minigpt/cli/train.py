@@ -30,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..checkpoint import read_config
+    from ..checkpoint import check_trainer_state, check_weights, read_config
     from ..config import merge
     from ..generation import sample_text
     from ..training import train
@@ -50,6 +50,10 @@ def run(args: argparse.Namespace) -> int:
             raise MiniGPTError(f"cannot resume: {out} holds no run (no config.json).")
         cfg, _ = read_config(out)
         cfg = merge(cfg, None, train_o, where="command line")
+        if not (out / "tokenizer.json").exists():
+            raise MiniGPTError(f"cannot resume: {out} was stopped before its first checkpoint "
+                               f"and holds no tokenizer.json; delete {out} and start again.")
+        check_trainer_state(out, cfg)  # header only: nothing allocated for a tampered config
     else:
         cfg = build_config(args)
         if args.init_from:
@@ -58,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
                 raise MiniGPTError("--init-from takes the model shapes from the checkpoint; "
                                    "only --dropout may change.")
             src_cfg, _ = read_config(args.init_from)
+            check_weights(Path(args.init_from), src_cfg)  # before a model of its size is built
             cfg = merge(cfg, {**vars(src_cfg.model), **model_o}, None, where="--init-from")
     if not args.quiet and int(os.environ.get("RANK", "0")) == 0:
         print(f"minigpt train: {describe(cfg)} -> {out}")
