@@ -321,13 +321,15 @@ RESULTS_SCHEMA: dict[str, Any] = {
             "required": ["preset", "encodings", "seeds", "block_size", "lengths",
                          "eval_windows", "eval_span_tokens", "prompt", "temperatures",
                          "sample_tokens", "fingerprint", "base_config", "held_equal",
-                         "verification"],
+                         "verification", "unigram_ppl"],
             "properties": {
                 "preset": _STR, "encodings": {"type": "array", "items": _STR},
                 "seeds": {"type": "array", "items": _INT}, "block_size": _INT,
                 "lengths": {"type": "array", "items": _INT}, "eval_windows": _INT,
                 "eval_span_tokens": _INT, "prompt": _STR, "temperatures": _NUMS,
                 "sample_tokens": _INT, "fingerprint": _STR,
+                "unigram_ppl": {"type": "number", "description": "perplexity of a context-free "
+                                "unigram model (training frequencies) on the evaluation span"},
                 "base_config": {"type": "object", "required": ["model", "train"]},
                 "held_equal": {"type": "array", "items": _STR},
                 "verification": {
@@ -635,6 +637,7 @@ def run_study(study: Study, out: str | Path, *, force: bool = False, progress: b
     device = resolve_device(study.base.train.device)
     verification = verify_shared_init(study, vocab)
     span = evaluation.eval_span(np.asarray(data.val), study.lengths, study.eval_windows)
+    unigram = evaluation.unigram_ppl(data.train, span, vocab)
     prompt = study.base.train.sample_prompt or default_prompt(data)
     data.tokenizer.check_text(prompt)
     words = evaluation.training_vocabulary(data.tokenizer, data.train) \
@@ -685,7 +688,7 @@ def run_study(study: Study, out: str | Path, *, force: bool = False, progress: b
             "to resume.")
         return StudyOutcome(out, None, trained, skipped, interrupted=True)
 
-    results = collect_results(study, out, data, device, span, prompt, verification)
+    results = collect_results(study, out, data, device, span, prompt, verification, unigram)
     results["summary"] = summarize(results)
     errors = validate(results, RESULTS_SCHEMA)
     if errors:  # a bug, not a user error
@@ -807,7 +810,7 @@ def aggregate(runs: list[dict[str, Any]], encodings: list[str]) -> list[dict[str
 
 
 def collect_results(study: Study, out: Path, data: Any, device: Any, span: Any, prompt: str,
-                    verification: dict[str, Any]) -> dict[str, Any]:
+                    verification: dict[str, Any], unigram: float) -> dict[str, Any]:
     runs = []
     for name, _, _ in study.runs():
         rec = json.loads((out / "runs" / name / "result.json").read_text(encoding="utf-8"))
@@ -825,6 +828,7 @@ def collect_results(study: Study, out: Path, data: Any, device: Any, span: Any, 
             "preset": study.preset, "encodings": study.encodings, "seeds": study.seeds,
             "block_size": study.block_size, "lengths": study.lengths,
             "eval_windows": study.eval_windows, "eval_span_tokens": span_tokens,
+            "unigram_ppl": unigram,
             "prompt": prompt, "temperatures": list(t.sample_temperatures),
             "sample_tokens": t.sample_tokens, "fingerprint": study.fingerprint(),
             "base_config": base,

@@ -15,6 +15,7 @@ batch, so one process with batch 2B sees exactly what two processes with batch B
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -57,6 +58,9 @@ def play_files() -> list[Path]:
 
 
 _BRACKETED = re.compile(r"\[[^\]]*\]")
+_SPEAKER = re.compile(r"\*\*(.+?)\*\*")
+_EMPHASIS = re.compile(r"[_*]")
+_SPACES = re.compile(r"\s+")
 
 
 def play_to_text(md: str) -> str:
@@ -85,7 +89,7 @@ def play_to_text(md: str) -> str:
             continue
         if not s or s.startswith("#"):
             continue
-        m = re.fullmatch(r"\*\*(.+?)\*\*", s)
+        m = _SPEAKER.fullmatch(s)
         if m:
             flush()
             speaker, lines = m.group(1).strip(), []
@@ -96,16 +100,16 @@ def play_to_text(md: str) -> str:
                 in_direction = marker
             continue
         text = _BRACKETED.sub("", s).replace("\\", "")
-        text = re.sub(r"[_*]", "", text)
-        text = re.sub(r"\s+", " ", text).strip()
+        text = _SPACES.sub(" ", _EMPHASIS.sub("", text)).strip()
         if text and speaker is not None:
             lines.append(text)
     flush()
     return "\n\n".join(speeches) + "\n"
 
 
+@functools.lru_cache(maxsize=1)
 def shakespeare_texts() -> dict[str, list[tuple[str, str]]]:
-    """{'train': [(play, text)], 'val': [...]} split by whole plays."""
+    """{'train': [(play, text)], 'val': [...]} split by whole plays (converted once)."""
     out: dict[str, list[tuple[str, str]]] = {"train": [], "val": []}
     for f in play_files():
         split = "val" if f.stem in VAL_PLAYS else "train"
@@ -267,26 +271,27 @@ def _texts(data: str, files: list[Path] | None, split: str) -> Iterator[str]:
         yield from _split_texts(files, split)
 
 
-def _encode_stream(tok: Tokenizer, texts: Iterator[str], out: Path
-                   ) -> tuple[int, np.ndarray, str]:
-    """Tokenize text chunks to `out` (raw ids); return token count, document spans, dtype."""
+def _encode_stream(tok: Tokenizer, texts: Iterator[str], out: Path, docs_out: Path
+                   ) -> tuple[int, int, str]:
+    """Tokenize text chunks to `out` (raw ids) and the (start, length) of every paragraph to
+    `docs_out`, chunk by chunk; return the token count, document count and dtype."""
     dtype = np.uint16 if tok.vocab_size <= 65535 else np.uint32
-    n = 0
-    docs: list[tuple[int, int]] = []
-    with open(out, "wb") as fh:
+    n = n_docs = 0
+    with open(out, "wb") as fh, open(docs_out, "wb") as dh:
         for text in texts:
             pieces = PARA_SPLIT.split(text)  # [para, sep, para, sep, ...]
-            if hasattr(tok, "encode_batch"):
-                encoded = tok.encode_batch(pieces)
-            else:
-                encoded = [tok.encode(p) for p in pieces]
-            for i, ids in enumerate(encoded):
-                if i % 2 == 0 and ids:
-                    docs.append((n, len(ids)))
-                if ids:
-                    np.asarray(ids, dtype=dtype).tofile(fh)
-                    n += len(ids)
-    return n, np.asarray(docs, dtype=np.int64).reshape(-1, 2), np.dtype(dtype).name
+            encoded = tok.encode_batch(pieces)
+            lengths = np.fromiter((len(ids) for ids in encoded), dtype=np.int64,
+                                  count=len(encoded))
+            starts = n + np.cumsum(lengths) - lengths
+            keep = (np.arange(len(encoded)) % 2 == 0) & (lengths > 0)  # paragraphs, not gaps
+            np.stack([starts[keep], lengths[keep]], axis=1).astype(np.int64).tofile(dh)
+            n_docs += int(keep.sum())
+            chunk = np.concatenate([np.asarray(ids, dtype=dtype) for ids in encoded]) \
+                if encoded else np.zeros(0, dtype)
+            chunk.tofile(fh)
+            n += len(chunk)
+    return n, n_docs, np.dtype(dtype).name
 
 
 def _read_cache(d: Path) -> tuple[dict, Tokenizer] | None:
@@ -341,9 +346,9 @@ def prepare(data: str, tokenizer: str = "char", *, vocab_size: int = 512, min_fr
                                                max_vocab=max_vocab)
             meta = {"settings": settings, "vocab_size": tok.vocab_size}
             for split in ("train", "val"):
-                n, docs, dtype = _encode_stream(tok, _texts(data, files, split), tmp / f"{split}.bin")
-                docs.tofile(tmp / f"{split}_docs.bin")
-                meta[split] = {"tokens": n, "documents": len(docs)}
+                n, n_docs, dtype = _encode_stream(tok, _texts(data, files, split),
+                                                  tmp / f"{split}.bin", tmp / f"{split}_docs.bin")
+                meta[split] = {"tokens": n, "documents": n_docs}
                 meta["dtype"] = dtype
             tok.save(tmp / "tokenizer.json")
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2))  # written last

@@ -125,6 +125,18 @@ def length_generalization(model: torch.nn.Module, span: np.ndarray, lengths: Seq
             "position_loss": position or {"length": 0, "loss": []}}
 
 
+def unigram_ppl(train: np.ndarray, span: np.ndarray, vocab_size: int, *,
+                chunk: int = 1 << 24) -> float:
+    """Perplexity on the span's targets of a context-free model: training-token frequencies
+    (add-one smoothed). A trained model near this number has not learned to use context."""
+    counts = np.zeros(vocab_size, dtype=np.float64)
+    for i in range(0, len(train), chunk):
+        counts += np.bincount(np.asarray(train[i: i + chunk], dtype=np.int64),
+                              minlength=vocab_size)[:vocab_size]
+    logp = np.log(counts + 1.0) - np.log(counts.sum() + vocab_size)
+    return float(np.exp(-logp[np.asarray(span[1:], dtype=np.int64)].mean()))
+
+
 # --- sampling with a sliding window ---------------------------------------------------------
 
 @torch.no_grad()

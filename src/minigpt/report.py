@@ -25,6 +25,7 @@ import matplotlib.pyplot as plt
 from .io import atomic_write_text
 
 FLAT, STEEP, IMPROVES = 1.10, 2.0, 0.98
+NEAR_UNIGRAM = 0.9  # ppl at L at least this fraction of the unigram baseline: not learned
 PLOTS = {
     "loss_curves.png": "Training and validation loss against step and against wall time",
     "length_ppl.png": "Validation perplexity against evaluation length (same tokens)",
@@ -104,11 +105,23 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
                     s += f"; the gap to {at_L[1][0]} is within the seed-to-seed spread"
         parts.append(s + ".")
 
+    unigram = study.get("unigram_ppl")
+    weak = [(p, v) for p, v in at_L if unigram and v >= NEAR_UNIGRAM * unigram]
+    findings["near_unigram"] = [p for p, _ in weak]
+    if weak:
+        names = _join([f"{p} ({v:.2f})" for p, v in weak])
+        verb = "stays" if len(weak) == 1 else "stay"
+        parts.append(
+            f"At L, {names} {verb} near the context-free unigram baseline "
+            f"(ppl {unigram:.2f}, a model that ignores context), so "
+            f"{'it has' if len(weak) == 1 else 'they have'} not learned to use context within "
+            "this training budget and the curve past L says nothing about extrapolation.")
+
     past = {}
     if longest > L:
         for a in aggs:
             base, far = _ppl_at(a, L), _ppl_at(a, longest)
-            if base is None or far is None:
+            if base is None or far is None or a["pos"] in findings["near_unigram"]:
                 continue
             r = far / base
             past[a["pos"]] = {"ratio": r, "verdict": verdict(r), "ppl": far}
@@ -183,6 +196,9 @@ def tables(results: dict[str, Any]) -> dict[str, tuple[list[str], list[list[str]
             row.append(fmt_stat(c["ppl"], 2) if c["ppl"]["mean"] is not None
                        else (c["reason"] or "n/a"))
         rows.append(row)
+    if study.get("unigram_ppl"):
+        rows.append(["unigram baseline (no context)"]
+                    + [f"{study['unigram_ppl']:.2f}"] * len(study["lengths"]))
     out["length"] = (head, rows)
 
     head = ["encoding", "seeds", "final val loss", "val ppl", "train time (s)", "tokens/s",
@@ -293,6 +309,9 @@ def plot_length_ppl(results: dict[str, Any], path: Path) -> Path:
         label = a["pos"] if a["extrapolates"] else f"{a['pos']} (n/a past L)"
         ax.errorbar(x, y, yerr=e if a["seeds"] > 1 else None, fmt="o-", color=_color(a["pos"]),
                     capsize=3, label=label)
+    if study.get("unigram_ppl"):
+        ax.axhline(study["unigram_ppl"], color="black", ls=":", lw=1,
+                   label="unigram baseline (no context)")
     ax.axvline(L, color="gray", ls="--", lw=1)
     ax.text(L, ax.get_ylim()[1], " trained L", va="top", color="gray", fontsize=8)
     ax.set_xscale("log", base=2)
@@ -300,10 +319,13 @@ def plot_length_ppl(results: dict[str, Any], path: Path) -> Path:
     lo, hi = ax.get_ylim()
     log_y = lo > 0 and hi / lo > 4  # a log axis only when the range is wide
     if log_y:
-        from matplotlib.ticker import ScalarFormatter
+        from matplotlib.ticker import FuncFormatter
 
         ax.set_yscale("log")
-        ax.yaxis.set_major_formatter(ScalarFormatter())
+        plain = FuncFormatter(lambda v, _: f"{v:g}")
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(plain)
+        ax.tick_params(axis="y", which="minor", labelsize=7)
     ax.set_xlabel("evaluation window length (tokens)")
     ax.set_ylabel("validation perplexity" + (" (log scale)" if log_y else ""))
     ax.set_title(f"Length generalization: the same {study['eval_span_tokens']} tokens at every "
@@ -321,7 +343,7 @@ def plot_position_loss(results: dict[str, Any], path: Path) -> Path:
 
     study = results["study"]
     L, longest = study["block_size"], max(study["lengths"])
-    width = max(1, longest // 64)  # bin positions so the curve is readable
+    width = max(1, longest // 32)  # bin positions so the curve is readable
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     for a in results["aggregates"]:
         pl = a["position_loss"]
@@ -405,7 +427,9 @@ DEFINITIONS = [
     "scored once at every length and only the context before it changes."),
     (f"Past-L verdicts compare perplexity at the longest length with perplexity at L: ratio "
     f"< {IMPROVES} improves, <= {FLAT} stays flat, <= {STEEP} degrades, above that degrades "
-    "steeply."),
+    f"steeply. An encoding whose perplexity at L is at least {NEAR_UNIGRAM:g} x the unigram "
+    "baseline (training-token frequencies, no context) has not learned to use context and gets "
+    "no verdict."),
     ("Generation metrics are over the generated words only (prompt excluded): distinct-n = "
     "unique n-grams / all n-grams; repeated 4-grams = share of 4-gram occurrences that repeat "
     "an earlier one in the same sample; known words = share of generated words that occur in "

@@ -17,6 +17,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
+
 from .errors import DataError
 
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<bos>", "<eos>"
@@ -41,6 +43,9 @@ class Tokenizer:
     def check_text(self, text: str) -> None:
         """Raise a DataError if `text` (a prompt) cannot be encoded faithfully."""
 
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [self.encode(t) for t in texts]
+
     def save(self, path: str | Path) -> None:
         from .io import atomic_write_text
 
@@ -61,6 +66,7 @@ class CharTokenizer(Tokenizer):
         self.stoi = {c: i for i, c in enumerate(self.chars)}
         self.pad_id = len(self.chars)  # <pad> comes after the characters
         self.vocab_size = len(self.chars) + 1
+        self._lut: np.ndarray | None = None
 
     @classmethod
     def train(cls, texts: Iterable[str], **_: Any) -> "CharTokenizer":
@@ -81,11 +87,26 @@ class CharTokenizer(Tokenizer):
             )
 
     def encode(self, text: str) -> list[int]:
-        try:
-            return [self.stoi[c] for c in text]
-        except KeyError:
+        return self.encode_array(text).tolist()
+
+    def encode_array(self, text: str) -> np.ndarray:
+        """Vectorised: code points -> ids through a lookup table (-1 marks unknown)."""
+        if self._lut is None:
+            self._lut = np.full(max(map(ord, self.chars)) + 1, -1, dtype=np.int64)
+            self._lut[[ord(c) for c in self.chars]] = np.arange(len(self.chars))
+        cps = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+        ids = self._lut[np.minimum(cps, len(self._lut) - 1)]
+        ids[cps >= len(self._lut)] = -1
+        if (ids < 0).any():
             self.check_text(text)
-            raise
+        return ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        if not texts:
+            return []
+        joined = self.encode_array("".join(texts))
+        cuts = np.cumsum([len(t) for t in texts])[:-1]
+        return np.split(joined, cuts)
 
     def decode(self, ids: Iterable[int]) -> str:
         n = len(self.chars)
