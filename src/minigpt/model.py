@@ -81,9 +81,10 @@ class CausalSelfAttention(nn.Module):
         q, k = ctx.rotate(q, k, ctx.pos)
         if ctx.cache is not None:
             k, v = ctx.cache.update(layer, k, v)  # (B, nh, Tk, hs) with Tk = past + T
-        fp32_attention = q.dtype == torch.bfloat16 and q.device.type == "cpu"
+        fp32_attention = (q.dtype == torch.bfloat16 and q.device.type == "cpu"
+                          and torch.is_grad_enabled())
         if fp32_attention:
-            # bf16 autocast on a CPU: the matmuls gain, but the CPU flash-attention backward
+            # bf16 training on a CPU: the matmuls gain, but the CPU flash-attention backward
             # is several times slower in bf16 than in fp32, so attention runs in fp32
             q, k, v = q.float(), k.float(), v.float()
         with torch.autocast("cpu", enabled=False) if fp32_attention else nullcontext():
@@ -93,7 +94,7 @@ class CausalSelfAttention(nn.Module):
                 y = F.scaled_dot_product_attention(
                     q, k, v, attn_mask=ctx.mask_as(q.dtype), is_causal=ctx.is_causal,
                     dropout_p=self.dropout if self.training else 0.0)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, nh, T, hs) -> (B, T, C)
+        y = y.to(x.dtype).transpose(1, 2).contiguous().view(B, T, C)  # (B, nh, T, hs) -> (B, T, C)
         return self.resid_drop(self.c_proj(y))
 
     def _explicit(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: AttnContext

@@ -20,6 +20,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto")
     p.add_argument("--which", choices=["last", "best"], default="last", help="which weights")
     p.add_argument("--no-cache", action="store_true", help="recompute the window every token")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                   help="weights for sampling: float32 (default, exact) or bfloat16 (half the "
+                        "memory traffic; faster on CPUs with native bf16 and on GPUs)")
     p.set_defaults(handler=run)
 
 
@@ -33,6 +36,10 @@ def run(args: argparse.Namespace) -> int:
     if args.num_samples < 1:
         raise MiniGPTError(f"--num-samples must be at least 1, got {args.num_samples}.")
     model, tok, _, _ = load(args.ckpt, which=args.which, device=resolve_device(args.device))
+    if args.dtype == "bfloat16":
+        import torch
+
+        model.to(torch.bfloat16)
     tok.check_text(args.prompt)
     sample_text(model, tok, args.prompt, max_new_tokens=args.max_new_tokens,
                 temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
