@@ -10,7 +10,6 @@ timed alternately so that background load hits both alike.
 
 from __future__ import annotations
 
-import json
 import platform
 import statistics
 import time
@@ -86,11 +85,23 @@ def ours(cfg: RunConfig, device: torch.device) -> tuple[Contender, GPT]:
             fwd_model(x, x)
 
     def gen(x: torch.Tensor, n: int, use_cache: bool) -> torch.Tensor:
-        with autocast(device, amp):
-            return generate(model, x, n, temperature=0, use_cache=use_cache)
+        # no autocast: it would re-cast every weight for every token
+        return generate(model, x, n, temperature=0, use_cache=use_cache)
 
     model.train()
     return Contender("minigpt", train_step, forward, gen), model
+
+
+def bf16_sampler(model: GPT) -> Contender:
+    """The same weights stored in bf16 (`minigpt sample --dtype bfloat16`): generation only."""
+    import copy
+
+    m16 = copy.deepcopy(model).to(torch.bfloat16).eval()
+
+    def gen(x: torch.Tensor, n: int, use_cache: bool) -> torch.Tensor:
+        return generate(m16, x, n, temperature=0, use_cache=use_cache)
+
+    return Contender("minigpt_bf16", lambda x: None, lambda x: None, gen)
 
 
 def hugging_face(cfg: RunConfig, device: torch.device, n_positions: int) -> Contender:
@@ -124,10 +135,9 @@ def hugging_face(cfg: RunConfig, device: torch.device, n_positions: int) -> Cont
 
     @torch.no_grad()
     def gen(x: torch.Tensor, n: int, use_cache: bool) -> torch.Tensor:
-        with autocast(device, amp):
-            return model.generate(x, max_new_tokens=n, min_new_tokens=n, do_sample=False,
-                                  use_cache=use_cache, pad_token_id=0,
-                                  attention_mask=torch.ones_like(x))
+        return model.generate(x, max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                              use_cache=use_cache, pad_token_id=0,
+                              attention_mask=torch.ones_like(x))
 
     model.train()
     return Contender("hf", train_step, forward, gen)
@@ -144,7 +154,8 @@ def _median_rates(contenders: list[Contender], fn_name: str, make_args: Callable
     for _ in range(reps):
         for c in contenders:
             args = make_args()
-            times[c.name].append(timed(lambda: getattr(c, fn_name)(*args), device))
+            fn = getattr(c, fn_name)
+            times[c.name].append(timed(lambda fn=fn, args=args: fn(*args), device))
     return {name: work / statistics.median(ts) for name, ts in times.items()}
 
 
@@ -199,19 +210,22 @@ def run_bench(preset_name: str = "small", *, vs_hf: bool = False, device_name: s
     res["eval_tokens_per_s"] = _median_rates(contenders, "forward", batch(B, T), B * T, 1,
                                              reps, device)
     res["generate_tokens_per_s"] = {}
+    samplers = [mine, bf16_sampler(model), *contenders[1:]]
     for b in (1, 8):
         for use_cache in (True, False):
             n = gen_tokens if use_cache else min(gen_tokens, 64)
             key = f"batch{b}_{'cache' if use_cache else 'nocache'}"
             rates = _median_rates(
-                contenders, "generate", lambda b=b, n=n, c=use_cache: (*batch(b, 1)(), n, c),
+                samplers, "generate", lambda b=b, n=n, c=use_cache: (*batch(b, 1)(), n, c),
                 b * n, 1, max(1, min(3, reps)), device)
             res["generate_tokens_per_s"][key] = {"new_tokens": n, **rates}
     if vs_hf:
         res["ratio_vs_hf"] = {
             "train": train["minigpt"] / train["hf"],
             "eval": res["eval_tokens_per_s"]["minigpt"] / res["eval_tokens_per_s"]["hf"],
-            **{k: v["minigpt"] / v["hf"] for k, v in res["generate_tokens_per_s"].items()}}
+            **{k: v["minigpt"] / v["hf"] for k, v in res["generate_tokens_per_s"].items()},
+            **{f"{k}_bf16": v["minigpt_bf16"] / v["hf"]
+               for k, v in res["generate_tokens_per_s"].items()}}
     return res
 
 
@@ -235,6 +249,10 @@ def format_table(res: dict[str, Any]) -> str:
     row("eval tokens/s", res["eval_tokens_per_s"], r.get("eval"))
     for k, v in res["generate_tokens_per_s"].items():
         row(f"generate {k} ({v['new_tokens']} new) tok/s", v, r.get(k))
+        line = f"{'  same, bf16 weights':34s}{v['minigpt_bf16']:>14,.0f}"
+        if k + "_bf16" in r:
+            line += f"{'':>14s}{r[k + '_bf16']:>9.2f}x"
+        lines.append(line)
     lines.append(f"matmul peak ({res['dtype']}): {res['peak_flops'] / 1e9:,.0f} GFLOP/s; "
                  f"{res['threads']} threads; medians of {res['reps']} alternating timings")
     return "\n".join(lines)

@@ -1,0 +1,50 @@
+"""`minigpt bench`: the table and bench.json hold every measure, for both contenders."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from conftest import run_cli
+
+from minigpt.bench import flops_per_token, matmul_peak
+from minigpt.config import ModelConfig
+
+
+def test_bench_vs_hf_writes_every_measure(tmp_path):
+    out = tmp_path / "bench.json"
+    r = run_cli("bench", "--preset", "tiny", "--vs", "hf", "--reps", "1", "--gen-tokens", "4",
+                "--dtype", "float32", "--threads", "1", "--out", out)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(out.read_text())
+    assert res["dtype"] == "float32" and res["threads"] == 1 and res["preset"] == "tiny"
+    assert res["peak_flops"] > 1e8
+    for key in ("train_tokens_per_s", "eval_tokens_per_s", "train_mfu"):
+        assert set(res[key]) == {"minigpt", "hf"} and all(v > 0 for v in res[key].values())
+    assert 0 < res["train_mfu"]["minigpt"] < 1
+    gen = res["generate_tokens_per_s"]
+    assert set(gen) == {"batch1_cache", "batch1_nocache", "batch8_cache", "batch8_nocache"}
+    assert all(g["minigpt"] > 0 and g["hf"] > 0 and g["minigpt_bf16"] > 0 and g["new_tokens"] == 4
+               for g in gen.values())
+    ratios = res["ratio_vs_hf"]
+    assert {"batch1_cache", "batch1_cache_bf16", "eval"} <= set(ratios)
+    assert ratios["train"] == res["train_tokens_per_s"]["minigpt"] / res["train_tokens_per_s"]["hf"]
+    for line in ("train tokens/s", "train MFU", "eval tokens/s", "generate batch1_cache"):
+        assert line in r.stdout
+    assert "1 threads" in r.stdout
+
+
+def test_flops_per_token_formula():
+    cfg = ModelConfig(vocab_size=65, block_size=64, n_layer=4, n_head=4, d_model=128)
+    assert flops_per_token(cfg, 1000) == 6 * 1000 + 12 * 4 * 128 * 64
+
+
+def test_matmul_peak_is_plausible():
+    peak = matmul_peak(torch.device("cpu"), torch.float32, n=256, reps=2)
+    assert 1e8 < peak < 1e14
+
+
+def test_bench_bad_input_is_one_line(tmp_path):
+    r = run_cli("bench", "--preset", "tiny", "--threads", "0", "--out", tmp_path / "b.json")
+    assert r.returncode == 2 and "threads" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "b.json").exists()
