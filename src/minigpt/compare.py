@@ -54,12 +54,12 @@ STUDY_PRESETS: dict[str, dict[str, Any]] = {
     "quick": {
         "base": "small",
         "model": {"block_size": 64, "n_layer": 4, "n_head": 4, "d_model": 128, "dropout": 0.0},
-        "train": {"tokenizer": "char", "batch_size": 16, "max_steps": 450, "lr": 2e-3,
-                  "min_lr": 2e-4, "warmup_steps": 40, "eval_interval": 75, "eval_iters": 8,
+        "train": {"tokenizer": "char", "batch_size": 16, "max_steps": 800, "lr": 2e-3,
+                  "min_lr": 2e-4, "warmup_steps": 60, "eval_interval": 100, "eval_iters": 8,
                   "log_interval": 10, "sample_tokens": 300},
         "seeds": 1,
         "lengths": "1x,2x,4x,8x",
-        "eval_windows": 16,  # windows of the longest length: 16 x 512 = 8192 tokens scored
+        "eval_windows": 32,  # windows of the longest length: 32 x 512 = 16384 tokens scored
     },
     "full": {
         "base": "small",
@@ -344,10 +344,12 @@ RESULTS_SCHEMA: dict[str, Any] = {
         "environment": {
             "type": "object",
             "required": ["python", "torch", "numpy", "minigpt", "platform", "device",
-                         "device_name", "torch_threads", "cpu_count"],
+                         "device_name", "torch_threads", "cpu_count", "train_precision"],
             "properties": {"python": _STR, "torch": _STR, "numpy": _STR, "minigpt": _STR,
                            "platform": _STR, "device": _STR, "device_name": _STR,
-                           "torch_threads": _INT, "cpu_count": {"type": ["integer", "null"]}},
+                           "torch_threads": _INT, "cpu_count": {"type": ["integer", "null"]},
+                           "train_precision": {"type": "string", "description": "float32 or "
+                                               "the autocast dtype training used"}},
         },
         "runs": {"type": "array", "items": RUN_SCHEMA},
         "aggregates": {"type": "array", "items": AGGREGATE_SCHEMA},
@@ -395,9 +397,13 @@ def validate(instance: Any, schema: dict[str, Any], path: str = "$") -> list[str
 
 # --- environment and memory -----------------------------------------------------------------
 
-def environment(device: Any) -> dict[str, Any]:
+def environment(device: Any, train_cfg: Any = None) -> dict[str, Any]:
     import numpy
     import torch
+
+    from .training import autocast_dtype
+
+    amp = autocast_dtype(train_cfg, device) if train_cfg is not None else None
 
     if getattr(device, "type", "cpu") == "cuda":
         name = torch.cuda.get_device_name(device)
@@ -413,7 +419,9 @@ def environment(device: Any) -> dict[str, Any]:
     return {"python": platform.python_version(), "torch": torch.__version__,
             "numpy": numpy.__version__, "minigpt": __version__, "platform": platform.platform(),
             "device": str(device), "device_name": name or "unknown",
-            "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
+            "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+            "train_precision": f"{str(amp).removeprefix('torch.')} autocast" if amp
+            else "float32"}
 
 
 def _reset_peak(device: Any) -> bool:
@@ -835,7 +843,7 @@ def collect_results(study: Study, out: Path, data: Any, device: Any, span: Any, 
             "held_equal": held_equal(study, data, span_tokens, prompt, verification),
             "verification": verification,
         },
-        "environment": environment(device),
+        "environment": environment(device, study.base.train),
         "runs": runs,
         "aggregates": aggregate(runs, study.encodings),
     }

@@ -119,7 +119,13 @@ def sinusoid_table(positions: torch.Tensor, d: int) -> torch.Tensor:
 
 @register
 class Sinusoidal(PositionalEncoding):
-    """Fixed sin/cos waves of geometric wavelengths, added to the token embedding."""
+    """Fixed sin/cos waves of geometric wavelengths, added to the token embedding.
+
+    The table is the closed form above, added at scale 1/sqrt(d_model) (the "scaled
+    sinusoidal" of x-transformers): Vaswani et al. instead multiply the token embeddings by
+    sqrt(d_model); at GPT-2's embedding init (std 0.02) an unscaled table, of amplitude 1 in
+    every dimension, drowns the token identity and the model stalls at unigram perplexity.
+    """
 
     name = "sinusoidal"
     where = "added to token embeddings"
@@ -135,7 +141,7 @@ class Sinusoidal(PositionalEncoding):
             self.pe = sinusoid_table(torch.arange(n), self.cfg.d_model).to(self.pe.device)
 
     def embed(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        return x + self.pe[pos].to(x.dtype)
+        return x + (self.pe[pos] * self.cfg.d_model**-0.5).to(x.dtype)
 
     def table(self, n: int | None = None) -> torch.Tensor:
         n = n or self.cfg.block_size

@@ -235,7 +235,8 @@ def tables(results: dict[str, Any]) -> dict[str, tuple[list[str], list[list[str]
                            f"{study['eval_span_tokens']} tokens")],
             ["environment", (f"python {env['python']}, torch {env['torch']}, minigpt "
                             f"{env['minigpt']}, {env['device']} ({env['device_name']}), "
-                            f"{env['torch_threads']} threads, {env['cpu_count']} CPUs")],
+                            f"{env['torch_threads']} threads, {env['cpu_count']} CPUs, training in "
+                             f"{env.get('train_precision', 'float32')}")],
             ["created", results["created"]], ["fingerprint", study["fingerprint"]]]
     out["settings"] = (["setting", "value"], rows)
     return out
@@ -424,7 +425,8 @@ def html_table(head: list[str], rows: list[list[str]]) -> str:
 DEFINITIONS = [
     ("Perplexity = exp(mean cross-entropy in nats per token). Length generalization scores one "
     "fixed validation span cut into non-overlapping windows of each length, so every token is "
-    "scored once at every length and only the context before it changes."),
+    "scored once at every length and only the context before it changes. Evaluation and "
+    "sampling run in float32, whatever precision training used."),
     (f"Past-L verdicts compare perplexity at the longest length with perplexity at L: ratio "
     f"< {IMPROVES} improves, <= {FLAT} stays flat, <= {STEEP} degrades, above that degrades "
     f"steeply. An encoding whose perplexity at L is at least {NEAR_UNIGRAM:g} x the unigram "

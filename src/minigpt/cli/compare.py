@@ -30,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "always included")
     p.add_argument("--eval-windows", type=int, metavar="N",
                    help="windows of the longest length in the fixed validation span "
-                        "(default: quick 16, full 64)")
+                        "(default: quick 32, full 64)")
     p.add_argument("--out", default="runs/compare",
                    help="study directory (default runs/compare)")
     p.add_argument("--force", action="store_true",
