@@ -121,6 +121,15 @@ def setup_distributed(device_name: str) -> tuple[Dist, torch.device]:
     return Dist(dist.get_rank(), dist.get_world_size(), local), device
 
 
+def should_compile(tc: TrainConfig, device: torch.device, steps_left: int) -> bool:
+    """`--compile auto`: compile where it pays off. Measured on a 2-core CPU (small preset,
+    bf16): 33.2 vs 33.5 ms per step for 13-25 s of compiling, so never on CPUs; on CUDA GPUs,
+    where compiling fuses the many small kernels of a step, for runs of 1000+ steps."""
+    if tc.compile != "auto":
+        return tc.compile == "on"
+    return device.type == "cuda" and steps_left >= 1000
+
+
 def barrier(d: Dist) -> None:
     if d.enabled:
         dist.barrier()
@@ -289,7 +298,7 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, until: int |
         data.tokenizer.save(out / "tokenizer.json")
     amp = autocast_dtype(tc, device)
     train_model: torch.nn.Module = model
-    if tc.compile == "on":
+    if should_compile(tc, device, tc.max_steps - step):
         train_model = torch.compile(model)
     if d.enabled:
         from torch.nn.parallel import DistributedDataParallel as DDP
