@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -68,3 +69,24 @@ def test_gloo_is_chosen_on_cpu():
 
     d, device = setup_distributed("cpu")
     assert d.world == 1 and device.type == "cpu"
+
+
+def test_compare_runs_its_training_under_ddp(corpus, tmp_path):
+    """`torchrun ... -m minigpt compare`: every run trains with 2 ranks, rank 0 reports."""
+    from test_compare import TINY
+
+    out = tmp_path / "study"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "minigpt", "compare", *TINY, "--data", str(corpus), "--device", "cpu",
+           "--dtype", "float32", "--out", str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=240,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("report: ") == 1  # only rank 0 speaks
+    assert (out / "results.json").exists() and (out / "report.html").exists()
+    for run in ("learned-s1337", "alibi-s1337"):
+        metrics = (out / "runs" / run / "metrics.jsonl").read_text().splitlines()
+        assert len(metrics) >= 4  # one writer: no duplicated rows
+        rows = [json.loads(m) for m in metrics]
+        steps = [row["step"] for row in rows if "train_loss" in row]
+        assert steps == [1, 2, 3, 4]

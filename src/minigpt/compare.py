@@ -541,7 +541,14 @@ def check_out(study: Study, out: Path, force: bool, log: Callable[[str], None]) 
                            "choose another --out or pass --force to write into it.")
 
 
+def is_main_process() -> bool:
+    """False on the ranks > 0 of a torchrun job: they train alongside rank 0 but write nothing."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def _write_study_file(study: Study, out: Path, status: str) -> None:
+    if not is_main_process():
+        return
     atomic_write_json(out / "study.json", {
         "format": "minigpt-compare-study", "version": SCHEMA_VERSION,
         "minigpt_version": __version__, "status": status,
@@ -683,6 +690,8 @@ def run_study(study: Study, out: str | Path, *, force: bool = False, progress: b
                     return StudyOutcome(out, None, trained, skipped, interrupted=True)
                 trained.append(name)
                 steps_done += cfg.train.max_steps - start_step
+            if not is_main_process():
+                continue  # under DDP only rank 0 evaluates and writes
             model, tok, _, _ = checkpoint.load(run_dir, device=device)
             record = evaluate_run(model, tok, cfg, run_dir, name, span, study.lengths, prompt,
                                   words)
@@ -696,6 +705,8 @@ def run_study(study: Study, out: str | Path, *, force: bool = False, progress: b
             "to resume.")
         return StudyOutcome(out, None, trained, skipped, interrupted=True)
 
+    if not is_main_process():
+        return StudyOutcome(out, None, trained, skipped)
     results = collect_results(study, out, data, device, span, prompt, verification, unigram)
     results["summary"] = summarize(results)
     errors = validate(results, RESULTS_SCHEMA)
@@ -716,6 +727,8 @@ def _train_run(cfg: RunConfig, run_dir: Path, resume: bool, data: Any, device: A
     res = train(cfg, run_dir, resume=resume, progress=progress, data=data, log=log)
     if res.interrupted:
         return False
+    if not is_main_process():
+        return True
     peak, kind = _read_peak(device, reset_ok, res.peak_mem_mb)
     atomic_write_json(run_dir / "trained.json", {"peak_mem_mb": peak, "peak_mem_kind": kind,
                                                  "device": str(device)})

@@ -42,20 +42,24 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..compare import make_study, run_study
+    from ..compare import is_main_process, make_study, run_study
+
+    say = print if is_main_process() else (lambda *a, **k: None)  # rank 0 speaks for a DDP job
 
     model_o, train_o = overrides(args)
     study = make_study(args.preset, encodings=args.pos, seeds=args.seeds, lengths=args.lengths,
                        eval_windows=args.eval_windows, model=model_o, train=train_o)
     out = Path(args.out)
     runs = study.runs()
-    print(f"minigpt compare: {len(study.encodings)} encodings ({', '.join(study.encodings)}) x "
+    say(f"minigpt compare: {len(study.encodings)} encodings ({', '.join(study.encodings)}) x "
           f"{len(study.seeds)} seed(s) = {len(runs)} runs, L = {study.block_size}, "
           f"lengths {', '.join(map(str, study.lengths))} -> {out}", flush=True)
     outcome = run_study(study, out, force=args.force, progress=not args.quiet,
-                        log=lambda m: print(m, flush=True))
+                        log=lambda m: say(m, flush=True))
     if outcome.interrupted:
         return 130
+    if not is_main_process():
+        return 0
     print(f"trained {len(outcome.trained)}, skipped {len(outcome.skipped)} finished run(s)")
     print(outcome.results["summary"]["text"] if outcome.results else "")
     print(f"report: {out / 'report.html'} (also report.md, results.json, *.png)")
