@@ -159,11 +159,13 @@ def _read_chunks(files: list[Path]) -> Iterator[tuple[int, str]]:
 
 def _decode(b: bytes, f: Path) -> str:
     if b"\x00" in b:
-        raise DataError(f"data file {f} looks binary (it contains NUL bytes); give a UTF-8 text file.")
+        raise DataError(f"data file {f} looks binary (it contains NUL bytes); give a UTF-8 "
+                        "text file.")
     try:
         return b.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise DataError(f"data file {f} is not UTF-8 text (bad byte at offset {e.start}).") from None
+        raise DataError(f"data file {f} is not UTF-8 text (bad byte at offset {e.start})."
+                        ) from None
 
 
 def _split_texts(files: list[Path], split: str) -> Iterator[str]:
@@ -187,6 +189,26 @@ def _split_texts(files: list[Path], split: str) -> Iterator[str]:
 
 
 # --- the tokenized dataset ------------------------------------------------------------------
+
+_FDS: dict[str, int] = {}
+
+
+def _read(data: np.ndarray, start: int, n: int) -> np.ndarray:
+    """data[start:start + n], read from a memory-mapped array's file with one pread.
+
+    Slicing the map itself would be simpler, but each touch maps a whole large page-cache
+    folio into the process: 200 random batches of a 1 GiB corpus grew the resident set by
+    1.2 GB. pread copies just the window, so memory stays flat whatever the corpus size.
+    """
+    path = getattr(data, "filename", None)
+    item = data.dtype.itemsize
+    if path is None or data.offset or os.path.getsize(path) != len(data) * item:
+        return np.asarray(data[start: start + n])  # not a whole-file map: plain slicing
+    fd = _FDS.get(path)
+    if fd is None:
+        fd = _FDS[path] = os.open(path, os.O_RDONLY)
+    return np.frombuffer(os.pread(fd, n * item, int(start) * item), dtype=data.dtype)
+
 
 @dataclass
 class Dataset:
@@ -223,14 +245,14 @@ class Dataset:
         lo, hi = rank * batch_size, (rank + 1) * batch_size
         if mode == "stream":
             starts = rng.integers(0, len(data) - block_size, size=n_global)[lo:hi]
-            rows = np.stack([data[s: s + block_size + 1] for s in starts]).astype(np.int64)
+            rows = np.stack([_read(data, s, block_size + 1) for s in starts]).astype(np.int64)
             t = torch.from_numpy(rows)
             return t[:, :-1], t[:, 1:]
         usable = np.flatnonzero(docs[:, 1] >= 2)
         if len(usable) == 0:
             raise DataError(f"the {split} split has no documents of two or more tokens.")
         pick = usable[rng.integers(0, len(usable), size=n_global)[lo:hi]]
-        rows = [data[s: s + min(n, block_size + 1)] for s, n in docs[pick]]
+        rows = [_read(data, s, min(n, block_size + 1)) for s, n in docs[pick]]
         width = max(len(r) for r in rows) - 1
         pad = self.tokenizer.pad_id if self.tokenizer.pad_id is not None else 0  # masked anyway
         x = np.full((len(rows), width), pad, dtype=np.int64)
