@@ -167,6 +167,8 @@ def run_bench(preset_name: str = "small", *, vs_hf: bool = False, device_name: s
         if threads < 1:
             raise MiniGPTError(f"--threads must be at least 1, got {threads}.")
         torch.set_num_threads(threads)
+    if vocab_size < 1:
+        raise MiniGPTError(f"--vocab-size must be at least 1, got {vocab_size}.")
     if gen_tokens < 1 or reps < 1:
         raise MiniGPTError("--gen-tokens and --reps must be at least 1.")
     base = preset(preset_name)

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as st_save
+from torch.overrides import TorchFunctionMode
 
 from . import __version__
 from .config import RunConfig
@@ -42,9 +43,26 @@ def model_state(model: GPT) -> dict[str, torch.Tensor]:
             if k != "lm_head.weight"}
 
 
+class _SkipRandomInit(TorchFunctionMode):
+    """Skip the random fills of nn defaults: on the meta device they only cost time (their
+    Python reference kernels import torch._dynamo, about a second per process)."""
+
+    SKIP = frozenset({"normal_", "uniform_", "trunc_normal_", "kaiming_uniform_",
+                      "kaiming_normal_", "xavier_uniform_", "xavier_normal_"})
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if getattr(func, "__name__", "") in self.SKIP:
+            return args[0] if args else kwargs.get("tensor")
+        return func(*args, **kwargs)
+
+
 def expected_shapes(cfg: RunConfig) -> dict[str, tuple[int, ...]]:
     """Parameter names and shapes implied by a config, computed without allocating them."""
-    with torch.device("meta"):
+    if cfg.model.vocab_size < 1:
+        raise CheckpointError("the checkpoint's config.json gives no vocab_size, so its "
+                              "tensors cannot be checked; it is not a complete checkpoint.")
+    with torch.device("meta"), _SkipRandomInit():
         m = GPT(cfg.model, init=False)
     return {k: tuple(v.shape) for k, v in m.state_dict().items() if k != "lm_head.weight"}
 
@@ -93,23 +111,42 @@ def save_trainer_state(out: Path, model: GPT, optimizer: torch.optim.Optimizer,
     atomic_write_bytes(out / STATE_FILE, st_save(tensors, metadata=meta))
 
 
+def never_saved(out: Path) -> bool:
+    """True for a training run stopped before its first checkpoint was complete.
+
+    A checkpoint writes best/model weights, then config.json with its step, then the trainer
+    state; so weights next to a config.json still at step 0 are the remains of an unfinished
+    first checkpoint, which the same seed reproduces exactly. Imported checkpoints (weights,
+    no trainer state) are not runs that stopped, and do not count.
+    """
+    if not any((out / f).exists() for f in WEIGHT_FILES.values()):
+        return True
+    try:
+        raw = json.loads((out / "config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(raw, dict) and raw.get("step") == 0 and "imported_from" not in raw
+
+
 def load_trainer_state(out: Path, model: GPT, optimizer: torch.optim.Optimizer,
                        rank: int = 0) -> dict[str, Any]:
     """Restore weights, optimizer and RNG from trainer_state.safetensors; return its state.
 
     Names, shapes and dtypes are checked against `model` and `optimizer` from the file's
-    header before any tensor is read. A run stopped before its first checkpoint (no state
-    file and no weights yet) resumes from step 0: `model`, `optimizer` and the RNG are left
-    as built, which is exactly how a fresh run starts.
+    header before any tensor is read. A run stopped before its first checkpoint was complete
+    (`never_saved`) resumes from step 0: `model`, `optimizer` and the RNG are left as built,
+    which is exactly how a fresh run starts.
     """
     path = out / STATE_FILE
     if rank == 0:
         remove_stale_temps(out)  # half-written files of a killed run
     if not path.exists():
-        if not any((out / f).exists() for f in WEIGHT_FILES.values()):
-            return {"step": 0, "best_val": float("inf")}
-        raise CheckpointError(f"{out} has no {STATE_FILE}, so it cannot be resumed; start a "
-                              f"new run from its weights with --init-from {out}.")
+        if never_saved(out):
+            return {"step": 0, "best_val": float("inf")}  # nothing saved yet: start over
+        raise CheckpointError(
+            f"{out} has weights but no {STATE_FILE} (it was imported, or stopped during its "
+            f"first checkpoint), so it cannot be resumed; start a new run from its weights "
+            f"with --init-from {out}, or delete it and start again.")
     want = {k: tuple(v.shape) for k, v in model_state(model).items()}
     params = [p for g in optimizer.param_groups for p in g["params"]]
     try:
@@ -203,7 +240,8 @@ def read_config(ckpt: str | Path) -> tuple[RunConfig, dict[str, Any]]:
     try:
         raw = json.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise CheckpointError(f"{d} is not a complete checkpoint: config.json is missing.") from None
+        raise CheckpointError(f"{d} is not a complete checkpoint: config.json is missing."
+                              ) from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         raise CheckpointError(f"{p} is not readable JSON.") from None
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
@@ -215,7 +253,8 @@ def read_config(ckpt: str | Path) -> tuple[RunConfig, dict[str, Any]]:
         cfg = RunConfig.from_dict({"model": raw.get("model"), "train": raw.get("train")},
                                   where=str(p))
     except ConfigError as e:
-        raise CheckpointError(f"{p} holds an invalid config: {e}") from None
+        why = str(e).removeprefix(f"{p}: ")
+        raise CheckpointError(f"{p} holds an invalid config: {why}") from None
     return cfg, raw
 
 
@@ -245,7 +284,8 @@ def check_weights(d: Path, cfg: RunConfig, which: str = "last") -> None:
             names = list(f.keys())
             shapes = {k: tuple(f.get_slice(k).get_shape()) for k in names}
     except (SafetensorError, OSError) as e:
-        raise CheckpointError(f"{wpath} is corrupt or truncated ({e.__class__.__name__}).") from None
+        raise CheckpointError(f"{wpath} is corrupt or truncated ({e.__class__.__name__})."
+                              ) from None
     _check_tensors(shapes, expected_shapes(cfg), wpath)
 
 

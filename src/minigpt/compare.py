@@ -639,6 +639,8 @@ def run_study(study: Study, out: str | Path, *, force: bool = False, progress: b
     from .training import load_dataset, resolve_device
 
     out = Path(out)
+    data = load_dataset(study.base, verbose=progress)  # bad data: nothing created yet
+    data.check_block(study.block_size)
     check_out(study, out, force, log)
     try:
         (out / "runs").mkdir(parents=True, exist_ok=True)
@@ -646,8 +648,6 @@ def run_study(study: Study, out: str | Path, *, force: bool = False, progress: b
         raise MiniGPTError(f"cannot create output directory {out}: {e.strerror}.") from None
     _write_study_file(study, out, "running")
 
-    data = load_dataset(study.base, verbose=progress)
-    data.check_block(study.block_size)
     vocab = data.tokenizer.vocab_size
     device = resolve_device(study.base.train.device)
     verification = verify_shared_init(study, vocab)

@@ -119,7 +119,7 @@ class TrainConfig:
     seed: int = 1337
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     dtype: str = "auto"  # auto | float32 | bfloat16 (autocast)
-    compile: str = "off"  # off | on | auto
+    compile: str = "auto"  # off | on | auto (see training.should_compile)
     sample_temperatures: list[float] = field(default_factory=lambda: [0.5, 0.8, 1.0])
     sample_tokens: int = 200
     sample_prompt: str = ""
@@ -257,6 +257,8 @@ def _coerce(cls_name: str, name: str, typ: Any, value: Any) -> Any:
             except ConfigError:
                 pass
     tname = getattr(typ, "__name__", str(typ))
+    if typ in (int, float) and isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{name} must be a finite number, got {value!r}.")
     raise ConfigError(f"{name} must be of type {tname}, got {value!r}.")
 
 
@@ -296,7 +298,8 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise ConfigError(f"config file {p} does not exist.") from None
     except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"config file {p} cannot be read as UTF-8 text ({e.__class__.__name__}).") from None
+        raise ConfigError(f"config file {p} cannot be read as UTF-8 text "
+                          f"({e.__class__.__name__}).") from None
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:

@@ -139,7 +139,8 @@ def _block_pairs(i: int, arch: str) -> list[tuple[str, str, bool]]:
         names = [("ln_1", "input_layernorm", False), ("ln_2", "post_attention_layernorm", False),
                  ("attn.c_attn", "attention.query_key_value", False),
                  ("attn.c_proj", "attention.dense", False),
-                 ("mlp.c_fc", "mlp.dense_h_to_4h", False), ("mlp.c_proj", "mlp.dense_4h_to_h", False)]
+                 ("mlp.c_fc", "mlp.dense_h_to_4h", False),
+                 ("mlp.c_proj", "mlp.dense_4h_to_h", False)]
     pairs = []
     for ours, theirs, transpose in names:
         pairs.append((f"blocks.{i}.{ours}.weight", f"{h}.{theirs}.weight", transpose))
@@ -328,8 +329,9 @@ def tokenizer_from_hf_dir(d: Path, vocab_size: int) -> Tokenizer:
             tok = _wordlevel_to_ours(model.get("vocab") or {}, _split_pattern(parts[0]), path)
         elif model.get("type") == "BPE" and any(p.get("type") == "ByteLevel" for p in parts):
             pp = raw.get("post_processor") or {}
-            if isinstance(pp, dict) and pp.get("type") == "TemplateProcessing" and pp.get("single") == [
-                    {"Sequence": {"id": "A", "type_id": 0}}]:
+            noop = [{"Sequence": {"id": "A", "type_id": 0}}]
+            if isinstance(pp, dict) and pp.get("type") == "TemplateProcessing" and \
+                    pp.get("single") == noop:
                 raw["post_processor"] = None  # transformers' no-op template: drop it
             try:
                 tok = BPETokenizer(HFTokenizer.from_str(json.dumps(raw)))
@@ -499,7 +501,11 @@ def model_config_from_hf(raw: dict[str, Any], where: Path) -> tuple[str, ModelCo
     kw["activation"] = FROM_HF_ACT[act]
     if not 0.0 <= kw["dropout"] < 1.0:
         kw["dropout"] = 0.0
-    return mtype, ModelConfig(**kw)
+    try:
+        return mtype, ModelConfig(**kw)
+    except MiniGPTError as e:
+        raise HFError(f"{where}'s config.json describes a model minigpt cannot build: {e}"
+                      ) from None
 
 
 # --- reading HF weights (safetensors only) ------------------------------------------------------
@@ -582,9 +588,9 @@ def _check_out(out: Path, what: str) -> None:
 
 def refuse_unexportable(cfg: ModelConfig) -> None:
     if cfg.pos not in EXPORTABLE:
-        raise HFError(f"a {cfg.pos!r} model cannot be exported to Hugging Face: only the "
-                      "'learned' (as GPT-2) and 'rope' (as GPT-NeoX) encodings have an exact "
-                      "transformers equivalent.")
+        raise HFError(f"a model with the {cfg.pos!r} encoding cannot be exported to Hugging "
+                      "Face: only the 'learned' (as GPT-2) and 'rope' (as GPT-NeoX) encodings "
+                      "have an exact transformers equivalent.")
 
 
 def build_hf_model(model: Any, tok: Tokenizer) -> Any:
@@ -634,9 +640,9 @@ def export_hf(ckpt: str | Path, out: str | Path, which: str = "last") -> ExportR
     out = Path(out)
     cfg, _ = read_config(ckpt)
     refuse_unexportable(cfg.model)  # before anything heavy is loaded
-    require_transformers()
     _check_out(out, "a model")
-    model, tok, cfg, _ = load(ckpt, which=which)
+    model, tok, cfg, _ = load(ckpt, which=which)  # a bad checkpoint is refused before
+    require_transformers()  # the (slow) transformers import
     hf_model = build_hf_model(model, tok)
     diff, scale = compare_logits(model, hf_model)
     if diff > 1e-4 * max(1.0, scale):

@@ -21,7 +21,15 @@ from .errors import MiniGPTError
 
 
 def _read_umask() -> int:
-    mask = os.umask(0o022)  # read once at import (os.umask can only be read by setting it)
+    """The process umask, read once (Linux shows it in /proc; elsewhere set and restore it)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
     os.umask(mask)
     return mask
 

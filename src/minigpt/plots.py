@@ -10,6 +10,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from .io import atomic_savefig  # noqa: E402
+
 
 def loss_curve(history: list[dict[str, Any]], path: Path, title: str = "") -> Path:
     """Train and validation loss against step, from metrics rows."""
@@ -26,6 +28,6 @@ def loss_curve(history: list[dict[str, Any]], path: Path, title: str = "") -> Pa
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_savefig(fig, path, dpi=110)
     plt.close(fig)
     return path

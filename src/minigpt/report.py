@@ -22,7 +22,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from .io import atomic_write_text
+from .io import atomic_savefig, atomic_write_text
 
 FLAT, STEEP, IMPROVES = 1.10, 2.0, 0.98
 NEAR_UNIGRAM = 0.9  # ppl at L at least this fraction of the unigram baseline: not learned
@@ -292,7 +292,7 @@ def plot_loss_curves(results: dict[str, Any], path: Path) -> Path:
     ax2.set_title("Loss against wall time (one line per run)")
     ax1.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    atomic_savefig(fig, path, dpi=100)
     plt.close(fig)
     return path
 
@@ -334,7 +334,7 @@ def plot_length_ppl(results: dict[str, Any], path: Path) -> Path:
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    atomic_savefig(fig, path, dpi=100)
     plt.close(fig)
     return path
 
@@ -371,7 +371,7 @@ def plot_position_loss(results: dict[str, Any], path: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    atomic_savefig(fig, path, dpi=100)
     plt.close(fig)
     return path
 
@@ -391,7 +391,7 @@ def plot_cost(results: dict[str, Any], path: Path) -> Path:
         ax.tick_params(axis="x", rotation=30, labelsize=8)
         ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    atomic_savefig(fig, path, dpi=100)
     plt.close(fig)
     return path
 

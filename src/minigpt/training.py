@@ -220,7 +220,8 @@ class _StopFlag:
             signal.signal(sig, old)
 
 
-def prepare_output(out: Path, resume: bool) -> None:
+def check_output(out: Path, resume: bool) -> None:
+    """Refuse to resume nothing or to overwrite a run (creates nothing)."""
     if resume:
         if not (out / "config.json").exists():
             raise CheckpointError(f"cannot resume: {out} holds no run (config.json missing).")
@@ -228,6 +229,9 @@ def prepare_output(out: Path, resume: bool) -> None:
     if (out / "config.json").exists() or (out / checkpoint.STATE_FILE).exists():
         raise MiniGPTError(f"{out} already holds a run; pass --resume to continue it or choose "
                            "another --out.")
+
+
+def make_output(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -268,7 +272,7 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, until: int |
     out = Path(out)
     tc = cfg.train
     d, device = setup_distributed(tc.device)
-    prepare_output(out, resume)  # every rank checks; only rank 0 writes, after the barrier
+    check_output(out, resume)  # every rank checks; only rank 0 writes, after the barrier
     tok_path = out / "tokenizer.json" if resume else None
     if init_from is not None and not resume:
         tok_path = Path(init_from) / "tokenizer.json"
@@ -277,6 +281,8 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, until: int |
     barrier(d)
     data = data or load_dataset(cfg, tok_path)
     data.check_block(cfg.model.block_size)
+    if d.main and not resume:  # only now: bad data must not leave an empty directory behind
+        make_output(out)
     cfg.model.vocab_size = data.tokenizer.vocab_size
     cfg.model.__post_init__()  # re-validate with the vocabulary filled in
 
@@ -294,8 +300,8 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, until: int |
         if d.main:
             history = _truncate_metrics(out / "metrics.jsonl", step)
     elif d.main:
+        data.tokenizer.save(out / "tokenizer.json")  # before config.json marks a run here
         checkpoint.write_config(out, cfg, 0)
-        data.tokenizer.save(out / "tokenizer.json")
     amp = autocast_dtype(tc, device)
     train_model: torch.nn.Module = model
     if should_compile(tc, device, tc.max_steps - step):
@@ -330,6 +336,10 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, until: int |
 
     def save(step: int, val: float | None) -> None:
         nonlocal best_val
+        if val is not None and not math.isfinite(val):  # every rank stops together
+            raise MiniGPTError(
+                f"the validation loss became {val} at step {step}; lower the learning rate "
+                "(--lr) or raise --warmup-steps. The last good checkpoint was kept.")
         rng = rank_rng_states(d)  # a collective: every rank takes part
         if not d.main:
             return
