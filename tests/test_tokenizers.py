@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from minigpt.errors import DataError
@@ -65,8 +65,9 @@ _BPE = BPETokenizer.train([TEXT * 10], vocab_size=300)
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.text(max_size=60))
+@given(st.text(max_size=60) | st.sampled_from(["<eos>", "a<eos>b", "<unk> <bos>"]))
 def test_bpe_round_trip_property(s):
+    assume("<pad>" not in s)  # padding is what decode leaves out
     assert _BPE.decode(_BPE.encode(s)) == s
 
 

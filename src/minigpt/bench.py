@@ -66,15 +66,14 @@ class Contender:
     generate: Callable[[torch.Tensor, int, bool], torch.Tensor]
 
 
-def ours(cfg: RunConfig, device: torch.device) -> tuple[Contender, GPT]:
-    model = GPT(cfg.model, seed=0).to(device)
-    opt = make_optimizer(model, cfg.train, device)
-    amp = autocast_dtype(cfg.train, device)
-    fwd_model = torch.compile(model) if cfg.train.compile == "on" else model
+def _contender(name: str, loss_of: Callable[[torch.Tensor], torch.Tensor],
+               opt: torch.optim.Optimizer, amp: torch.dtype | None, device: torch.device,
+               gen: Callable[[torch.Tensor, int, bool], torch.Tensor]) -> Contender:
+    """A training step and a forward pass built the same way for every contender."""
 
     def train_step(x: torch.Tensor) -> None:
         with autocast(device, amp):
-            _, loss = fwd_model(x, x)
+            loss = loss_of(x)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -82,14 +81,23 @@ def ours(cfg: RunConfig, device: torch.device) -> tuple[Contender, GPT]:
     @torch.no_grad()
     def forward(x: torch.Tensor) -> None:
         with autocast(device, amp):
-            fwd_model(x, x)
+            loss_of(x)
+
+    return Contender(name, train_step, forward, gen)
+
+
+def ours(cfg: RunConfig, device: torch.device) -> tuple[Contender, GPT]:
+    model = GPT(cfg.model, seed=0).to(device)
+    opt = make_optimizer(model, cfg.train, device)
+    fwd_model = torch.compile(model) if cfg.train.compile == "on" else model
 
     def gen(x: torch.Tensor, n: int, use_cache: bool) -> torch.Tensor:
         # no autocast: it would re-cast every weight for every token
         return generate(model, x, n, temperature=0, use_cache=use_cache)
 
     model.train()
-    return Contender("minigpt", train_step, forward, gen), model
+    return _contender("minigpt", lambda x: fwd_model(x, x)[1], opt,
+                      autocast_dtype(cfg.train, device), device, gen), model
 
 
 def bf16_sampler(model: GPT) -> Contender:
@@ -119,19 +127,6 @@ def hugging_face(cfg: RunConfig, device: torch.device, n_positions: int) -> Cont
     model.config.pad_token_id = 0
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr,
                             betas=(cfg.train.beta1, cfg.train.beta2))
-    amp = autocast_dtype(cfg.train, device)
-
-    def train_step(x: torch.Tensor) -> None:
-        with autocast(device, amp):
-            loss = model(input_ids=x, labels=x).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    @torch.no_grad()
-    def forward(x: torch.Tensor) -> None:
-        with autocast(device, amp):
-            model(input_ids=x, labels=x)
 
     @torch.no_grad()
     def gen(x: torch.Tensor, n: int, use_cache: bool) -> torch.Tensor:
@@ -140,7 +135,8 @@ def hugging_face(cfg: RunConfig, device: torch.device, n_positions: int) -> Cont
                               attention_mask=torch.ones_like(x))
 
     model.train()
-    return Contender("hf", train_step, forward, gen)
+    return _contender("hf", lambda x: model(input_ids=x, labels=x).loss, opt,
+                      autocast_dtype(cfg.train, device), device, gen)
 
 
 def _median_rates(contenders: list[Contender], fn_name: str, make_args: Callable[[], tuple],
@@ -187,9 +183,11 @@ def run_bench(preset_name: str = "small", *, vs_hf: bool = False, device_name: s
         f"{torch.get_num_threads()} threads, compile {compile_mode}")
     peak = matmul_peak(device, dt)
     mine, model = ours(cfg, device)
+    if not model.pos.extrapolates:  # stay inside the trained context: no sliding window
+        gen_tokens = min(gen_tokens, m.block_size - 1)
     contenders = [mine]
     if vs_hf:
-        contenders.append(hugging_face(cfg, device, max(m.block_size, gen_tokens + 1)))
+        contenders.append(hugging_face(cfg, device, m.block_size))
     B, T = tc.batch_size, m.block_size
     g = torch.Generator().manual_seed(0)
 

@@ -201,7 +201,8 @@ class BPETokenizer(Tokenizer):
         return [e.ids for e in self.hf.encode_batch(texts)]
 
     def decode(self, ids: Iterable[int]) -> str:
-        return self.hf.decode([i for i in ids if i != self.pad_id], skip_special_tokens=True)
+        # <eos> written in the text comes back as written; only padding is dropped
+        return self.hf.decode([i for i in ids if i != self.pad_id], skip_special_tokens=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {"type": "bpe", "hf": json.loads(self.hf.to_str())}

@@ -163,7 +163,7 @@ def make_optimizer(model: GPT, tc: TrainConfig, device: torch.device) -> torch.o
     groups = [{"params": decay, "weight_decay": tc.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
     kwargs: dict[str, Any] = {}
-    if device.type == "cuda":
+    if device.type in ("cuda", "cpu"):  # one fused kernel instead of ~10 ops per tensor
         kwargs["fused"] = True
     return torch.optim.AdamW(groups, lr=tc.lr, betas=(tc.beta1, tc.beta2), **kwargs)
 
