@@ -28,6 +28,7 @@ demo: install
 
 test: install-test
 	bash scripts/ensure-chromium.sh || true
+	$(VENV)/bin/ruff check src tests
 	$(PY) -m pytest -n 2 tests
 
 lint: install-test

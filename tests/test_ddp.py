@@ -12,7 +12,8 @@ import torch
 from safetensors.torch import load_file
 
 COMMON = ["--preset", "tiny", "--n-layer", "1", "--d-model", "16", "--n-head", "2",
-          "--block-size", "16", "--max-steps", "4", "--log-interval", "1", "--eval-interval", "2", "--eval-iters", "1",
+          "--block-size", "16", "--max-steps", "4", "--log-interval", "1", "--eval-interval", "2",
+          "--eval-iters", "1",
           "--dropout", "0", "--quiet", "--sample-tokens", "0", "--device", "cpu", "--seed", "3",
           "--dtype", "float32"]
 

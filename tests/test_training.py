@@ -78,7 +78,7 @@ def test_resume_is_bitwise_exact(corpus, tmp_path, pos):
     """2N steps in one go == N steps, stop, resume for N more (accumulation and dropout on)."""
     cfg = tiny_config(corpus, model={"pos": pos, "dropout": 0.1},
                       train={"max_steps": 6, "grad_accum": 2, "eval_interval": 2})
-    full = train(cfg, tmp_path / "full", progress=False)
+    train(cfg, tmp_path / "full", progress=False)
     cfg2 = tiny_config(corpus, model={"pos": pos, "dropout": 0.1},
                        train={"max_steps": 6, "grad_accum": 2, "eval_interval": 2})
     half = train(cfg2, tmp_path / "half", until=3, progress=False)

@@ -592,7 +592,8 @@ def held_equal(study: Study, data: Any, span_tokens: int, prompt: str,
     differ = ", ".join(verification["configs_differ_only_in"]) or "nothing"
     return [
         (f"Configuration: the same model shapes for every run ({_n(m.n_layer, 'layer')}, "
-        f"{_n(m.n_head, 'head')}, d_model {m.d_model}, d_ff {m.d_ff}, trained context L = {m.block_size}); "
+        f"{_n(m.n_head, 'head')}, d_model {m.d_model}, d_ff {m.d_ff}, "
+        f"trained context L = {m.block_size}); "
         f"the run configs differ only in {differ} (checked)."),
         (f"Data and tokenizer: {t.data}, {t.tokenizer} tokenizer, vocabulary of "
         f"{data.tokenizer.vocab_size}; the same train/validation split."),

@@ -162,7 +162,8 @@ class GPT(nn.Module):
         values in every parameter they share, whatever the encoding adds or consumes.
         """
         for name, p in self.named_parameters():
-            g = torch.Generator().manual_seed((seed * 1_000_003 + zlib.crc32(name.encode())) % 2**62)
+            name_seed = (seed * 1_000_003 + zlib.crc32(name.encode())) % 2**62
+            g = torch.Generator().manual_seed(name_seed)
             if name.endswith(".bias"):
                 p.zero_()
             elif name.startswith("ln_") or ".ln_" in name:  # LayerNorm gains

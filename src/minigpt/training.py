@@ -436,7 +436,8 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, until: int |
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device) / 2**20
     return TrainResult(out=out, step=step, best_val_loss=best_val, final_val_loss=last_val,
-                       elapsed=elapsed, tokens_per_s=tokens_per_step * steps_run / max(elapsed, 1e-9),
+                       elapsed=elapsed,
+                       tokens_per_s=tokens_per_step * steps_run / max(elapsed, 1e-9),
                        interrupted=bool(interrupted), params=model.num_params(),
                        pos_params=model.pos.num_params(), peak_mem_mb=peak, history=history)
 

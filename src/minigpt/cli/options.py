@@ -31,7 +31,8 @@ def _parse_list(text: str) -> list[float]:
     try:
         return [float(t) for t in text.split(",") if t.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers, got {text!r}") from None
 
 
 def add_config_flags(p: argparse.ArgumentParser, skip: set[str] = frozenset()) -> None:
@@ -57,7 +58,7 @@ def add_config_flags(p: argparse.ArgumentParser, skip: set[str] = frozenset()) -
 
 def overrides(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
     """The model and train settings given explicitly on the command line."""
-    m_fields, t_fields = field_types(ModelConfig), field_types(TrainConfig)
+    m_fields = field_types(ModelConfig)
     model, train = {}, {}
     for k, v in vars(args).items():
         if k.startswith("cfg_") and v is not None:
