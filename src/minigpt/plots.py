@@ -27,7 +27,12 @@ def loss_curve(history: list[dict[str, Any]], path: Path, title: str = "") -> Pa
     ax.set_title(f"Loss curve {title}".strip())
     ax.grid(alpha=0.3)
     ax.legend()
+    return save(fig, path, dpi=110)
+
+
+def save(fig: Any, path: Path, dpi: int = 100) -> Path:
+    """Lay out, write atomically (a crash never leaves half a PNG) and free a figure."""
     fig.tight_layout()
-    atomic_savefig(fig, path, dpi=110)
+    atomic_savefig(fig, path, dpi=dpi)
     plt.close(fig)
     return path

@@ -22,7 +22,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from .io import atomic_savefig, atomic_write_text
+from .io import atomic_write_text
+from .plots import save
 
 FLAT, STEEP, IMPROVES = 1.10, 2.0, 0.98
 NEAR_UNIGRAM = 0.9  # ppl at L at least this fraction of the unigram baseline: not learned
@@ -291,10 +292,7 @@ def plot_loss_curves(results: dict[str, Any], path: Path) -> Path:
     ax1.set_title("Loss against step (thin: train batches; band: ±1 std over seeds)")
     ax2.set_title("Loss against wall time (one line per run)")
     ax1.legend(fontsize=8)
-    fig.tight_layout()
-    atomic_savefig(fig, path, dpi=100)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def plot_length_ppl(results: dict[str, Any], path: Path) -> Path:
@@ -333,10 +331,7 @@ def plot_length_ppl(results: dict[str, Any], path: Path) -> Path:
                  "length")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    atomic_savefig(fig, path, dpi=100)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def plot_position_loss(results: dict[str, Any], path: Path) -> Path:
@@ -370,10 +365,7 @@ def plot_position_loss(results: dict[str, Any], path: Path) -> Path:
     ax.set_title("Loss by position at the longest length")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    atomic_savefig(fig, path, dpi=100)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def plot_cost(results: dict[str, Any], path: Path) -> Path:
@@ -390,10 +382,7 @@ def plot_cost(results: dict[str, Any], path: Path) -> Path:
         ax.set_title(title, fontsize=10)
         ax.tick_params(axis="x", rotation=30, labelsize=8)
         ax.grid(alpha=0.3, axis="y")
-    fig.tight_layout()
-    atomic_savefig(fig, path, dpi=100)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def write_plots(results: dict[str, Any], out: Path) -> list[Path]:
