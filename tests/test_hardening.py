@@ -432,6 +432,13 @@ def test_a_planted_pickle_never_runs(tmp_path, capsys, monkeypatch):
     torch.save(_Bomb(marker), bin_path)  # the pytorch_model.bin format: a zip with a pickle
     assert not marker.exists()
 
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(SMALL_TEXT * 24, encoding="utf-8")
+    good = tmp_path / "good"
+    # trained before the guard below: torch imports modules lazily (torch._dynamo subclasses
+    # pickle.Unpickler), and an import broken by the guard would break the whole process
+    train(tiny_config(corpus, train={"max_steps": 2, "eval_interval": 2}), good, progress=False)
+
     # every unpickler the load paths could reach raises (and would show up as a traceback)
     def refuse(*a, **k):
         raise AssertionError("something tried to unpickle")
@@ -439,11 +446,6 @@ def test_a_planted_pickle_never_runs(tmp_path, capsys, monkeypatch):
     for name in ("load", "loads", "Unpickler"):
         monkeypatch.setattr(pickle, name, refuse)
     monkeypatch.setattr(torch, "load", refuse)
-
-    corpus = tmp_path / "c.txt"
-    corpus.write_text(SMALL_TEXT * 24, encoding="utf-8")
-    good = tmp_path / "good"
-    train(tiny_config(corpus, train={"max_steps": 2, "eval_interval": 2}), good, progress=False)
 
     def planted(name: str, data: bytes, tag: str = "") -> Path:
         d = tmp_path / f"with-{name}{tag}"

@@ -150,11 +150,13 @@ def staged_dir(out: str | Path, last: tuple[str, ...] = ("config.json",)) -> Ite
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def read_json(path: str | Path, what: str = "file") -> Any:
+def read_json(path: str | Path, what: str = "file",
+              error: type[MiniGPTError] = MiniGPTError) -> Any:
+    """Parse a JSON file; a missing or unreadable one is `error` with one sentence."""
     p = Path(path)
     try:
         return json.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise MiniGPTError(f"{what} {p} does not exist.") from None
+        raise error(f"{what} {p} does not exist.") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        raise MiniGPTError(f"{what} {p} is not readable JSON.") from None
+        raise error(f"{what} {p} is not readable JSON.") from None

@@ -242,13 +242,10 @@ def from_dict(d: Any, where: str = "tokenizer") -> Tokenizer:
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer:
+    from .io import read_json
+
     p = Path(path)
-    try:
-        d = json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"tokenizer file {p} does not exist.") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        raise DataError(f"tokenizer file {p} is not readable JSON.") from None
+    d = read_json(p, "tokenizer file", DataError)
     if not isinstance(d, dict) or d.get("format") != "minigpt-tokenizer":
         raise DataError(f"{p} is not a minigpt tokenizer file.")
     return from_dict(d, where=str(p))
