@@ -66,6 +66,24 @@ def tiny_config(data: str | Path, model: dict | None = None, train: dict | None 
     return merge(preset("tiny"), {**m, **(model or {})}, {**t, **(train or {})})
 
 
+def interrupt_training(out: Path, sig: int, *args: str) -> subprocess.CompletedProcess:
+    """Start an endless `minigpt train` into `out`, send `sig` once it has logged a step,
+    and return the finished process with its output."""
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "minigpt", "train", "--out", str(out), *map(str, args),
+         "--max-steps", "100000", "--eval-interval", "100000", "--log-interval", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = out / "metrics.jsonl"
+    deadline = time.time() + 60
+    while time.time() < deadline and not (metrics.exists() and metrics.stat().st_size > 0):
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    stdout, stderr = proc.communicate(timeout=60)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 120
             ) -> subprocess.CompletedProcess:
     """Run `python -m minigpt ARGS` as a user would, capturing output."""

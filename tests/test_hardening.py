@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SMALL_TEXT, tiny_config
+from conftest import SMALL_TEXT, interrupt_training, tiny_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -268,17 +268,9 @@ def test_sigkill_at_any_moment_leaves_a_resumable_checkpoint(tmp_path):
 
 def test_sigterm_finishes_the_step_saves_and_says_how_to_resume(corpus, tmp_path):
     out = tmp_path / "run"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "minigpt", "train", "--data", str(corpus), "--out", str(out),
-         *TINY, "--max-steps", "100000", "--eval-interval", "100000"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    metrics = out / "metrics.jsonl"
-    deadline = time.time() + 60
-    while time.time() < deadline and not (metrics.exists() and metrics.stat().st_size > 0):
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    stdout, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 0, stderr
+    r = interrupt_training(out, signal.SIGTERM, "--data", corpus, *TINY)
+    assert r.returncode == 0, r.stderr
+    stdout = r.stdout
     m = re.search(r"stopped by SIGTERM at step (\d+); the checkpoint is saved\. Resume with: "
                   r"minigpt train --resume --out (\S+)", stdout)
     assert m, stdout

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import run_cli, tiny_config
+from conftest import interrupt_training, run_cli, tiny_config
 from minigpt.checkpoint import load
 from minigpt.config import merge, preset
 from minigpt.errors import MiniGPTError
@@ -137,19 +134,10 @@ def test_toml_config_and_flags_combine(corpus, tmp_path):
 
 def test_sigint_saves_and_resume_finishes(corpus, tmp_path):
     out = tmp_path / "run"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "minigpt", "train", "--preset", "tiny", "--data", str(corpus),
-         "--out", str(out), "--max-steps", "100000", "--eval-interval", "100000",
-         "--log-interval", "1", "--quiet", "--sample-tokens", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    metrics = out / "metrics.jsonl"
-    deadline = time.time() + 60
-    while time.time() < deadline and not (metrics.exists() and metrics.stat().st_size > 0):
-        time.sleep(0.1)
-    proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 0, stderr
-    assert "Resume with: minigpt train --resume --out" in stdout
+    r = interrupt_training(out, signal.SIGINT, "--preset", "tiny", "--data", corpus, "--quiet",
+                           "--sample-tokens", "0")
+    assert r.returncode == 0, r.stderr
+    assert "Resume with: minigpt train --resume --out" in r.stdout
     state = json.loads((out / "config.json").read_text())
     assert 0 < state["step"] < 100000
     r = run_cli("train", "--resume", "--out", out, "--max-steps", str(state["step"] + 3),
