@@ -163,3 +163,24 @@ def test_merge_config_validation_names_the_field():
         merge(preset("tiny"), {"d_model": 30, "n_head": 4}, None)
     with pytest.raises(MiniGPTError, match="dropout"):
         merge(preset("tiny"), {"dropout": 1.0}, None)
+
+
+def test_dropout_streams_are_identical_across_encodings() -> None:
+    """The first dropout mask of a run is the same whatever the encoding: learned and t5
+    build extra nn.Embedding layers, which must not shift the dropout stream."""
+    from minigpt.config import merge, preset
+    from minigpt.positional import REGISTRY
+    from minigpt.training import init_model
+
+    masks = {}
+    for pos in REGISTRY:
+        cfg = merge(preset("tiny"), {"pos": pos, "dropout": 0.5, "vocab_size": 40}, {"seed": 5})
+        model = init_model(cfg).train()
+        seen = []
+        model.drop.register_forward_hook(lambda m, i, o: seen.append(o == 0))
+        model(torch.zeros(2, 8, dtype=torch.long) + 3)
+        masks[pos] = seen[0]
+    first = masks["nope"]
+    assert 0.3 < float(first.float().mean()) < 0.7  # dropout really ran
+    for pos, m in masks.items():
+        assert torch.equal(m, first), pos

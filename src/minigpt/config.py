@@ -44,11 +44,15 @@ class ModelConfig:
     activation: str = "gelu"  # exact (erf) GELU, as nanoGPT; "gelu_tanh" is GPT-2's "gelu_new"
     rope_base: float = 10000.0
     t5_num_buckets: int = 32
-    t5_max_distance: int = 128
+    t5_max_distance: int = 0  # 0 means block_size: every bucket is reached in training
+    sinusoidal_ratio: float = 0.7  # rms of the position signal / rms of token embeddings at init
 
     def __post_init__(self) -> None:
         if self.d_ff == 0:
             self.d_ff = 4 * self.d_model
+        if self.t5_max_distance == 0 and isinstance(self.block_size, int):
+            self.t5_max_distance = max(self.block_size, self.t5_num_buckets // 2 + 1) \
+                if isinstance(self.t5_num_buckets, int) else self.block_size
         _check_int(self, "vocab_size", 0, MAX_VOCAB)
         _check_int(self, "block_size", 1, MAX_BLOCK)
         _check_int(self, "n_layer", 1, MAX_LAYERS)
@@ -60,6 +64,7 @@ class ModelConfig:
         _check_float(self, "dropout", 0.0, 1.0, hi_open=True)
         _check_float(self, "layer_norm_eps", 0.0, 1.0, lo_open=True)
         _check_float(self, "rope_base", 1.0, 1e12, lo_open=True)
+        _check_float(self, "sinusoidal_ratio", 0.0, 1e6, lo_open=True)
         if self.d_model % self.n_head:
             raise ConfigError(
                 f"d_model ({self.d_model}) must be divisible by n_head ({self.n_head})."
@@ -287,6 +292,8 @@ def merge(base: RunConfig, model: Any = None, train: Any = None, *, where: str =
             values[k] = _coerce(cls.__name__, k, types_[k], v)
         if section == "model" and "d_ff" not in overrides and "d_model" in overrides:
             values["d_ff"] = 0  # re-derive 4 * d_model unless given
+        if section == "model" and "t5_max_distance" not in overrides and "block_size" in overrides:
+            values["t5_max_distance"] = 0  # re-derive from the trained length unless given
         out.append(cls(**values))
     return RunConfig(model=out[0], train=out[1])
 

@@ -72,6 +72,16 @@ class PositionalEncoding(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    def init_parameter(self, name: str, p: torch.Tensor) -> bool:
+        """Give parameter `name` (relative to this module) its initial value and return True,
+        or return False to let the model draw it like any other weight (std 0.02)."""
+        return False
+
+    def untrained(self, trained_len: int, eval_len: int) -> str | None:
+        """Which of this encoding's parameters are used at `eval_len` tokens but never get a
+        gradient in training at `trained_len` tokens (None when there are none)."""
+        return None
+
 
 @register
 class NoPE(PositionalEncoding):
@@ -91,6 +101,11 @@ class Learned(PositionalEncoding):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__(cfg)
         self.wpe = nn.Embedding(cfg.block_size, cfg.d_model)
+
+    def untrained(self, trained_len: int, eval_len: int) -> str | None:
+        if eval_len > trained_len:
+            return f"learned positions {trained_len}-{eval_len - 1} never received a gradient"
+        return None
 
     def prepare(self, n: int, device: torch.device) -> None:
         if n > self.cfg.block_size:
@@ -117,14 +132,20 @@ def sinusoid_table(positions: torch.Tensor, d: int) -> torch.Tensor:
     return pe.to(torch.float32)
 
 
+TOKEN_EMBED_STD = 0.02  # GPT-2's init of the token embedding (model.GPT.init_weights)
+TABLE_RMS = math.sqrt(0.5)  # rms of a sin/cos table over positions and dimensions
+
+
 @register
 class Sinusoidal(PositionalEncoding):
     """Fixed sin/cos waves of geometric wavelengths, added to the token embedding.
 
-    The table is the closed form above, added at scale 1/sqrt(d_model) (the "scaled
-    sinusoidal" of x-transformers): Vaswani et al. instead multiply the token embeddings by
-    sqrt(d_model); at GPT-2's embedding init (std 0.02) an unscaled table, of amplitude 1 in
-    every dimension, drowns the token identity and the model stalls at unigram perplexity.
+    The table is the closed form above times one learned scalar `scale`, as x-transformers'
+    `ScaledSinusoidalEmbedding`. What matters is the strength of the position signal against
+    the token signal: Vaswani et al. multiply the embeddings by sqrt(d_model), which with
+    their init gives token rms 1 against table rms 0.71, a ratio of about 0.7. `scale`
+    starts where rms(scale * table) / rms(token embedding) = `sinusoidal_ratio` (0.7 by
+    default), whatever d_model is, and training may change it.
     """
 
     name = "sinusoidal"
@@ -134,6 +155,14 @@ class Sinusoidal(PositionalEncoding):
         super().__init__(cfg)
         self.register_buffer("pe", sinusoid_table(torch.arange(cfg.block_size), cfg.d_model),
                              persistent=False)
+        self.scale = nn.Parameter(torch.tensor(self.initial_scale()))
+
+    def initial_scale(self) -> float:
+        return self.cfg.sinusoidal_ratio * TOKEN_EMBED_STD / TABLE_RMS
+
+    def init_parameter(self, name: str, p: torch.Tensor) -> bool:
+        p.fill_(self.initial_scale())
+        return True
 
     def prepare(self, n: int, device: torch.device) -> None:
         if n > self.pe.shape[0]:
@@ -141,7 +170,7 @@ class Sinusoidal(PositionalEncoding):
             self.pe = sinusoid_table(torch.arange(n), self.cfg.d_model).to(self.pe.device)
 
     def embed(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        return x + (self.pe[pos] * self.cfg.d_model**-0.5).to(x.dtype)
+        return x + (self.pe[pos] * self.scale).to(x.dtype)  # (B, T, C) + (T, C)
 
     def table(self, n: int | None = None) -> torch.Tensor:
         n = n or self.cfg.block_size
@@ -246,6 +275,19 @@ class T5Bias(PositionalEncoding):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__(cfg)
         self.rel_bias = nn.Embedding(cfg.t5_num_buckets, cfg.n_head)
+
+    def buckets_used(self, length: int) -> set[int]:
+        """The buckets that the distances 0 .. length-1 fall into."""
+        n = torch.arange(length)
+        return set(t5_bucket(-n, self.cfg.t5_num_buckets, self.cfg.t5_max_distance).tolist())
+
+    def untrained(self, trained_len: int, eval_len: int) -> str | None:
+        never = sorted(self.buckets_used(eval_len) - self.buckets_used(trained_len))
+        if not never:
+            return None
+        return (f"t5 buckets {never[0]}-{never[-1]} (distances past the trained "
+                f"{trained_len} tokens, t5_max_distance {self.cfg.t5_max_distance}) never "
+                "received a gradient")
 
     def bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
         rel = k_pos[None, :] - q_pos[:, None]  # (Tq, Tk)

@@ -238,6 +238,18 @@ def make_output(out: Path) -> None:
         raise MiniGPTError(f"cannot create output directory {out}: {e.strerror}.") from None
 
 
+def init_model(cfg: RunConfig, rank: int = 0) -> GPT:
+    """The run's model at step 0, with the dropout stream seeded *after* it is built.
+
+    The weights come from per-name generators (GPT.init_weights), but nn defaults (such as
+    an encoding's extra nn.Embedding) draw from the global generator while the model is
+    built; seeding afterwards gives every encoding the same dropout masks for a seed.
+    """
+    model = GPT(cfg.model, seed=cfg.train.seed)
+    torch.manual_seed(cfg.train.seed + rank)  # dropout streams (one per DDP rank)
+    return model
+
+
 def load_dataset(cfg: RunConfig, tokenizer_path: Path | None = None,
                  verbose: bool = False) -> Dataset:
     tc = cfg.train
@@ -286,8 +298,7 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, until: int |
     cfg.model.vocab_size = data.tokenizer.vocab_size
     cfg.model.__post_init__()  # re-validate with the vocabulary filled in
 
-    torch.manual_seed(tc.seed + d.rank)  # dropout streams; weights use their own generators
-    model = GPT(cfg.model, seed=tc.seed).to(device)
+    model = init_model(cfg, d.rank).to(device)
     if init_from is not None and not resume:
         src, _, _, _ = checkpoint.load(init_from)
         model.load_state_dict(src.state_dict())
