@@ -17,8 +17,8 @@ import torch
 from conftest import SMALL_TEXT, run_cli
 from torch import nn
 
-from minigpt import compare, evaluation
-from minigpt.errors import ConfigError, DataError
+from minigpt import compare, evaluation, results_schema
+from minigpt.errors import ConfigError, DataError, MiniGPTError
 
 PNG = b"\x89PNG\r\n\x1a\n"
 NA_LEARNED = "n/a, learned positions stop at L"
@@ -26,23 +26,45 @@ NA_LEARNED = "n/a, learned positions stop at L"
 
 # --- length-generalization evaluator --------------------------------------------------------
 
-def test_span_scores_the_same_tokens_at_every_length() -> None:
+def test_strided_windows_score_the_same_targets_with_the_promised_context() -> None:
+    """At every length the same targets are scored, each with T - s to T - 1 earlier tokens
+    of context inside its window, and x/y are the span shifted by one."""
     val = np.arange(5000) % 61
-    lengths = [16, 32, 64, 128]
-    span = evaluation.eval_span(val, lengths, windows=3)
-    M = len(span) - 1
-    assert M == 3 * 128
+    lengths, s = [16, 32, 64, 128], 8
+    span = evaluation.eval_span(val, lengths, s, tokens=200)
+    longest, n = evaluation.span_geometry(span, lengths, s)
+    assert longest == 128 and n == 25  # ceil(200 / 8) windows
+    want = torch.from_numpy(evaluation.scored_targets(span, s, longest))
+    assert len(want) == n * s
+    t = torch.from_numpy(span)
     for T in lengths:
-        x, y = evaluation.windows_of(span, T)
-        assert x.shape == (M // T, T) and y.numel() == M
-        assert torch.equal(y.flatten(), torch.from_numpy(span[1:]))  # the same targets, in order
-        assert torch.equal(x[:, 1:], y[:, :-1])  # y is x shifted by one inside every window
-    # lengths that do not divide each other: M is a multiple of all of them
-    span = evaluation.eval_span(val, [16, 24], windows=2)
-    assert (len(span) - 1) % 48 == 0
-    # a split that is too short for even one window of the longest length
+        x, y = evaluation.strided_windows(span, T, s, longest)
+        assert x.shape == (n, T) == y.shape
+        assert torch.equal(y[:, -s:].flatten(), want)  # the same targets, in order, at every T
+        for j in range(n):
+            end = longest + j * s  # index in the span of the window's last input token
+            assert torch.equal(x[j], t[end - T: end]) and torch.equal(y[j], t[end - T + 1: end + 1])
+            for i in range(T - s, T):  # scored position i predicts span[end - T + i + 1] ...
+                context = i  # ... and has i earlier tokens of its window before it
+                assert T - s <= context <= T - 1
+    # a split too short for even one window of the longest length
     with pytest.raises(DataError, match="too few"):
-        evaluation.eval_span(np.arange(100), [16, 128], windows=2)
+        evaluation.eval_span(np.arange(100), [16, 128], 8, tokens=64)
+    # the stride is at most L/2 and at most the shortest length
+    with pytest.raises(MiniGPTError, match="stride"):
+        evaluation.check_stride(9, [16, 32], 16)
+    evaluation.check_stride(8, [16, 32], 16)
+
+
+def test_paired_bootstrap_and_wilson() -> None:
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=400)
+    assert evaluation.paired_bootstrap(a, a + 0.5)["hi"] < 0  # b is clearly larger
+    same = evaluation.paired_bootstrap(a, a + rng.normal(scale=0.01, size=400) * 0)
+    assert same["lo"] <= 0 <= same["hi"]
+    lo, hi = evaluation.wilson_interval(90, 200)
+    assert lo == pytest.approx(0.3820, abs=1e-3) and hi == pytest.approx(0.5198, abs=1e-3)
+    assert evaluation.wilson_interval(0, 200)[0] == 0.0
 
 
 class ConstantLM(nn.Module):
@@ -60,13 +82,14 @@ class ConstantLM(nn.Module):
 
 def test_length_evaluation_is_model_independent_of_window_cut() -> None:
     """With input-independent logits, every length must give exactly the same mean loss:
-    the same tokens are scored once at every length."""
+    the same tokens are scored at every length."""
     val = np.random.default_rng(0).integers(0, 50, size=4000)
-    span = evaluation.eval_span(val, [16, 32, 64, 128], windows=4)
-    res = evaluation.length_generalization(ConstantLM(50, 16), span, [16, 32, 64, 128])
+    span = evaluation.eval_span(val, [16, 32, 64, 128], 8, tokens=512)
+    res = evaluation.length_generalization(ConstantLM(50, 16), span, [16, 32, 64, 128], 8)
     losses = [r["loss"] for r in res["results"]]
     assert all(r["tokens"] == res["span_tokens"] == 512 for r in res["results"])
     assert max(losses) - min(losses) < 1e-9
+    assert all(len(r["window_loss"]) == 64 for r in res["results"])
     assert res["position_loss"]["length"] == 128 and len(res["position_loss"]["loss"]) == 128
 
 
@@ -75,12 +98,12 @@ def test_learned_gets_na_past_L_never_a_number() -> None:
     from minigpt.model import GPT
 
     val = np.random.default_rng(1).integers(0, 30, size=3000)
-    span = evaluation.eval_span(val, [16, 32, 64], windows=2)
+    span = evaluation.eval_span(val, [16, 32, 64], 8, tokens=64)
     out = {}
     for pos in ("learned", "alibi"):
         cfg = merge(preset("tiny"), {"pos": pos, "block_size": 16, "n_layer": 1, "d_model": 16,
                                      "n_head": 2, "vocab_size": 30}, {})
-        out[pos] = evaluation.length_generalization(GPT(cfg.model, seed=1), span, [16, 32, 64])
+        out[pos] = evaluation.length_generalization(GPT(cfg.model, seed=1), span, [16, 32, 64], 8)
     learned = {r["length"]: r for r in out["learned"]["results"]}
     assert learned[16]["ppl"] is not None and learned[16]["reason"] is None
     for n in (32, 64):
@@ -169,9 +192,9 @@ def test_encodings_share_initial_values_and_batches(corpus: Path) -> None:
 
 
 def test_schema_validator_catches_mistakes() -> None:
-    schema = compare.RESULTS_SCHEMA
-    assert compare.validate({"schema": compare.SCHEMA}, schema)  # many required keys missing
-    errs = compare.validate({"a": 1.5, "b": [1, "x"], "c": True},
+    schema = results_schema.RESULTS_SCHEMA
+    assert results_schema.validate({"schema": results_schema.SCHEMA}, schema)  # keys missing
+    errs = results_schema.validate({"a": 1.5, "b": [1, "x"], "c": True},
                             {"type": "object", "required": ["a", "d"], "properties": {
                                 "a": {"type": "integer"}, "b": {"type": "array",
                                                                 "items": {"type": "number"}},
@@ -183,8 +206,8 @@ def test_schema_validator_catches_mistakes() -> None:
 
 TINY = ["--pos", "learned,alibi", "--block-size", "16", "--n-layer", "1", "--n-head", "2",
         "--d-model", "16", "--batch-size", "4", "--max-steps", "4", "--eval-interval", "2",
-        "--eval-iters", "1", "--log-interval", "1", "--sample-tokens", "24", "--eval-windows",
-        "2", "--quiet"]
+        "--eval-iters", "1", "--log-interval", "1", "--sample-tokens", "24", "--eval-tokens",
+        "64", "--quiet"]
 
 
 @pytest.fixture(scope="module")
@@ -215,15 +238,16 @@ def _parse(args: list[str]) -> compare.Study:
     ns = build_parser().parse_args(["compare", *args])
     m, t = overrides(ns)
     return compare.make_study(ns.preset, encodings=ns.pos, seeds=ns.seeds, lengths=ns.lengths,
-                              eval_windows=ns.eval_windows, model=m, train=t)
+                              eval_tokens=ns.eval_tokens, eval_stride=ns.eval_stride,
+                              task=ns.task, task_instances=ns.task_instances, model=m, train=t)
 
 
 def test_study_results_match_schema(study: SimpleNamespace) -> None:
     assert "learned-s1337: resuming from step 2" in study.first.stdout
     assert "alibi-s1337: training" in study.first.stdout
     results = json.loads((study.out / "results.json").read_text())
-    assert compare.validate(results, compare.RESULTS_SCHEMA) == []
-    assert results["schema_version"] == compare.SCHEMA_VERSION
+    assert results_schema.validate(results, results_schema.RESULTS_SCHEMA) == []
+    assert results["schema_version"] == results_schema.SCHEMA_VERSION
     env = results["environment"]
     assert env["torch"] == torch.__version__ and env["torch_threads"] >= 1
     assert [r["name"] for r in results["runs"]] == ["learned-s1337", "alibi-s1337"]

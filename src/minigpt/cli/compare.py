@@ -25,12 +25,22 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="quick (default; minutes on a laptop CPU) or full (longer training, "
                         "3 seeds; for a GPU)")
     p.add_argument("--lengths", metavar="LIST",
-                   help="evaluation lengths: multiples of the trained length L such as "
+                   help="evaluation lengths. lm: multiples of the trained length L such as "
                         "1x,2x,4x,8x (default) or token counts such as 64,128,256; L is "
-                        "always included")
-    p.add_argument("--eval-windows", type=int, metavar="N",
-                   help="windows of the longest length in the fixed validation span "
-                        "(default: quick 32, full 64)")
+                        "always included. Tasks: instance lengths, as multiples of the longest "
+                        "trained instance (default 0.5x,1x,1.5x,2x,3x,4x) or counts such as 8,16")
+    p.add_argument("--task", default="lm", metavar="NAME",
+                   help="what the models learn: lm (language modelling on --data, default) or "
+                        "an algorithmic task scored by exact match: copy, reverse, add")
+    p.add_argument("--eval-tokens", type=int, metavar="N",
+                   help="lm: validation targets scored at every length (default: quick 8192, "
+                        "full 32768)")
+    p.add_argument("--eval-stride", type=int, metavar="N",
+                   help="lm: windows move by N tokens and score their last N, so every scored "
+                        "token has T-N to T-1 tokens of context (default and maximum L/2)")
+    p.add_argument("--task-instances", type=int, metavar="N",
+                   help="tasks: held-out instances per test length (default: quick 200, "
+                        "full 500)")
     p.add_argument("--out", default="runs/compare",
                    help="study directory (default runs/compare)")
     p.add_argument("--force", action="store_true",
@@ -48,12 +58,17 @@ def run(args: argparse.Namespace) -> int:
 
     model_o, train_o = overrides(args)
     study = make_study(args.preset, encodings=args.pos, seeds=args.seeds, lengths=args.lengths,
-                       eval_windows=args.eval_windows, model=model_o, train=train_o)
+                       eval_tokens=args.eval_tokens, eval_stride=args.eval_stride,
+                       task=args.task, task_instances=args.task_instances, model=model_o,
+                       train=train_o)
     out = Path(args.out)
     runs = study.runs()
-    say(f"minigpt compare: {len(study.encodings)} encodings ({', '.join(study.encodings)}) x "
-          f"{len(study.seeds)} seed(s) = {len(runs)} runs, L = {study.block_size}, "
-          f"lengths {', '.join(map(str, study.lengths))} -> {out}", flush=True)
+    what = "language modelling" if not study.is_task else f"task {study.task}"
+    unit = "instance lengths" if study.is_task else "lengths"
+    say(f"minigpt compare ({what}): {len(study.encodings)} encodings "
+        f"({', '.join(study.encodings)}) x {len(study.seeds)} seed(s) = {len(runs)} runs, "
+        f"L = {study.block_size}, {unit} {', '.join(map(str, study.lengths))} -> {out}",
+        flush=True)
     outcome = run_study(study, out, force=args.force, progress=not args.quiet,
                         log=lambda m: say(m, flush=True))
     if outcome.interrupted:
