@@ -176,8 +176,8 @@ def test_dropout_streams_are_identical_across_encodings() -> None:
     for pos in REGISTRY:
         cfg = merge(preset("tiny"), {"pos": pos, "dropout": 0.5, "vocab_size": 40}, {"seed": 5})
         model = init_model(cfg).train()
-        seen = []
-        model.drop.register_forward_hook(lambda m, i, o: seen.append(o == 0))
+        seen: list[torch.Tensor] = []
+        model.drop.register_forward_hook(lambda m, i, o, seen=seen: seen.append(o == 0))
         model(torch.zeros(2, 8, dtype=torch.long) + 3)
         masks[pos] = seen[0]
     first = masks["nope"]

@@ -287,8 +287,16 @@ def _summarize_task(results: dict[str, Any]) -> tuple[list[str], dict[str, Any]]
         if not scores:
             continue
         if all(v == 0 for _, v in scores):
-            parts.append(f"At length {n} ({where}) every encoding scores 0.")
-            findings.setdefault("all_zero_from", n)
+            if "all_zero_from" in findings:
+                continue
+            rest_zero = all(_acc_at(a, m) in (0, None) for a in aggs
+                            for m in study["lengths"] if m > n)
+            if rest_zero:
+                findings["all_zero_from"] = n
+                parts.append(f"From length {n} ({where}) on, every encoding that can be "
+                             "evaluated scores 0.")
+            else:
+                parts.append(f"At length {n} ({where}) every encoding scores 0.")
             continue
         if len(scores) == 1:
             parts.append(f"At length {n} ({where}) {scores[0][0]} scores {scores[0][1]:.2f}.")
