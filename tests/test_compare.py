@@ -204,7 +204,7 @@ def test_schema_validator_catches_mistakes() -> None:
 
 # --- a tiny end-to-end study ----------------------------------------------------------------
 
-TINY = ["--pos", "learned,alibi", "--block-size", "16", "--n-layer", "1", "--n-head", "2",
+TINY = ["--pos", "learned,alibi,t5", "--t5-max-distance", "64", "--block-size", "16", "--n-layer", "1", "--n-head", "2",
         "--d-model", "16", "--batch-size", "4", "--max-steps", "4", "--eval-interval", "2",
         "--eval-iters", "1", "--log-interval", "1", "--sample-tokens", "24", "--eval-tokens",
         "64", "--quiet"]
@@ -250,7 +250,7 @@ def test_study_results_match_schema(study: SimpleNamespace) -> None:
     assert results["schema_version"] == results_schema.SCHEMA_VERSION
     env = results["environment"]
     assert env["torch"] == torch.__version__ and env["torch_threads"] >= 1
-    assert [r["name"] for r in results["runs"]] == ["learned-s1337", "alibi-s1337"]
+    assert [r["name"] for r in results["runs"]] == ["learned-s1337", "alibi-s1337", "t5-s1337"]
     assert results["study"]["verification"]["shared_init_identical"] is True
     assert results["study"]["held_equal"]
     for run in results["runs"]:
@@ -260,7 +260,12 @@ def test_study_results_match_schema(study: SimpleNamespace) -> None:
         assert tr["steps"] == 4 and tr["final_val_loss"] is not None
         assert tr["params"] > tr["pos_params"] >= 0 and tr["train_time_s"] > 0
         assert len(run["generation"]) == 3 and all(g["text"] for g in run["generation"])
-    learned, alibi = results["runs"]
+    learned, alibi, t5 = results["runs"]
+    # t5 with max distance 64 at L = 16: buckets 16+ are reached only past L, never trained
+    t5_rows = {r["length"]: r for r in t5["length_generalization"]["results"]}
+    assert t5_rows[16]["untrained"] is None and t5_rows[32]["untrained"].startswith("t5 buckets")
+    assert all(r["untrained"] is None for r in alibi["length_generalization"]["results"])
+    assert all(len(r["window_loss"]) == 64 // 8 for r in alibi["length_generalization"]["results"])
     assert learned["training"]["pos_params"] == 16 * 16 and alibi["training"]["pos_params"] == 0
     # the resumed run's curve covers both pieces with a wall clock that never goes back
     wall = learned["training"]["curves"]["train"]["wall_s"]
@@ -287,6 +292,8 @@ def test_report_files(study: SimpleNamespace) -> None:
     assert "alibi" in summary and "learned" in summary
     assert md.index("## Summary") < md.index(summary) < md.index("## Length generalization")
     assert NA_LEARNED in md and "## What was held equal" in md
+    assert "(untrained parameters)" in md and "never received a gradient" in summary
+    assert "strided" in md.lower() or "stride" in md
     page = (study.out / "report.html").read_text()
     assert page.count('src="data:image/png;base64,') == 4
     assert not re.search(r"""(src|href)=["']?(https?:|//)""", page)  # nothing from the network
@@ -298,8 +305,8 @@ def test_rerun_skips_finished_runs(study: SimpleNamespace) -> None:
     before |= {p: p.stat().st_mtime_ns for p in runs.glob("*/result.json")}
     again = run_cli("compare", *study.args, "--out", study.out)
     assert again.returncode == 0, again.stderr
-    assert again.stdout.count("finished earlier, skipped") == 2
-    assert "trained 0, skipped 2" in again.stdout
+    assert again.stdout.count("finished earlier, skipped") == 3
+    assert "trained 0, skipped 3" in again.stdout
     assert {p: p.stat().st_mtime_ns for p in before} == before
 
 
@@ -362,3 +369,51 @@ def test_report_html_opens_in_a_headless_browser(study: SimpleNamespace, tmp_pat
     result = json.loads(m.group(1).replace("&quot;", '"'))
     assert len(result["images"]) == 4 and all(result["images"]), result
     assert result["summaryVisible"], result
+
+
+# --- honest numbers: step times and noise ---------------------------------------------------
+
+def test_steady_step_times_leave_out_start_up_and_evaluations() -> None:
+    rows = [{"step": 10, "train_loss": 1, "elapsed": 5.0},    # from the start: start-up
+            {"step": 20, "train_loss": 1, "elapsed": 6.0},    # 100 ms/step
+            {"step": 20, "val_loss": 1, "elapsed": 9.0},      # an evaluation ...
+            {"step": 30, "train_loss": 1, "elapsed": 10.0},   # ... inside this interval
+            {"step": 40, "train_loss": 1, "elapsed": 11.2},   # 120 ms/step
+            {"step": 50, "train_loss": 1, "elapsed": 0.5},    # resumed: the clock restarted
+            {"step": 60, "train_loss": 1, "elapsed": 1.6}]    # 110 ms/step
+    st = compare.steady_step_times(rows)
+    assert st["samples"] == pytest.approx([100.0, 120.0, 110.0])
+    assert st["median"] == pytest.approx(110.0) and st["n"] == 3
+    assert compare.steady_step_times([])["median"] is None
+
+
+def _noise_results(a_items: list[list[float]], b_items: list[list[float]]) -> dict:
+    runs = []
+    for pos, items in (("a", a_items), ("b", b_items)):
+        for seed, w in enumerate(items):
+            runs.append({"pos": pos, "seed": seed, "training": {"step_time_ms": {
+                "samples": w, "median": float(np.median(w))}},
+                "length_generalization": {"results": [
+                    {"length": 64, "loss": float(np.mean(w)), "window_loss": w}]}})
+    return {"study": {"seeds": list(range(len(a_items)))}, "runs": runs}
+
+
+def test_differences_are_called_only_beyond_the_noise() -> None:
+    from minigpt.report import differs
+
+    rng = np.random.default_rng(0)
+    base = list(rng.normal(2.0, 0.3, size=200))
+    shifted = [v + 0.2 for v in base]  # paired: the same windows, clearly worse
+    noisy = [v + e for v, e in zip(base, rng.normal(0, 0.05, size=200))]  # no real difference
+    assert differs(_noise_results([base], [shifted]), "a", "b", "loss", 64)
+    assert not differs(_noise_results([base], [noisy]), "a", "b", "loss", 64)
+    # step times: unpaired medians over log intervals
+    fast, slow = list(rng.normal(30, 1, 60)), list(rng.normal(36, 1, 60))
+    assert differs(_noise_results([fast], [slow]), "a", "b", "step")
+    assert not differs(_noise_results([fast], [list(rng.normal(30, 1, 60))]), "a", "b", "step")
+    # several seeds: the seed spread decides
+    seeds_a = [[2.0] * 5, [2.1] * 5, [1.9] * 5]
+    assert not differs(_noise_results(seeds_a, [[2.05] * 5, [2.15] * 5, [1.95] * 5]),
+                       "a", "b", "loss", 64)
+    assert differs(_noise_results(seeds_a, [[3.0] * 5, [3.1] * 5, [2.9] * 5]),
+                   "a", "b", "loss", 64)

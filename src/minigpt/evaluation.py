@@ -163,8 +163,10 @@ def length_generalization(model: torch.nn.Module, span: np.ndarray, lengths: Seq
                        untrained=untrained(L, T),
                        window_loss=[float(v) for v in losses.mean(1)])
             results.append(row)
-            x, y = windows_of(span, T)
-            position = {"length": T, "loss": [float(v) for v in token_losses(
+        scorable = [r["length"] for r in results if r["loss"] is not None]
+        if scorable:
+            x, y = windows_of(span, max(scorable))
+            position = {"length": max(scorable), "loss": [float(v) for v in token_losses(
                 model, x, y, batch_tokens=batch_tokens).mean(0)]}
     finally:
         model.train(was_training)

@@ -582,8 +582,10 @@ def plot_accuracy(results: dict[str, Any], path: Path) -> Path:
     study = results["study"]
     nmax = results["runs"][0]["task_accuracy"]["max_train_length"]
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    for a in results["aggregates"]:
+    aggs = results["aggregates"]
+    for k, a in enumerate(aggs):
         run = next(r for r in results["runs"] if r["pos"] == a["pos"])
+        dodge = 1 + 0.012 * (k - (len(aggs) - 1) / 2)  # tied points stay visible side by side
         pts = []
         for c, one in zip(a["accuracy"], run["task_accuracy"]["results"]):
             m = c["accuracy"]["mean"]
@@ -593,7 +595,7 @@ def plot_accuracy(results: dict[str, Any], path: Path) -> Path:
                 lo = hi = c["accuracy"]["std"] or 0.0
             else:  # the 95% Wilson interval of the one seed
                 lo, hi = m - one["ci_low"], one["ci_high"] - m
-            pts.append((c["length"], m, lo, hi))
+            pts.append((c["length"] * dodge, m, lo, hi))
         if not pts:
             continue
         x, y, lo, hi = zip(*pts)
