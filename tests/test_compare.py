@@ -204,7 +204,8 @@ def test_schema_validator_catches_mistakes() -> None:
 
 # --- a tiny end-to-end study ----------------------------------------------------------------
 
-TINY = ["--pos", "learned,alibi,t5", "--t5-max-distance", "64", "--block-size", "16", "--n-layer", "1", "--n-head", "2",
+TINY = ["--pos", "learned,alibi,t5", "--t5-max-distance", "64", "--block-size", "16",
+        "--n-layer", "1", "--n-head", "2",
         "--d-model", "16", "--batch-size", "4", "--max-steps", "4", "--eval-interval", "2",
         "--eval-iters", "1", "--log-interval", "1", "--sample-tokens", "24", "--eval-tokens",
         "64", "--quiet"]

@@ -40,9 +40,15 @@ class PositionLimitError(MiniGPTError):
 
 
 class PositionalEncoding(nn.Module):
+    """The interface, and everything the rest of the program knows about an encoding."""
+
     name: ClassVar[str] = ""
+    description: ClassVar[str] = ""  # one line, for --help and the docs
     extrapolates: ClassVar[bool] = True  # defined (and meaningful) past block_size?
     where: ClassVar[str] = "nowhere"
+    picture: ClassVar[str | None] = None  # what `minigpt viz` draws: table | rotary | bias
+    picture_needs_checkpoint: ClassVar[bool] = False  # the picture shows trained values
+    hf_architecture: ClassVar[str | None] = None  # the transformers class it exports to exactly
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -77,6 +83,10 @@ class PositionalEncoding(nn.Module):
         or return False to let the model draw it like any other weight (std 0.02)."""
         return False
 
+    def bias_reach(self) -> int | None:
+        """The distance past which `bias` stops changing (None: it never stops, or no bias)."""
+        return None
+
     def untrained(self, trained_len: int, eval_len: int) -> str | None:
         """Which of this encoding's parameters are used at `eval_len` tokens but never get a
         gradient in training at `trained_len` tokens (None when there are none)."""
@@ -88,6 +98,7 @@ class NoPE(PositionalEncoding):
     """No positional information at all: the causal mask is the only cue (Kazemnejad 2023)."""
 
     name = "nope"
+    description = "no positional information: the causal mask is the only cue"
 
 
 @register
@@ -95,8 +106,12 @@ class Learned(PositionalEncoding):
     """A trained vector per absolute position, added to the token embedding (GPT-2)."""
 
     name = "learned"
+    description = "a trained vector per position added to the token embedding (GPT-2)"
     extrapolates = False
     where = "added to token embeddings"
+    picture = "table"
+    picture_needs_checkpoint = True
+    hf_architecture = "GPT2LMHeadModel"
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__(cfg)
@@ -149,7 +164,9 @@ class Sinusoidal(PositionalEncoding):
     """
 
     name = "sinusoidal"
+    description = "fixed sin/cos waves added to the token embedding (Vaswani et al.)"
     where = "added to token embeddings"
+    picture = "table"
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__(cfg)
@@ -192,7 +209,10 @@ class Rotary(PositionalEncoding):
     """
 
     name = "rope"
+    description = "rotary: queries and keys rotated by position (Su et al.)"
     where = "rotates queries and keys"
+    picture = "rotary"
+    hf_architecture = "GPTNeoXForCausalLM"
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__(cfg)
@@ -236,7 +256,9 @@ class ALiBi(PositionalEncoding):
     """Attention with Linear Biases: score(i, j) -= slope_h * (i - j)."""
 
     name = "alibi"
+    description = "a linear distance penalty on attention scores (Press et al.)"
     where = "biases attention scores"
+    picture = "bias"
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__(cfg)
@@ -270,11 +292,17 @@ class T5Bias(PositionalEncoding):
     """T5's learned scalar bias per head and relative-distance bucket (Raffel et al. 2020)."""
 
     name = "t5"
+    description = "a learned bias per head and distance bucket (Raffel et al.)"
     where = "biases attention scores"
+    picture = "bias"
+    picture_needs_checkpoint = True
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__(cfg)
         self.rel_bias = nn.Embedding(cfg.t5_num_buckets, cfg.n_head)
+
+    def bias_reach(self) -> int | None:
+        return self.cfg.t5_max_distance
 
     def buckets_used(self, length: int) -> set[int]:
         """The buckets that the distances 0 .. length-1 fall into."""
