@@ -211,9 +211,10 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
 def _parse(args: list[str]) -> compare.Study:
     from minigpt.cli import build_parser
     from minigpt.cli.options import overrides
+    from minigpt.config import preset
 
     ns = build_parser().parse_args(["compare", *args])
-    m, t = overrides(ns)
+    m, t = overrides(ns, preset(ns.preset))
     return compare.make_study(ns.preset, encodings=ns.pos, seeds=ns.seeds, lengths=ns.lengths,
                               eval_windows=ns.eval_windows, model=m, train=t)
 

@@ -94,8 +94,9 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
     if at_L:
         best, bv = at_L[0]
         findings["best_at_L"] = best
-        s = (f"At the trained length L = {L}, {best} reaches the lowest validation "
-             f"perplexity{over} ({bv:.2f})")
+        value = f"the lowest validation perplexity{over} ({bv:.2f})" if len(at_L) > 1 \
+            else f"a validation perplexity{over} of {bv:.2f}"
+        s = f"At the trained length L = {L}, {best} reaches {value}"
         if len(at_L) > 1:
             rest = [f"{p} ({v:.2f})" for p, v in at_L[1:]]
             s += f", ahead of {_join(rest)}"
@@ -158,8 +159,12 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
     if times:
         findings["fastest"], findings["slowest"] = times[0][1], times[-1][1]
         d = 0 if times[0][0] >= 10 else 1
-        s = (f"Training took {times[0][0]:.{d}f}-{times[-1][0]:.{d}f} s per run "
-             f"(fastest {times[0][1]}, slowest {times[-1][1]})")
+        if len(times) == 1:
+            per = " per run" if nseeds > 1 else ""
+            s = f"Training {times[0][1]} took {times[0][0]:.{d}f} s{per}"
+        else:
+            s = (f"Training took {times[0][0]:.{d}f}-{times[-1][0]:.{d}f} s per run "
+                 f"(fastest {times[0][1]}, slowest {times[-1][1]})")
         lo, hi = min(counts.values()), max(counts.values())
         if hi > lo:
             s += (f"; the encodings add from {lo:,.0f} "
