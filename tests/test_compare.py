@@ -235,9 +235,10 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
 def _parse(args: list[str]) -> compare.Study:
     from minigpt.cli import build_parser
     from minigpt.cli.options import overrides
+    from minigpt.config import preset
 
     ns = build_parser().parse_args(["compare", *args])
-    m, t = overrides(ns)
+    m, t = overrides(ns, preset(ns.preset))
     return compare.make_study(ns.preset, encodings=ns.pos, seeds=ns.seeds, lengths=ns.lengths,
                               eval_tokens=ns.eval_tokens, eval_stride=ns.eval_stride,
                               task=ns.task, task_instances=ns.task_instances, model=m, train=t)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import signal
 
 import pytest
@@ -132,16 +134,20 @@ def test_toml_config_and_flags_combine(corpus, tmp_path):
     assert saved["train"]["lr"] == 0.005 and saved["model"]["block_size"] == 32  # tiny preset
 
 
-def test_sigint_saves_and_resume_finishes(corpus, tmp_path):
+def test_sigint_saves_and_the_same_command_with_resume_finishes(corpus, tmp_path):
     out = tmp_path / "run"
     r = interrupt_training(out, signal.SIGINT, "--preset", "tiny", "--data", corpus, "--quiet",
                            "--sample-tokens", "0")
     assert r.returncode == 0, r.stderr
-    assert "Resume with: minigpt train --resume --out" in r.stdout
+    assert "saving checkpoint, Ctrl-C again to abandon this save" in r.stderr
+    hint = re.search(r"to continue, run the same command with --resume: (minigpt .*)", r.stdout)
+    assert hint, r.stdout
     state = json.loads((out / "config.json").read_text())
     assert 0 < state["step"] < 100000
-    r = run_cli("train", "--resume", "--out", out, "--max-steps", str(state["step"] + 3),
-                "--quiet")
+    # the printed command, as given (preset, data and all), with only --max-steps changed
+    again = shlex.split(hint.group(1))[1:] + ["--max-steps", str(state["step"] + 3)]
+    assert again[0] == "train" and "--resume" in again and "--preset" in again
+    r = run_cli(*again)
     assert r.returncode == 0, r.stderr
     assert f"step {state['step'] + 3}:" in r.stdout
 

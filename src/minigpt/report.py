@@ -851,4 +851,3 @@ def write_report(results: dict[str, Any], out: str | Path) -> list[Path]:
     page = out / "report.html"
     atomic_write_text(page, render_html(results, {p.name: p.read_bytes() for p in pngs}))
     return [*pngs, md, page]
-

@@ -7,6 +7,7 @@ parameters evaluated without ever having received a gradient.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from typing import Any
@@ -231,3 +232,61 @@ def validate(instance: Any, schema: dict[str, Any], path: str = "$") -> list[str
         for i, item in enumerate(instance):
             errors += validate(item, schema["items"], f"{path}[{i}]")
     return errors
+
+
+# --- the results.json schema as a documentation page --------------------------------------------
+
+def _type_text(s: dict[str, Any]) -> str:
+    if "const" in s:
+        return f"`{json.dumps(s['const'])}`"
+    if "enum" in s:
+        return "one of " + ", ".join(f"`{json.dumps(v)}`" for v in s["enum"])
+    t = s.get("type", "any")
+    if t == "array":
+        items = s.get("items", {})
+        inner = "objects" if items.get("type") == "object" else _type_text(items)
+        return f"array of {inner}"
+    return " or ".join(t) if isinstance(t, list) else t
+
+
+def schema_markdown(schema: dict[str, Any]) -> str:
+    """A Markdown page describing a JSON Schema: one table row per field (docs/ keeps the
+    page for RESULTS_SCHEMA, and a test checks it matches, so it cannot drift)."""
+    rows: list[str] = []
+
+    def walk(s: dict[str, Any], path: str, required: bool) -> None:
+        desc = s.get("description", "").replace("|", "\\|")
+        rows.append(f"| `{path}` | {_type_text(s)} | {'yes' if required else 'no'} | {desc} |")
+        need = set(s.get("required", []))
+        for k, sub in s.get("properties", {}).items():
+            walk(sub, f"{path}.{k}" if path else k, k in need)
+        items = s.get("items")
+        if isinstance(items, dict) and items.get("type") == "object":
+            for k, sub in items.get("properties", {}).items():
+                walk(sub, f"{path}[].{k}", k in set(items.get("required", [])))
+
+    need = set(schema.get("required", []))
+    for k, sub in schema.get("properties", {}).items():
+        walk(sub, k, k in need)
+    return "\n".join([
+        f"# {schema.get('title', 'schema')}: the fields of `results.json`",
+        "",
+        "<!-- generated from minigpt.results_schema.RESULTS_SCHEMA by `python -m "
+        "minigpt.results_schema > docs/results-schema.md`; tests/test_docs.py checks it is "
+        "current -->",
+        "",
+        schema.get("description", ""),
+        "",
+        f"JSON Schema id: `{schema.get('$id', '')}` (the full schema is "
+        "`minigpt.results_schema.RESULTS_SCHEMA`; the tests validate every study's `results.json` "
+        "against it).",
+        "",
+        "| field | type | required | meaning |",
+        "|---|---|---|---|",
+        *rows,
+        "",
+    ])
+
+
+if __name__ == "__main__":  # python -m minigpt.results_schema > docs/results-schema.md
+    print(schema_markdown(RESULTS_SCHEMA), end="")

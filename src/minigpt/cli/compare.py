@@ -21,9 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "t5 also available)")
     p.add_argument("--seeds", type=int, metavar="N",
                    help="seeds per encoding: --seed, --seed+1, ... (default: quick 1, full 3)")
-    p.add_argument("--preset", choices=["quick", "full"], default="quick",
-                   help="quick (default; minutes on a laptop CPU) or full (longer training, "
-                        "3 seeds; for a GPU)")
+    p.add_argument("--preset", metavar="NAME", default="quick",
+                   help="study preset: quick (default; minutes on a laptop CPU) or full "
+                        "(longer training, 3 seeds; for a GPU)")
     p.add_argument("--lengths", metavar="LIST",
                    help="evaluation lengths. lm: multiples of the trained length L such as "
                         "1x,2x,4x,8x (default) or token counts such as 64,128,256; L is "
@@ -47,16 +47,22 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="accept changed settings for an existing --out: retrain the runs "
                         "whose training config changed, re-evaluate the rest")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    add_config_flags(p, skip={"pos"})
+    add_config_flags(p, skip={"pos"}, preset_name="quick", over="--preset")
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..compare import is_main_process, make_study, run_study
+    from ..compare import STUDY_PRESETS, _n, is_main_process, make_study, run_study
+    from ..config import preset, preset_names
+    from ..errors import ConfigError
 
     say = print if is_main_process() else (lambda *a, **k: None)  # rank 0 speaks for a DDP job
 
-    model_o, train_o = overrides(args)
+    if args.preset not in STUDY_PRESETS:
+        raise ConfigError(f"compare takes a study preset, not {args.preset!r}; the "
+                          f"{preset_names()} (set a model's shapes here with --d-model, "
+                          "--n-layer, ...).")
+    model_o, train_o = overrides(args, preset(args.preset))
     study = make_study(args.preset, encodings=args.pos, seeds=args.seeds, lengths=args.lengths,
                        eval_tokens=args.eval_tokens, eval_stride=args.eval_stride,
                        task=args.task, task_instances=args.task_instances, model=model_o,
@@ -65,17 +71,17 @@ def run(args: argparse.Namespace) -> int:
     runs = study.runs()
     what = "language modelling" if not study.is_task else f"task {study.task}"
     unit = "instance lengths" if study.is_task else "lengths"
-    say(f"minigpt compare ({what}): {len(study.encodings)} encodings "
-        f"({', '.join(study.encodings)}) x {len(study.seeds)} seed(s) = {len(runs)} runs, "
-        f"L = {study.block_size}, {unit} {', '.join(map(str, study.lengths))} -> {out}",
-        flush=True)
+    say(f"minigpt compare ({what}): {_n(len(study.encodings), 'encoding')} "
+        f"({', '.join(study.encodings)}) x {_n(len(study.seeds), 'seed')} = "
+        f"{_n(len(runs), 'run')}, L = {study.block_size}, "
+        f"{unit} {', '.join(map(str, study.lengths))} -> {out}", flush=True)
     outcome = run_study(study, out, force=args.force, progress=not args.quiet,
                         log=lambda m: say(m, flush=True))
     if outcome.interrupted:
         return 130
     if not is_main_process():
         return 0
-    print(f"trained {len(outcome.trained)}, skipped {len(outcome.skipped)} finished run(s)")
+    print(f"trained {len(outcome.trained)}, skipped {_n(len(outcome.skipped), 'finished run')}")
     print(outcome.results["summary"]["text"] if outcome.results else "")
     print(f"report: {out / 'report.html'} (also report.md, results.json, *.png)")
     return 0
