@@ -374,14 +374,14 @@ def test_one_encoding_summary_compares_nothing_with_itself():
     from minigpt.report import summarize
 
     agg = {"pos": "learned", "extrapolates": False, "train_time_s": {"mean": 207.0},
-           "pos_params": {"mean": 8192.0},
+           "step_time_ms": {"mean": 31.0, "std": 0.0, "n": 1}, "pos_params": {"mean": 8192.0},
            "length_ppl": [{"length": 64, "ppl": {"mean": 5.5, "std": None, "n": 1}}]}
     results = {"study": {"block_size": 64, "lengths": [64], "seeds": [1337],
                          "unigram_ppl": 30.0, "eval_span_tokens": 1024},
                "aggregates": [agg]}
     text = summarize(results)["text"]
-    assert "Training learned took 207 s." in text
-    assert "207-207" not in text and "fastest" not in text and "lowest" not in text
+    assert "A steady-state training step took 31.0 ms (median)." in text
+    assert "31.0-31.0" not in text and "faster" not in text and "lowest" not in text
     assert "learned reaches a validation perplexity of 5.50" in text
     from minigpt.compare import _n
 
