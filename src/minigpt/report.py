@@ -78,7 +78,9 @@ def differs(results: dict[str, Any], a: str, b: str, metric: str,
     """Whether encodings a and b differ in `metric` beyond the measured noise: with two or
     more seeds, by more than twice the standard error of the difference of seed means; with
     one seed, when the 95% bootstrap interval of the difference excludes 0 (paired over the
-    same evaluation windows or instances; unpaired over log intervals for step times)."""
+    same evaluation windows or instances). Step times of one seed come from runs made one
+    after another, so the difference of their medians must also exceed the larger
+    interquartile range of the two: within-run intervals do not see drift between runs."""
     from .evaluation import paired_bootstrap, unpaired_bootstrap_median
 
     ia, ib = _items(results, a, metric, length), _items(results, b, metric, length)
@@ -92,10 +94,12 @@ def differs(results: dict[str, Any], a: str, b: str, metric: str,
     xa, xb = ia[0][0], ib[0][0]
     if not xa or not xb:
         return False
-    if metric == "step":
+    if metric == "step":  # runs at different times: the spread must be exceeded, too
+        qa, qb = np.percentile(xa, [25, 75]), np.percentile(xb, [25, 75])
         ci = unpaired_bootstrap_median(xa, xb)
-    else:
-        ci = paired_bootstrap(xa, xb)
+        spread = max(qa[1] - qa[0], qb[1] - qb[0])
+        return (ci["lo"] > 0 or ci["hi"] < 0) and abs(ci["diff"]) > spread
+    ci = paired_bootstrap(xa, xb)
     return ci["lo"] > 0 or ci["hi"] < 0
 
 
@@ -680,8 +684,8 @@ DEFINITIONS = [
     "exceeds the measured noise: with several seeds, twice the standard error of the "
     "difference of seed means; with one seed, a 95% bootstrap interval of the difference that "
     "excludes zero (paired over the same evaluation windows or task instances; for step times, "
-    "over the steady-state log intervals of each run). Otherwise the report says 'within "
-    "noise'."),
+    "over the steady-state log intervals of each run, and the difference must also exceed the "
+    "larger interquartile range). Otherwise the report says 'within noise'."),
     ("Step time is the median milliseconds per optimizer step over log intervals of steady "
     "training (the first interval of every start and intervals containing an evaluation left "
     "out), with its interquartile range; the run order rotates by one encoding per seed."),
