@@ -11,11 +11,12 @@ from .options import add_config_flags, overrides
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "compare", help="train one model per positional encoding and compare them",
-        description="Train one model per positional encoding (and seed) on the same data with "
-                    "everything else held equal, then measure perplexity at and past the "
-                    "trained length, sample from each, and write results.json, report.md, "
-                    "report.html and plots into --out. Re-running skips finished runs and "
-                    "resumes an interrupted one.")
+        description="Train one model per positional encoding (and seed) on the same task with "
+                    "everything else held equal, then measure them at and past the trained "
+                    "length: perplexity on text (--task lm, with samples), or exact-match "
+                    "accuracy on an algorithmic task (--task copy|reverse|add). Writes "
+                    "results.json, report.md, report.html and plots into --out. Re-running "
+                    "skips finished runs and resumes an interrupted one.")
     p.add_argument("--pos", metavar="A,B,...",
                    help="encodings to compare (default learned,sinusoidal,rope,alibi,nope; "
                         "t5 also available)")
