@@ -326,9 +326,10 @@ def _summarize_cost(results: dict[str, Any], findings: dict[str, Any]) -> list[s
         (t0, fast), (t1, slow) = times[0], times[-1]
         if differs(results, slow, fast, "step"):
             findings["fastest"], findings["slowest"] = fast, slow
+            noise = (_noise_words(results) if len(results["study"]["seeds"]) > 1
+                     else "beyond the spread of their step times")
             parts.append(f"A steady-state training step took {t0:.1f} ms ({fast}) to "
-                         f"{t1:.1f} ms ({slow}); {fast} is faster than {slow} "
-                         f"{_noise_words(results)}.")
+                         f"{t1:.1f} ms ({slow}); {fast} is faster than {slow} {noise}.")
         else:
             findings["fastest"] = findings["slowest"] = None
             parts.append(f"A steady-state training step took {t0:.1f}-{t1:.1f} ms (median) for "
