@@ -26,7 +26,7 @@ from torch.overrides import TorchFunctionMode
 from . import __version__
 from .config import RunConfig
 from .errors import CheckpointError, ConfigError, MiniGPTError, arg
-from .io import StagedFiles, atomic_write_bytes, remove_stale_temps
+from .files import StagedFiles, atomic_write_bytes, remove_stale_temps
 from .model import GPT
 from .tokenizers import Tokenizer, load_tokenizer
 

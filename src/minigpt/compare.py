@@ -40,8 +40,10 @@ import numpy as np
 from . import __version__
 from .config import RunConfig, merge, preset
 from .errors import ConfigError, MiniGPTError
-from .io import atomic_write_json, read_json
+from .files import atomic_write_json, read_json
+from .metrics import read_metrics
 from .results_schema import GEN_METRICS, RESULTS_SCHEMA, SCHEMA, SCHEMA_VERSION, validate
+from .runtime import autocast_dtype, is_main_process, resolve_device
 from .tasks import LM, TaskDataset, evaluate_task, get_task, test_lengths
 from .tasks import describe as describe_task
 
@@ -277,8 +279,6 @@ def environment(device: Any, train_cfg: Any = None) -> dict[str, Any]:
     import numpy
     import torch
 
-    from .training import autocast_dtype
-
     amp = autocast_dtype(train_cfg, device) if train_cfg is not None else None
 
     if getattr(device, "type", "cpu") == "cuda":
@@ -331,19 +331,6 @@ def _read_peak(device: Any, reset_ok: bool, fallback: float) -> tuple[float | No
 
 
 # --- one run's record -----------------------------------------------------------------------
-
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(row, dict):
-                rows.append(row)
-    return rows
-
 
 def training_record(rows: list[dict[str, Any]], max_steps: int) -> dict[str, Any]:
     """Curves and totals from metrics.jsonl rows. A resumed run restarts its `elapsed`
@@ -435,11 +422,6 @@ def check_out(study: Study, out: Path, force: bool, log: Callable[[str], None]) 
     elif out.exists() and any(out.iterdir()) and not (out / "runs").is_dir() and not force:
         raise MiniGPTError(f"{out} exists, is not empty and holds no study (study.json); "
                            "choose another --out or pass --force to write into it.")
-
-
-def is_main_process() -> bool:
-    """False on the ranks > 0 of a torchrun job: they train alongside rank 0 but write nothing."""
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _write_study_file(study: Study, out: Path, status: str) -> None:
@@ -619,7 +601,6 @@ def run_study(study: Study, out: str | Path, *, force: bool = False, progress: b
     """Train, evaluate and report every run of the study in `out` (resumable)."""
     from . import checkpoint
     from .report import summarize, write_report
-    from .training import resolve_device
 
     out = Path(out)
     data = study_data(study, progress)  # bad data: nothing created yet

@@ -68,7 +68,7 @@ import torch
 
 from .config import ModelConfig, RunConfig, TrainConfig
 from .errors import MiniGPTError
-from .io import staged_dir
+from .files import staged_dir
 from .tokenizers import (
     EOS,
     NO_SPACE_AFTER,
@@ -636,7 +636,7 @@ def compare_logits(model: Any, hf_model: Any, T: int = 16, seed: int = 0
 
 
 def _update_json(path: Path, updates: dict[str, Any]) -> None:
-    from .io import atomic_write_json
+    from .files import atomic_write_json
 
     d = json.loads(path.read_text(encoding="utf-8"))
     atomic_write_json(path, {**d, **updates})

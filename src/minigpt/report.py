@@ -24,7 +24,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from .io import atomic_write_text
+from .files import atomic_write_text
 from .plots import save
 
 FLAT, STEEP, IMPROVES = 1.10, 2.0, 0.98

@@ -51,7 +51,7 @@ class Tokenizer:
         return [self.encode(t) for t in texts]
 
     def save(self, path: str | Path) -> None:
-        from .io import atomic_write_text
+        from .files import atomic_write_text
 
         atomic_write_text(path, json.dumps({"format": "minigpt-tokenizer", "version":
                                             FORMAT_VERSION, **self.to_dict()}, ensure_ascii=False))
@@ -256,7 +256,7 @@ def from_dict(d: Any, where: str = "tokenizer") -> Tokenizer:
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer:
-    from .io import read_json
+    from .files import read_json
 
     p = Path(path)
     d = read_json(p, "tokenizer file", DataError)
