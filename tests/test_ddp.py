@@ -66,7 +66,7 @@ def test_a_failing_rank_fails_the_job_and_names_itself(tmp_path):
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed missing")
 def test_gloo_is_chosen_on_cpu():
-    from minigpt.training import setup_distributed
+    from minigpt.runtime import setup_distributed
 
     d, device = setup_distributed("cpu")
     assert d.world == 1 and device.type == "cpu"

@@ -38,7 +38,7 @@ from minigpt import checkpoint
 from minigpt.cli import main
 from minigpt.config import PRESETS, ModelConfig, RunConfig, TrainConfig, load_toml
 from minigpt.errors import ConfigError, DataError, MiniGPTError
-from minigpt.io import atomic_write_bytes, atomic_write_text, staged_dir
+from minigpt.files import atomic_write_bytes, atomic_write_text, staged_dir
 from minigpt.training import train
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "minigpt"

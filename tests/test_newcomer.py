@@ -20,7 +20,7 @@ from minigpt.checkpoint import STATE_FILE, never_saved
 from minigpt.cli import build_parser
 from minigpt.config import ModelConfig, TrainConfig, choices, merge, preset
 from minigpt.errors import ConfigError, MiniGPTError
-from minigpt.io import StagedFiles
+from minigpt.files import StagedFiles
 from minigpt.training import train
 
 TINY = ["--preset", "tiny", "--n-layer", "1", "--d-model", "16", "--n-head", "2",
@@ -342,7 +342,7 @@ def test_sample_warns_once_about_unknown_words(corpus, tmp_path):
 # --- 14. file permissions: see test_hf.py (export) and below --------------------------------
 
 def test_staged_directories_get_the_umask_mode(tmp_path):
-    from minigpt.io import staged_dir
+    from minigpt.files import staged_dir
 
     umask = os.umask(0o022)
     try:

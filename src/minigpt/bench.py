@@ -24,7 +24,7 @@ from . import __version__
 from .config import ModelConfig, RunConfig, merge, preset
 from .errors import MiniGPTError
 from .generation import generate
-from .io import atomic_write_json
+from .files import atomic_write_json
 from .model import GPT
 from .training import autocast, autocast_dtype, make_optimizer, resolve_device
 

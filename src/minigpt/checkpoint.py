@@ -26,7 +26,7 @@ from torch.overrides import TorchFunctionMode
 from . import __version__
 from .config import RunConfig
 from .errors import CheckpointError, ConfigError, MiniGPTError, arg
-from .io import StagedFiles, atomic_write_bytes, remove_stale_temps
+from .files import StagedFiles, atomic_write_bytes, remove_stale_temps
 from .model import GPT
 from .tokenizers import Tokenizer, load_tokenizer
 
@@ -157,6 +157,18 @@ def load_trainer_state(out: Path, model: GPT, optimizer: torch.optim.Optimizer,
             f"{out} has weights but no {STATE_FILE} (it was imported, or its trainer state was "
             f"removed), so it cannot be resumed; start a new run from its weights with "
             f"{arg('init_from', repr(str(out)))}, or delete it and start again.")
+    tensors, state, groups = _read_trainer_state(path, model, optimizer)
+    _restore_optimizer(path, optimizer, tensors, groups)
+    weights = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+    getattr(model, "_orig_mod", model).load_state_dict(weights, strict=False)
+    _restore_rng(tensors, rank)
+    return state
+
+
+def _read_trainer_state(path: Path, model: GPT, optimizer: torch.optim.Optimizer
+                        ) -> tuple[dict[str, torch.Tensor], dict[str, Any], list[Any]]:
+    """The file's tensors, its state (step, best_val) and its optimizer param groups, after
+    its header has been checked against `model` and `optimizer`."""
     want = {k: tuple(v.shape) for k, v in model_state(model).items()}
     params = [p for g in optimizer.param_groups for p in g["params"]]
     try:
@@ -178,7 +190,12 @@ def load_trainer_state(out: Path, model: GPT, optimizer: torch.optim.Optimizer,
     if not (isinstance(groups, list) and len(groups) == len(optimizer.param_groups)
             and all(isinstance(g, dict) for g in groups)):
         raise CheckpointError(f"{path} holds optimizer settings for another model.")
-    weights = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+    return tensors, state, groups
+
+
+def _restore_optimizer(path: Path, optimizer: torch.optim.Optimizer,
+                       tensors: dict[str, torch.Tensor], groups: list[Any]) -> None:
+    """Load the `optim.{index}.{key}` tensors and the param groups into `optimizer`."""
     opt_state: dict[int, dict[str, Any]] = {}
     for k, v in tensors.items():
         if k.startswith("optim."):
@@ -188,13 +205,15 @@ def load_trainer_state(out: Path, model: GPT, optimizer: torch.optim.Optimizer,
         optimizer.load_state_dict({"state": opt_state, "param_groups": groups})
     except (ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"{path} holds optimizer state for another model ({e}).") from None
-    getattr(model, "_orig_mod", model).load_state_dict(weights, strict=False)
+
+
+def _restore_rng(tensors: dict[str, torch.Tensor], rank: int) -> None:
+    """This rank's CPU RNG state (the shared one in single-process files) and CUDA's."""
     torch.set_rng_state(tensors.get(f"rng.cpu.rank{rank}", tensors["rng.cpu"]))
     cuda_states = [tensors[f"rng.cuda.{i}"] for i in range(torch.cuda.device_count())
                    if f"rng.cuda.{i}" in tensors]
     if cuda_states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(cuda_states)
-    return state
 
 
 def _check_state_names(shapes: dict[str, tuple[int, ...]], params: list[torch.Tensor],
@@ -243,14 +262,14 @@ def check_trainer_state(out: Path, cfg: RunConfig) -> None:
 
 
 def read_config(ckpt: str | Path) -> tuple[RunConfig, dict[str, Any]]:
-    d = Path(ckpt)
-    if not d.is_dir():
-        raise CheckpointError(f"checkpoint directory {d} does not exist.")
-    p = d / "config.json"
+    ckpt_dir = Path(ckpt)
+    if not ckpt_dir.is_dir():
+        raise CheckpointError(f"checkpoint directory {ckpt_dir} does not exist.")
+    p = ckpt_dir / "config.json"
     try:
         raw = json.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise CheckpointError(f"{d} is not a complete checkpoint: config.json is missing."
+        raise CheckpointError(f"{ckpt_dir} is not a complete checkpoint: config.json is missing."
                               ) from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         raise CheckpointError(f"{p} is not readable JSON.") from None
@@ -284,21 +303,21 @@ def _check_tensors(found: dict[str, Any], want: dict[str, tuple[int, ...]], path
                                   f"implies {list(shape)}.")
 
 
-def weights_path(d: Path, which: str = "last") -> Path:
+def weights_path(ckpt_dir: Path, which: str = "last") -> Path:
     """The weights file `which` names; a missing one is explained (best: not evaluated yet)."""
-    wpath = d / WEIGHT_FILES[which]
+    wpath = ckpt_dir / WEIGHT_FILES[which]
     if wpath.exists():
         return wpath
-    if which == "best" and (d / WEIGHT_FILES["last"]).exists():
-        raise CheckpointError(f"{d} has no best weights yet: its run has not been evaluated "
+    if which == "best" and (ckpt_dir / WEIGHT_FILES["last"]).exists():
+        raise CheckpointError(f"{ckpt_dir} has no best weights yet: its run has not been evaluated "
                               f"(best weights are kept from the first evaluation on); use "
                               f"{arg('which', repr('last'))} for its latest weights.")
-    raise CheckpointError(f"{d} is not a complete checkpoint: {wpath.name} is missing.")
+    raise CheckpointError(f"{ckpt_dir} is not a complete checkpoint: {wpath.name} is missing.")
 
 
-def check_weights(d: Path, cfg: RunConfig, which: str = "last") -> None:
+def check_weights(ckpt_dir: Path, cfg: RunConfig, which: str = "last") -> None:
     """The weights file's header (names and shapes) matches `cfg`; nothing is allocated."""
-    wpath = weights_path(d, which)
+    wpath = weights_path(ckpt_dir, which)
     try:
         with safe_open(str(wpath), "pt") as f:
             names = list(f.keys())
@@ -312,12 +331,12 @@ def check_weights(d: Path, cfg: RunConfig, which: str = "last") -> None:
 def load(ckpt: str | Path, which: str = "last", device: str | torch.device = "cpu"
          ) -> tuple[GPT, Tokenizer, RunConfig, dict[str, Any]]:
     """Load a checkpoint directory -> (model in eval mode, tokenizer, config, raw config)."""
-    d = Path(ckpt)
-    cfg, raw = read_config(d)
+    ckpt_dir = Path(ckpt)
+    cfg, raw = read_config(ckpt_dir)
     if which not in WEIGHT_FILES:
         raise MiniGPTError(f"which must be one of {', '.join(WEIGHT_FILES)}, got {which!r}.")
-    wpath = weights_path(d, which)
-    tok = load_tokenizer_for(d, cfg)
+    wpath = weights_path(ckpt_dir, which)
+    tok = load_tokenizer_for(ckpt_dir, cfg)
     want = expected_shapes(cfg)
     try:
         with safe_open(str(wpath), "pt") as f:  # header only: names and shapes
@@ -338,13 +357,13 @@ def load(ckpt: str | Path, which: str = "last", device: str | torch.device = "cp
     return model, tok, cfg, raw
 
 
-def load_tokenizer_for(d: Path, cfg: RunConfig) -> Tokenizer:
+def load_tokenizer_for(ckpt_dir: Path, cfg: RunConfig) -> Tokenizer:
     try:
-        tok = load_tokenizer(d / "tokenizer.json")
+        tok = load_tokenizer(ckpt_dir / "tokenizer.json")
     except MiniGPTError as e:
-        raise CheckpointError(f"{d} is not a complete checkpoint: {e.args[0]}") from None
+        raise CheckpointError(f"{ckpt_dir} is not a complete checkpoint: {e.args[0]}") from None
     if tok.vocab_size != cfg.model.vocab_size:
         raise CheckpointError(
-            f"{d / 'tokenizer.json'} has {tok.vocab_size} tokens but the model expects "
+            f"{ckpt_dir / 'tokenizer.json'} has {tok.vocab_size} tokens but the model expects "
             f"{cfg.model.vocab_size}; the tokenizer belongs to another model.")
     return tok

@@ -38,10 +38,12 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from .config import RunConfig, merge, preset
+from .config import STUDY_PRESETS, RunConfig, merge, preset
 from .errors import ConfigError, MiniGPTError
-from .io import atomic_write_json, read_json
+from .files import atomic_write_json, read_json
+from .metrics import read_metrics
 from .results_schema import GEN_METRICS, RESULTS_SCHEMA, SCHEMA, SCHEMA_VERSION, validate
+from .runtime import autocast_dtype, is_main_process, resolve_device
 from .tasks import LM, TaskDataset, evaluate_task, get_task, test_lengths
 from .tasks import describe as describe_task
 
@@ -49,39 +51,6 @@ EVAL_VERSION = 2  # bump when evaluation.py's numbers change meaning (forces re-
 DEFAULT_ENCODINGS = ["learned", "sinusoidal", "rope", "alibi", "nope"]
 # Settings that may differ between invocations without making it another study.
 NOT_FINGERPRINTED = {"device", "compile"}
-
-# Study presets: a base model preset plus overrides, and the study's own settings; `task`
-# overrides apply on top when the study is an algorithmic task instead of language modelling.
-# `quick` is what `make demo` runs: chosen by measurement to finish in a few minutes on a
-# 2-core CPU while still separating the encodings; `full` is the rigorous version.
-STUDY_PRESETS: dict[str, dict[str, Any]] = {
-    "quick": {
-        "base": "small",
-        "model": {"block_size": 64, "n_layer": 4, "n_head": 4, "d_model": 128, "dropout": 0.0},
-        "train": {"tokenizer": "char", "batch_size": 16, "max_steps": 800, "lr": 2e-3,
-                  "min_lr": 2e-4, "warmup_steps": 60, "eval_interval": 100, "eval_iters": 8,
-                  "log_interval": 10, "sample_tokens": 300},
-        "task": {"batch_size": 32, "max_steps": 1000, "batching": "documents",
-                 "sample_tokens": 0, "eval_interval": 250},
-        "seeds": 1,
-        "lengths": "1x,2x,4x,8x",
-        "eval_tokens": 8192,  # scored targets at every length (256 windows of stride 32)
-        "task_instances": 200,
-    },
-    "full": {
-        "base": "small",
-        "model": {"block_size": 128, "n_layer": 6, "n_head": 8, "d_model": 256, "dropout": 0.1},
-        "train": {"tokenizer": "char", "batch_size": 32, "max_steps": 4000, "lr": 1e-3,
-                  "min_lr": 1e-4, "warmup_steps": 200, "eval_interval": 250, "eval_iters": 40,
-                  "log_interval": 20, "sample_tokens": 500},
-        "task": {"batching": "documents", "sample_tokens": 0},
-        "seeds": 3,
-        "lengths": "1x,2x,4x,8x",
-        "eval_tokens": 32768,
-        "task_instances": 500,
-    },
-}
-
 
 # --- settings -------------------------------------------------------------------------------
 
@@ -265,9 +234,9 @@ def diff_settings(old: Any, new: Any, prefix: str = "") -> list[str]:
 def config_diff(a: RunConfig, b: RunConfig) -> list[str]:
     """Config fields (section.name) that differ, ignoring those that need not match."""
     da, db = a.to_dict(), b.to_dict()
-    for d in (da, db):
+    for settings in (da, db):
         for k in NOT_FINGERPRINTED:
-            d["train"].pop(k, None)
+            settings["train"].pop(k, None)
     return diff_settings(da, db)
 
 
@@ -276,8 +245,6 @@ def config_diff(a: RunConfig, b: RunConfig) -> list[str]:
 def environment(device: Any, train_cfg: Any = None) -> dict[str, Any]:
     import numpy
     import torch
-
-    from .training import autocast_dtype
 
     amp = autocast_dtype(train_cfg, device) if train_cfg is not None else None
 
@@ -331,19 +298,6 @@ def _read_peak(device: Any, reset_ok: bool, fallback: float) -> tuple[float | No
 
 
 # --- one run's record -----------------------------------------------------------------------
-
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(row, dict):
-                rows.append(row)
-    return rows
-
 
 def training_record(rows: list[dict[str, Any]], max_steps: int) -> dict[str, Any]:
     """Curves and totals from metrics.jsonl rows. A resumed run restarts its `elapsed`
@@ -435,11 +389,6 @@ def check_out(study: Study, out: Path, force: bool, log: Callable[[str], None]) 
     elif out.exists() and any(out.iterdir()) and not (out / "runs").is_dir() and not force:
         raise MiniGPTError(f"{out} exists, is not empty and holds no study (study.json); "
                            "choose another --out or pass --force to write into it.")
-
-
-def is_main_process() -> bool:
-    """False on the ranks > 0 of a torchrun job: they train alongside rank 0 but write nothing."""
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _write_study_file(study: Study, out: Path, status: str) -> None:
@@ -617,9 +566,7 @@ def study_data(study: Study, progress: bool) -> Any:
 def run_study(study: Study, out: str | Path, *, force: bool = False, progress: bool = True,
               log: Callable[[str], None] = print) -> StudyOutcome:
     """Train, evaluate and report every run of the study in `out` (resumable)."""
-    from . import checkpoint
     from .report import summarize, write_report
-    from .training import resolve_device
 
     out = Path(out)
     data = study_data(study, progress)  # bad data: nothing created yet
@@ -635,54 +582,22 @@ def run_study(study: Study, out: str | Path, *, force: bool = False, progress: b
     device = resolve_device(study.base.train.device)
     verification = verify_shared_init(study, vocab)
     evaluator = TaskEvaluation(study, data) if study.is_task else LMEvaluation(study, data)
-    eval_fp = study.eval_fingerprint()
-
-    runs = study.runs()
-    trained, skipped = [], []
-    spent, steps_done = 0.0, 0  # for the ETA: wall seconds per trained step, this invocation
+    runner = _Runner(study, out, data, device, evaluator, progress, log, force)
     try:
-        for i, (name, pos, seed) in enumerate(runs, 1):
-            cfg = merge(study.run_config(pos, seed), {"vocab_size": vocab}, {},
-                        where=f"run {name}")
-            run_dir = out / "runs" / name
-            tag = f"[{i}/{len(runs)}] {name}"
-            state, start_step = _run_state(run_dir, cfg, eval_fp, force)
-            if state == "done":
-                log(f"{tag}: finished earlier, skipped")
-                skipped.append(name)
-                continue
-            t0 = time.perf_counter()
-            if state == "trained":
-                log(f"{tag}: trained earlier; evaluating")
-            else:
-                left = cfg.train.max_steps * (len(runs) - i + 1) - start_step
-                eta = (f"study ETA {_fmt_s(left * spent / steps_done)}" if steps_done
-                       else "study ETA after the first run")
-                what = f"resuming from step {start_step}" if state == "partial" else "training"
-                log(f"{tag}: {what} ({pos}, seed {seed}, {cfg.train.max_steps} steps) · {eta}")
-                if not _train_run(cfg, run_dir, state == "partial", data, device, progress, log):
-                    _write_study_file(study, out, "interrupted")
-                    log(f"study interrupted during {name}; run the same command again to "
-                        "resume.")
-                    return StudyOutcome(out, None, trained, skipped, interrupted=True)
-                trained.append(name)
-                steps_done += cfg.train.max_steps - start_step
-            if not is_main_process():
-                continue  # under DDP only rank 0 evaluates and writes
-            model, tok, _, _ = checkpoint.load(run_dir, device=device)
-            record = evaluate_run(model, cfg, run_dir, name, evaluator.run(model, tok, cfg))
-            record["eval_fingerprint"] = eval_fp
-            atomic_write_json(run_dir / "result.json", record)
-            spent += time.perf_counter() - t0
-            del model
+        for i, (name, pos, seed) in enumerate(study.runs(), 1):
+            if not runner.run(i, name, pos, seed, vocab):
+                _write_study_file(study, out, "interrupted")
+                log(f"study interrupted during {name}; run the same command again to resume.")
+                return StudyOutcome(out, None, runner.trained, runner.skipped,
+                                    interrupted=True)
     except KeyboardInterrupt:  # a second Ctrl-C in training, or one during evaluation
         _write_study_file(study, out, "interrupted")
         log("study interrupted; every finished step is saved: run the same command again "
             "to resume.")
-        return StudyOutcome(out, None, trained, skipped, interrupted=True)
+        return StudyOutcome(out, None, runner.trained, runner.skipped, interrupted=True)
 
     if not is_main_process():
-        return StudyOutcome(out, None, trained, skipped)
+        return StudyOutcome(out, None, runner.trained, runner.skipped)
     results = collect_results(study, out, vocab, device, evaluator, verification)
     results["summary"] = summarize(results)
     errors = validate(results, RESULTS_SCHEMA)
@@ -691,7 +606,69 @@ def run_study(study: Study, out: str | Path, *, force: bool = False, progress: b
     atomic_write_json(out / "results.json", results)
     write_report(results, out)
     _write_study_file(study, out, "complete")
-    return StudyOutcome(out, results, trained, skipped)
+    return StudyOutcome(out, results, runner.trained, runner.skipped)
+
+
+@dataclass
+class _Runner:
+    """The study's runs one by one: train (or resume) each, evaluate it, and keep the
+    names trained and skipped and the time per step for the ETA."""
+
+    study: Study
+    out: Path
+    data: Any
+    device: Any
+    evaluator: Any
+    progress: bool
+    log: Callable[[str], None]
+    force: bool
+    trained: list[str] = dataclasses.field(default_factory=list)
+    skipped: list[str] = dataclasses.field(default_factory=list)
+    spent: float = 0.0  # wall seconds of this invocation's runs ...
+    steps_done: int = 0  # ... and the steps they trained
+
+    def run(self, i: int, name: str, pos: str, seed: int, vocab: int) -> bool:
+        """Run `name` (the i-th); False if its training was interrupted."""
+        from . import checkpoint
+
+        cfg = merge(self.study.run_config(pos, seed), {"vocab_size": vocab}, {},
+                    where=f"run {name}")
+        run_dir = self.out / "runs" / name
+        tag = f"[{i}/{len(self.study.runs())}] {name}"
+        eval_fp = self.study.eval_fingerprint()
+        state, start_step = _run_state(run_dir, cfg, eval_fp, self.force)
+        if state == "done":
+            self.log(f"{tag}: finished earlier, skipped")
+            self.skipped.append(name)
+            return True
+        t0 = time.perf_counter()
+        if state == "trained":
+            self.log(f"{tag}: trained earlier; evaluating")
+        else:
+            self.log(f"{tag}: {self._what(state, start_step)} ({pos}, seed {seed}, "
+                     f"{cfg.train.max_steps} steps) · {self._eta(i, cfg, start_step)}")
+            if not _train_run(cfg, run_dir, state == "partial", self.data, self.device,
+                              self.progress, self.log):
+                return False
+            self.trained.append(name)
+            self.steps_done += cfg.train.max_steps - start_step
+        if not is_main_process():
+            return True  # under DDP only rank 0 evaluates and writes
+        model, tok, _, _ = checkpoint.load(run_dir, device=self.device)
+        record = evaluate_run(model, cfg, run_dir, name, self.evaluator.run(model, tok, cfg))
+        record["eval_fingerprint"] = eval_fp
+        atomic_write_json(run_dir / "result.json", record)
+        self.spent += time.perf_counter() - t0
+        return True
+
+    @staticmethod
+    def _what(state: str, start_step: int) -> str:
+        return f"resuming from step {start_step}" if state == "partial" else "training"
+
+    def _eta(self, i: int, cfg: RunConfig, start_step: int) -> str:
+        left = cfg.train.max_steps * (len(self.study.runs()) - i + 1) - start_step
+        return (f"study ETA {_fmt_s(left * self.spent / self.steps_done)}" if self.steps_done
+                else "study ETA after the first run")
 
 
 def _train_run(cfg: RunConfig, run_dir: Path, resume: bool, data: Any, device: Any,

@@ -202,17 +202,17 @@ class RunConfig:
         return {"model": dataclasses.asdict(self.model), "train": dataclasses.asdict(self.train)}
 
     @classmethod
-    def from_dict(cls, d: Any, *, where: str = "config") -> "RunConfig":
-        if not isinstance(d, dict):
+    def from_dict(cls, raw: Any, *, where: str = "config") -> "RunConfig":
+        if not isinstance(raw, dict):
             raise ConfigError(f"{where} must be a table/object with 'model' and 'train' sections.")
-        unknown = set(d) - {"model", "train", "preset"}
+        unknown = set(raw) - {"model", "train", "preset"}
         if unknown:
             raise ConfigError(
                 f"{where} has unknown section(s) {', '.join(sorted(unknown))}; "
                 "expected 'model', 'train' and optionally 'preset'."
             )
-        base = preset(d["preset"]) if "preset" in d else RunConfig()
-        return merge(base, d.get("model", {}), d.get("train", {}), where=where)
+        base = preset(raw["preset"]) if "preset" in raw else RunConfig()
+        return merge(base, raw.get("model", {}), raw.get("train", {}), where=where)
 
 
 # --- presets ---------------------------------------------------------------------------
@@ -245,6 +245,38 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     },
 }
 
+# Study presets: a base model preset plus overrides, and the study's own settings; `task`
+# overrides apply on top when the study is an algorithmic task instead of language modelling.
+# `quick` is what `make demo` runs: chosen by measurement to finish in a few minutes on a
+# 2-core CPU while still separating the encodings; `full` is the rigorous version.
+STUDY_PRESETS: dict[str, dict[str, Any]] = {
+    "quick": {
+        "base": "small",
+        "model": {"block_size": 64, "n_layer": 4, "n_head": 4, "d_model": 128, "dropout": 0.0},
+        "train": {"tokenizer": "char", "batch_size": 16, "max_steps": 800, "lr": 2e-3,
+                  "min_lr": 2e-4, "warmup_steps": 60, "eval_interval": 100, "eval_iters": 8,
+                  "log_interval": 10, "sample_tokens": 300},
+        "task": {"batch_size": 32, "max_steps": 1000, "batching": "documents",
+                 "sample_tokens": 0, "eval_interval": 250},
+        "seeds": 1,
+        "lengths": "1x,2x,4x,8x",
+        "eval_tokens": 8192,  # scored targets at every length (256 windows of stride 32)
+        "task_instances": 200,
+    },
+    "full": {
+        "base": "small",
+        "model": {"block_size": 128, "n_layer": 6, "n_head": 8, "d_model": 256, "dropout": 0.1},
+        "train": {"tokenizer": "char", "batch_size": 32, "max_steps": 4000, "lr": 1e-3,
+                  "min_lr": 1e-4, "warmup_steps": 200, "eval_interval": 250, "eval_iters": 40,
+                  "log_interval": 20, "sample_tokens": 500},
+        "task": {"batching": "documents", "sample_tokens": 0},
+        "seeds": 3,
+        "lengths": "1x,2x,4x,8x",
+        "eval_tokens": 32768,
+        "task_instances": 500,
+    },
+}
+
 
 # the vocabulary setting behind --vocab-size, per tokenizer (char has none)
 VOCAB_FIELDS = {"bpe": "vocab_size_bpe", "word": "max_vocab"}
@@ -261,8 +293,6 @@ def vocab_field(tokenizer: str) -> str:
 
 def preset_names() -> str:
     """Both preset families, for messages: model presets and study presets."""
-    from .compare import STUDY_PRESETS  # late import: compare builds on this module
-
     return (f"model presets {', '.join(PRESETS)}; study presets (one run of minigpt compare) "
             f"{', '.join(STUDY_PRESETS)}")
 
@@ -273,8 +303,6 @@ def preset(name: str) -> RunConfig:
     if isinstance(name, str) and name in PRESETS:
         p = PRESETS[name]
         return merge(RunConfig(), p["model"], p["train"], where=f"preset {name}")
-    from .compare import STUDY_PRESETS
-
     if isinstance(name, str) and name in STUDY_PRESETS:
         sp = STUDY_PRESETS[name]
         return merge(preset(sp["base"]), sp["model"], sp["train"], where=f"study preset {name}")
@@ -283,8 +311,6 @@ def preset(name: str) -> RunConfig:
 
 def preset_value(name: str, section: str, key: str) -> Any:
     """A preset's value for one setting, read without building (and validating) the config."""
-    from .compare import STUDY_PRESETS
-
     if name in STUDY_PRESETS:
         sp = STUDY_PRESETS[name]
         if key in sp[section]:

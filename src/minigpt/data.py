@@ -22,7 +22,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -31,9 +31,9 @@ import numpy as np
 import torch
 
 from .errors import DataError, arg
-from .model import IGNORE_INDEX
 from .tokenizers import Tokenizer, load_tokenizer, train_tokenizer
 
+IGNORE_INDEX = -100  # a target with this value (padding, a prompt) is left out of the loss
 CORPUS_VERSION = 1  # bump when the conversion rules change (invalidates caches)
 # Held-out plays (about 10 % of the text): validation text the model never saw in training.
 VAL_PLAYS = ("hamlet", "macbeth", "the-tempest", "twelfth-night")
@@ -316,19 +316,19 @@ def _encode_stream(tok: Tokenizer, texts: Iterator[str], out: Path, docs_out: Pa
     return n, n_docs, np.dtype(dtype).name
 
 
-def _read_cache(d: Path) -> tuple[dict, Tokenizer] | None:
+def _read_cache(entry: Path) -> tuple[dict, Tokenizer] | None:
     """(meta, tokenizer) of a complete cache entry, or None if it is missing or damaged."""
     try:
-        meta = json.loads((d / "meta.json").read_text(encoding="utf-8"))
+        meta = json.loads((entry / "meta.json").read_text(encoding="utf-8"))
         if meta["dtype"] not in ("uint16", "uint32"):
             return None
         size = np.dtype(meta["dtype"]).itemsize
         for split in ("train", "val"):
             info = meta[split]
-            if (d / f"{split}.bin").stat().st_size != info["tokens"] * size or \
-                    (d / f"{split}_docs.bin").stat().st_size != info["documents"] * 16:
+            if (entry / f"{split}.bin").stat().st_size != info["tokens"] * size or \
+                    (entry / f"{split}_docs.bin").stat().st_size != info["documents"] * 16:
                 return None
-        return meta, load_tokenizer(d / "tokenizer.json")
+        return meta, load_tokenizer(entry / "tokenizer.json")
     except (OSError, ValueError, KeyError, TypeError, DataError):
         return None
 
@@ -346,75 +346,99 @@ def prepare(data: str, tokenizer: str = "char", *, vocab_size: int = 512, min_fr
     settings = {"data": ident, "tokenizer": tokenizer, "vocab_size": vocab_size,
                 "min_freq": min_freq, "max_vocab": max_vocab, "fixed": None}
     root = cache or cache_root()
-    d = root / _key(settings)
-    cached = _read_cache(d)
+    entry = root / _key(settings)
+    cached = _read_cache(entry)
     # A saved tokenizer (a resume, --init-from) reuses the entry its settings trained on this
     # corpus when that holds the very same tokenizer: one entry per corpus and tokenizer.
     if fixed_tok is not None and (cached is None or
                                   cached[1].fingerprint() != fixed_tok.fingerprint()):
         settings["fixed"] = fixed_tok.fingerprint()
-        d = root / _key(settings)
-        cached = _read_cache(d)
-    key = d.name
+        entry = root / _key(settings)
+        cached = _read_cache(entry)
     if cached is None:
         if verbose:
-            print(f"tokenizing {data} with the {tokenizer} tokenizer (cached in {d}) ...",
+            print(f"tokenizing {data} with the {tokenizer} tokenizer (cached in {entry}) ...",
                   flush=True)
-        try:
-            root.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise DataError(f"cannot create the token cache {root} ({e.strerror or e}); set "
-                            "MINIGPT_CACHE to a writable directory.") from None
-        if d.exists():  # left unreadable by a crash or a full disk: move it aside, rebuild
-            trash = Path(tempfile.mkdtemp(dir=root, prefix=f".{key}.", suffix=".old"))
-            try:
-                os.replace(d, trash / "d")
-            except OSError:
-                pass
-            shutil.rmtree(trash, ignore_errors=True)
-        tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{key}."))
-        try:
-            tok = fixed_tok or train_tokenizer(tokenizer, _texts(data, files, "train"),
-                                               vocab_size=vocab_size, min_freq=min_freq,
-                                               max_vocab=max_vocab)
-            meta = {"settings": settings, "vocab_size": tok.vocab_size}
-            for split in ("train", "val"):
-                try:
-                    n, n_docs, dtype = _encode_stream(tok, _texts(data, files, split),
-                                                      tmp / f"{split}.bin",
-                                                      tmp / f"{split}_docs.bin")
-                except DataError as e:
-                    if fixed_tok is None or not hasattr(e, "unknown"):
-                        raise
-                    shown = ", ".join(repr(c) for c in e.unknown[:5])
-                    raise DataError(
-                        f"the tokenizer comes from {Path(tokenizer_path).parent}, not from the "
-                        f"data {data}, and lacks characters of that data: {shown}; remove them "
-                        f"from the data, or train a new model without {arg('init_from')}."
-                    ) from None
-                meta[split] = {"tokens": n, "documents": n_docs}
-                meta["dtype"] = dtype
-            tok.save(tmp / "tokenizer.json")
-            (tmp / "meta.json").write_text(json.dumps(meta, indent=2))  # written last
-            for p in tmp.iterdir():  # on disk before the directory appears under its name
-                with open(p, "rb") as fh:
-                    os.fsync(fh.fileno())
-            try:
-                os.replace(tmp, d)
-            except OSError:  # another process finished first: use its copy
-                pass
-        except OSError as e:
-            raise DataError(f"cannot write the token cache in {root} ({e.strerror or e}); set "
-                            "MINIGPT_CACHE to a writable directory with free space.") from None
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        cached = _read_cache(d)
+        _make_root(root)
+
+        def tokenizer_for_train() -> Tokenizer:
+            return fixed_tok or train_tokenizer(tokenizer, _texts(data, files, "train"),
+                                                vocab_size=vocab_size, min_freq=min_freq,
+                                                max_vocab=max_vocab)
+
+        _build_entry(entry, data, files, settings, tokenizer_for_train,
+                     Path(tokenizer_path).parent if fixed_tok is not None else None)
+        cached = _read_cache(entry)
         if cached is None:
-            raise DataError(f"the token cache {d} cannot be read back; delete it and retry.")
-    meta, tok = cached
+            raise DataError(f"the token cache {entry} cannot be read back; delete it and retry.")
+    return _open_dataset(entry, *cached, data)
+
+
+def _make_root(root: Path) -> None:
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"cannot create the token cache {root} ({e.strerror or e}); set "
+                        "MINIGPT_CACHE to a writable directory.") from None
+
+
+def _build_entry(entry: Path, data: str, files: list[Path] | None, settings: dict,
+                 make_tokenizer: Callable[[], Tokenizer], fixed_from: Path | None) -> None:
+    """Tokenize the corpus into the cache entry `entry`: built in a temporary directory and
+    renamed into place whole. `fixed_from` is where a given tokenizer came from (else None)."""
+    root = entry.parent
+    if entry.exists():  # left unreadable by a crash or a full disk: move it aside, rebuild
+        trash = Path(tempfile.mkdtemp(dir=root, prefix=f".{entry.name}.", suffix=".old"))
+        try:
+            os.replace(entry, trash / "d")
+        except OSError:
+            pass
+        shutil.rmtree(trash, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{entry.name}."))
+    try:
+        tok = make_tokenizer()
+        meta = {"settings": settings, "vocab_size": tok.vocab_size}
+        for split in ("train", "val"):
+            n, n_docs, dtype = _encode_split(tok, data, files, split, tmp, fixed_from)
+            meta[split] = {"tokens": n, "documents": n_docs}
+            meta["dtype"] = dtype
+        tok.save(tmp / "tokenizer.json")
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))  # written last
+        for p in tmp.iterdir():  # on disk before the directory appears under its name
+            with open(p, "rb") as fh:
+                os.fsync(fh.fileno())
+        try:
+            os.replace(tmp, entry)
+        except OSError:  # another process finished first: use its copy
+            pass
+    except OSError as e:
+        raise DataError(f"cannot write the token cache in {root} ({e.strerror or e}); set "
+                        "MINIGPT_CACHE to a writable directory with free space.") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _encode_split(tok: Tokenizer, data: str, files: list[Path] | None, split: str, tmp: Path,
+                  fixed_from: Path | None) -> tuple[int, int, str]:
+    """One split's token and document files in `tmp`: (tokens, documents, dtype)."""
+    try:
+        return _encode_stream(tok, _texts(data, files, split), tmp / f"{split}.bin",
+                              tmp / f"{split}_docs.bin")
+    except DataError as e:
+        if fixed_from is None or not hasattr(e, "unknown"):
+            raise
+        shown = ", ".join(repr(c) for c in e.unknown[:5])
+        raise DataError(
+            f"the tokenizer comes from {fixed_from}, not from the data {data}, and lacks "
+            f"characters of that data: {shown}; remove them from the data, or train a new "
+            f"model without {arg('init_from')}.") from None
+
+
+def _open_dataset(entry: Path, meta: dict, tok: Tokenizer, data: str) -> Dataset:
+    """The dataset of a cache entry, its token files memory-mapped."""
 
     def arr(name: str, dtype: str) -> np.ndarray:
-        p = d / name
+        p = entry / name
         if p.stat().st_size == 0:
             return np.zeros(0, dtype=dtype)
         return np.memmap(p, dtype=dtype, mode="r")

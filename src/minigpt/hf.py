@@ -68,7 +68,7 @@ import torch
 
 from .config import ModelConfig, RunConfig, TrainConfig
 from .errors import MiniGPTError
-from .io import staged_dir
+from .files import staged_dir
 from .tokenizers import (
     EOS,
     NO_SPACE_AFTER,
@@ -311,7 +311,7 @@ def _split_pattern(pt: dict) -> str | None:
     return pat.get("Regex") if isinstance(pat, dict) else None
 
 
-def tokenizer_from_hf_dir(d: Path, vocab_size: int) -> Tokenizer:
+def tokenizer_from_hf_dir(hf_dir: Path, vocab_size: int) -> Tokenizer:
     """The tokenizer of a HF model directory -> one of ours, with the same ids.
 
     Reads `tokenizer.json` (byte-level BPE, or a char/word tokenizer minigpt exported) or,
@@ -320,7 +320,7 @@ def tokenizer_from_hf_dir(d: Path, vocab_size: int) -> Tokenizer:
     from tokenizers import Tokenizer as HFTokenizer
     from tokenizers import decoders, models, pre_tokenizers
 
-    path = d / "tokenizer.json"
+    path = hf_dir / "tokenizer.json"
     if path.is_file():
         try:
             raw = json.loads(path.read_text(encoding="utf-8"))
@@ -346,11 +346,12 @@ def tokenizer_from_hf_dir(d: Path, vocab_size: int) -> Tokenizer:
         else:
             raise HFError(f"{path} holds a {model.get('type')} tokenizer; minigpt imports "
                           "byte-level BPE tokenizers and the char/word tokenizers it exports.")
-    elif (d / "vocab.json").is_file() and (d / "merges.txt").is_file():
+    elif (hf_dir / "vocab.json").is_file() and (hf_dir / "merges.txt").is_file():
         try:
-            hf = HFTokenizer(models.BPE.from_file(str(d / "vocab.json"), str(d / "merges.txt")))
+            hf = HFTokenizer(models.BPE.from_file(str(hf_dir / "vocab.json"),
+                                                  str(hf_dir / "merges.txt")))
         except Exception as e:  # noqa: BLE001 (the Rust side raises plain Exceptions)
-            raise HFError(f"{d}'s vocab.json and merges.txt are not a BPE tokenizer ({e})."
+            raise HFError(f"{hf_dir}'s vocab.json and merges.txt are not a BPE tokenizer ({e})."
                           ) from None
         hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         hf.decoder = decoders.ByteLevel()
@@ -359,7 +360,7 @@ def tokenizer_from_hf_dir(d: Path, vocab_size: int) -> Tokenizer:
                 hf.add_special_tokens([special])
         tok = BPETokenizer(hf)
     else:
-        raise HFError(f"{d} has no tokenizer.json (or vocab.json and merges.txt); minigpt "
+        raise HFError(f"{hf_dir} has no tokenizer.json (or vocab.json and merges.txt); minigpt "
                       "needs the model's tokenizer to import it.")
     if isinstance(tok, BPETokenizer):
         tok = _fit_bpe(tok, vocab_size, path)
@@ -431,9 +432,9 @@ def hf_config_kwargs(cfg: ModelConfig, ids: dict[str, int | None]) -> tuple[str,
         hidden_dropout=cfg.dropout, attention_dropout=cfg.dropout)
 
 
-def _get(d: dict, key: str, default: Any, kind: type | tuple = (int, float)) -> Any:
+def _get(raw: dict, key: str, default: Any, kind: type | tuple = (int, float)) -> Any:
     """A numeric config.json field (absent or null -> HF's default for it)."""
-    v = d.get(key, default)
+    v = raw.get(key, default)
     if v is None:
         v = default
     if not isinstance(v, kind) or isinstance(v, bool):
@@ -443,6 +444,24 @@ def _get(d: dict, key: str, default: Any, kind: type | tuple = (int, float)) -> 
 
 def model_config_from_hf(raw: dict[str, Any], where: Path) -> tuple[str, ModelConfig]:
     """A HF config.json (as a dict) -> (model_type, our ModelConfig), or a clear refusal."""
+    mtype = _importable_type(raw, where)
+    settings = _gpt2_settings if mtype == "gpt2" else _neox_settings
+    kw, act = settings(raw, where)
+    if act not in FROM_HF_ACT:
+        raise HFError(f"{where} uses the activation {act!r}; minigpt supports "
+                      f"{', '.join(sorted(FROM_HF_ACT))}.")
+    kw["activation"] = FROM_HF_ACT[act]
+    if not 0.0 <= kw["dropout"] < 1.0:
+        kw["dropout"] = 0.0
+    try:
+        return mtype, ModelConfig(**kw)
+    except MiniGPTError as e:
+        raise HFError(f"{where}'s config.json describes a model minigpt cannot build: {e}"
+                      ) from None
+
+
+def _importable_type(raw: dict[str, Any], where: Path) -> str:
+    """The config's model_type, if minigpt imports it (GPT-2, GPT-NeoX) as a causal LM."""
     mtype = raw.get("model_type")
     if raw.get("format") == "minigpt-checkpoint":
         raise HFError(f"{where} is already a minigpt checkpoint; use it directly (sample, "
@@ -458,69 +477,73 @@ def model_config_from_hf(raw: dict[str, Any], where: Path) -> tuple[str, ModelCo
     if archs and not set(archs) & ACCEPTED[mtype]:
         raise HFError(f"{where} holds a {', '.join(archs)}; minigpt imports the causal language "
                       f"model {IMPORTABLE[mtype]}.")
-    if mtype == "gpt2":
-        for key, want in (("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False),
-                          ("add_cross_attention", False)):
-            if raw.get(key, want) != want:
-                raise HFError(f"{where} sets {key}={raw.get(key)}; minigpt's attention needs "
-                              f"{key}={want}.")
-        act = raw.get("activation_function", "gelu_new")
-        d_model = _get(raw, "n_embd", 768, int)
-        kw = {"block_size": _get(raw, "n_positions", 1024, int),
-              "n_layer": _get(raw, "n_layer", 12, int), "n_head": _get(raw, "n_head", 12, int),
-              "d_model": d_model, "d_ff": _get(raw, "n_inner", 4 * d_model, int),
-              "dropout": float(_get(raw, "resid_pdrop", 0.1)),
-              "layer_norm_eps": float(_get(raw, "layer_norm_epsilon", 1e-5)), "pos": "learned",
-              "vocab_size": _get(raw, "vocab_size", 50257, int)}
-    else:
-        if raw.get("use_parallel_residual", True):
-            raise HFError(f"{where} uses GPT-NeoX's parallel residual (attention and MLP side by "
-                          "side, as Pythia); minigpt's blocks are sequential, so it cannot be "
-                          "imported.")
-        rope = raw.get("rope_parameters") or raw.get("rope_scaling") or {}
-        if not isinstance(rope, dict):
-            raise HFError(f"config.json in {where}: rope_parameters must be an object.")
-        rtype = rope.get("rope_type", rope.get("type", "default"))
-        if rtype not in ("default", None):
-            raise HFError(f"{where} uses {rtype!r} rope scaling; minigpt's rope is the "
-                          "plain (default) kind.")
-        pct = rope.get("partial_rotary_factor", raw.get("partial_rotary_factor",
-                                                        raw.get("rotary_pct", 0.25)))
-        if pct != 1.0:
-            raise HFError(f"{where} rotates only a fraction ({pct}) of each head; minigpt's rope "
-                          "rotates the whole head (rotary_pct 1.0).")
-        base = rope.get("rope_theta", raw.get("rope_theta", raw.get("rotary_emb_base", 10000.0)))
-        act = raw.get("hidden_act", "gelu")
-        if not isinstance(base, (int, float)) or isinstance(base, bool):
-            raise HFError(f"config.json in {where}: rope_theta has an unexpected value {base!r}.")
-        kw = {"block_size": _get(raw, "max_position_embeddings", 2048, int),
-              "n_layer": _get(raw, "num_hidden_layers", 44, int),
-              "n_head": _get(raw, "num_attention_heads", 64, int),
-              "d_model": _get(raw, "hidden_size", 6144, int),
-              "d_ff": _get(raw, "intermediate_size", 24576, int),
-              "dropout": float(_get(raw, "hidden_dropout", 0.0)),
-              "layer_norm_eps": float(_get(raw, "layer_norm_eps", 1e-5)), "pos": "rope",
-              "rope_base": float(base), "vocab_size": _get(raw, "vocab_size", 50432, int)}
-    if act not in FROM_HF_ACT:
-        raise HFError(f"{where} uses the activation {act!r}; minigpt supports "
-                      f"{', '.join(sorted(FROM_HF_ACT))}.")
-    kw["activation"] = FROM_HF_ACT[act]
-    if not 0.0 <= kw["dropout"] < 1.0:
-        kw["dropout"] = 0.0
-    try:
-        return mtype, ModelConfig(**kw)
-    except MiniGPTError as e:
-        raise HFError(f"{where}'s config.json describes a model minigpt cannot build: {e}"
-                      ) from None
+    return mtype
+
+
+def _gpt2_settings(raw: dict[str, Any], where: Path) -> tuple[dict[str, Any], Any]:
+    """ModelConfig keywords and the HF activation name of a GPT-2 config."""
+    for key, want in (("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False),
+                      ("add_cross_attention", False)):
+        if raw.get(key, want) != want:
+            raise HFError(f"{where} sets {key}={raw.get(key)}; minigpt's attention needs "
+                          f"{key}={want}.")
+    act = raw.get("activation_function", "gelu_new")
+    d_model = _get(raw, "n_embd", 768, int)
+    kw = {"block_size": _get(raw, "n_positions", 1024, int),
+          "n_layer": _get(raw, "n_layer", 12, int), "n_head": _get(raw, "n_head", 12, int),
+          "d_model": d_model, "d_ff": _get(raw, "n_inner", 4 * d_model, int),
+          "dropout": float(_get(raw, "resid_pdrop", 0.1)),
+          "layer_norm_eps": float(_get(raw, "layer_norm_epsilon", 1e-5)), "pos": "learned",
+          "vocab_size": _get(raw, "vocab_size", 50257, int)}
+    return kw, act
+
+
+def _neox_settings(raw: dict[str, Any], where: Path) -> tuple[dict[str, Any], Any]:
+    """ModelConfig keywords and the HF activation name of a GPT-NeoX config (sequential
+    blocks, plain rope over whole heads only)."""
+    if raw.get("use_parallel_residual", True):
+        raise HFError(f"{where} uses GPT-NeoX's parallel residual (attention and MLP side by "
+                      "side, as Pythia); minigpt's blocks are sequential, so it cannot be "
+                      "imported.")
+    base = _neox_rope_base(raw, where)
+    act = raw.get("hidden_act", "gelu")
+    if not isinstance(base, (int, float)) or isinstance(base, bool):
+        raise HFError(f"config.json in {where}: rope_theta has an unexpected value {base!r}.")
+    kw = {"block_size": _get(raw, "max_position_embeddings", 2048, int),
+          "n_layer": _get(raw, "num_hidden_layers", 44, int),
+          "n_head": _get(raw, "num_attention_heads", 64, int),
+          "d_model": _get(raw, "hidden_size", 6144, int),
+          "d_ff": _get(raw, "intermediate_size", 24576, int),
+          "dropout": float(_get(raw, "hidden_dropout", 0.0)),
+          "layer_norm_eps": float(_get(raw, "layer_norm_eps", 1e-5)), "pos": "rope",
+          "rope_base": float(base), "vocab_size": _get(raw, "vocab_size", 50432, int)}
+    return kw, act
+
+
+def _neox_rope_base(raw: dict[str, Any], where: Path) -> Any:
+    """The rope base of a GPT-NeoX config, refusing scaled or partial rotary embeddings."""
+    rope = raw.get("rope_parameters") or raw.get("rope_scaling") or {}
+    if not isinstance(rope, dict):
+        raise HFError(f"config.json in {where}: rope_parameters must be an object.")
+    rtype = rope.get("rope_type", rope.get("type", "default"))
+    if rtype not in ("default", None):
+        raise HFError(f"{where} uses {rtype!r} rope scaling; minigpt's rope is the "
+                      "plain (default) kind.")
+    pct = rope.get("partial_rotary_factor", raw.get("partial_rotary_factor",
+                                                    raw.get("rotary_pct", 0.25)))
+    if pct != 1.0:
+        raise HFError(f"{where} rotates only a fraction ({pct}) of each head; minigpt's rope "
+                      "rotates the whole head (rotary_pct 1.0).")
+    return rope.get("rope_theta", raw.get("rope_theta", raw.get("rotary_emb_base", 10000.0)))
 
 
 # --- reading HF weights (safetensors only) ------------------------------------------------------
 
-def _weight_files(d: Path) -> list[Path]:
-    single = d / "model.safetensors"
+def _weight_files(hf_dir: Path) -> list[Path]:
+    single = hf_dir / "model.safetensors"
     if single.is_file():
         return [single]
-    index = d / "model.safetensors.index.json"
+    index = hf_dir / "model.safetensors.index.json"
     if index.is_file():
         try:
             weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
@@ -528,15 +551,15 @@ def _weight_files(d: Path) -> list[Path]:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError,
                 AttributeError):
             raise HFError(f"{index} is not a readable safetensors index.") from None
-        files = [d / n for n in names]
+        files = [hf_dir / n for n in names]
         if any(Path(n).name != n or not f.is_file() for n, f in zip(names, files)):
-            raise HFError(f"{index} names shard files that are not in {d}.")
+            raise HFError(f"{index} names shard files that are not in {hf_dir}.")
         return files
-    if any(d.glob("pytorch_model*.bin")) or (d / "tf_model.h5").exists():
-        raise HFError(f"{d} has weights only as pickle (pytorch_model.bin) or TF files; minigpt "
-                      "reads safetensors only: re-save it with "
+    if any(hf_dir.glob("pytorch_model*.bin")) or (hf_dir / "tf_model.h5").exists():
+        raise HFError(f"{hf_dir} has weights only as pickle (pytorch_model.bin) or TF files; "
+                      "minigpt reads safetensors only: re-save it with "
                       "save_pretrained(dir, safe_serialization=True).")
-    raise HFError(f"{d} has no model.safetensors; it is not a complete model directory.")
+    raise HFError(f"{hf_dir} has no model.safetensors; it is not a complete model directory.")
 
 
 def _read_hf_tensors(files: list[Path], prefixes: tuple[str, ...]) -> dict[str, torch.Tensor]:
@@ -636,10 +659,10 @@ def compare_logits(model: Any, hf_model: Any, T: int = 16, seed: int = 0
 
 
 def _update_json(path: Path, updates: dict[str, Any]) -> None:
-    from .io import atomic_write_json
+    from .files import atomic_write_json
 
-    d = json.loads(path.read_text(encoding="utf-8"))
-    atomic_write_json(path, {**d, **updates})
+    old = json.loads(path.read_text(encoding="utf-8"))
+    atomic_write_json(path, {**old, **updates})
 
 
 def export_hf(ckpt: str | Path, out: str | Path, which: str = "last") -> ExportResult:
@@ -688,43 +711,44 @@ def import_hf(src: str | Path, out: str | Path) -> ImportResult:
     from .checkpoint import expected_shapes, save_weights, write_config
     from .model import GPT
 
-    d, out = Path(src), Path(out)
-    if not d.is_dir():
-        raise HFError(f"{d} is not a directory; give a local Hugging Face model directory "
+    hf_dir, out = Path(src), Path(out)
+    if not hf_dir.is_dir():
+        raise HFError(f"{hf_dir} is not a directory; give a local Hugging Face model directory "
                       "(minigpt never downloads).")
-    cfg_path = d / "config.json"
+    cfg_path = hf_dir / "config.json"
     if not cfg_path.is_file():
-        raise HFError(f"{d} has no config.json, so it is not a Hugging Face model directory.")
+        raise HFError(f"{hf_dir} has no config.json, so it is not a Hugging Face model directory.")
     try:
         raw = json.loads(cfg_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         raise HFError(f"{cfg_path} is not readable JSON.") from None
     if not isinstance(raw, dict):
         raise HFError(f"{cfg_path} is not a Hugging Face model config.")
-    arch, mcfg = model_config_from_hf(raw, d)
+    arch, mcfg = model_config_from_hf(raw, hf_dir)
     _check_out(out, "a run")
-    files = _weight_files(d)  # refuse pickle-only directories before anything else
-    tok = tokenizer_from_hf_dir(d, mcfg.vocab_size)
+    files = _weight_files(hf_dir)  # refuse pickle-only directories before anything else
+    tok = tokenizer_from_hf_dir(hf_dir, mcfg.vocab_size)
     prefixes = ("transformer.",) if arch == "gpt2" else ("gpt_neox.",)
     tensors = _read_hf_tensors(files, prefixes)
     emb = "wte.weight" if arch == "gpt2" else "embed_in.weight"
     if emb not in tensors:
-        raise HFError(f"{d}'s weights have no {emb}; the directory is incomplete.")
-    _check_tied(tensors, emb, d)
+        raise HFError(f"{hf_dir}'s weights have no {emb}; the directory is incomplete.")
+    _check_tied(tensors, emb, hf_dir)
     try:
         state = from_hf_state(tensors, mcfg, arch)
     except (RuntimeError, ValueError, IndexError):  # a transpose or reshape of a wrong shape
-        raise HFError(f"{d}'s weights do not have the shapes its config.json implies.") from None
+        raise HFError(f"{hf_dir}'s weights do not have the shapes its config.json implies."
+                      ) from None
     # shapes checked on the meta device: nothing is allocated for a config that lies
     want = expected_shapes(RunConfig(model=mcfg))
     for k, shape in want.items():
         if k not in state:
-            raise HFError(f"{d}'s weights lack a tensor for {k}; the directory is incomplete.")
+            raise HFError(f"{hf_dir}'s weights lack a tensor for {k}; the directory is incomplete.")
         if tuple(state[k].shape) != shape:
-            raise HFError(f"{d}: tensor for {k} has shape {list(state[k].shape)} but its "
+            raise HFError(f"{hf_dir}: tensor for {k} has shape {list(state[k].shape)} but its "
                           f"config.json implies {list(shape)}.")
     if not all(torch.isfinite(v).all() for v in state.values()):
-        raise HFError(f"{d}'s weights hold NaN or infinite values.")
+        raise HFError(f"{hf_dir}'s weights hold NaN or infinite values.")
     model = GPT(mcfg, init=False)
     model.load_state_dict(state, strict=False)
     train = TrainConfig(tokenizer=tok.kind,
@@ -734,5 +758,5 @@ def import_hf(src: str | Path, out: str | Path) -> ImportResult:
         tok.save(tmp / "tokenizer.json")
         save_weights(tmp / "model.safetensors", model, step=0)
         write_config(tmp, run, 0, extra={"imported_from": {
-            "format": "hf", "path": str(d.resolve()), "architecture": IMPORTABLE[arch]}})
+            "format": "hf", "path": str(hf_dir.resolve()), "architecture": IMPORTABLE[arch]}})
     return ImportResult(out, IMPORTABLE[arch], tok.kind, model.num_params())

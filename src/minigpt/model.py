@@ -19,8 +19,7 @@ import torch.nn.functional as F
 
 from . import positional
 from .config import ModelConfig
-
-IGNORE_INDEX = -100  # targets with this value (padding) are left out of the loss
+from .data import IGNORE_INDEX
 
 
 class KVCache:

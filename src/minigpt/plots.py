@@ -10,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .io import atomic_savefig  # noqa: E402
+from .files import atomic_savefig  # noqa: E402
 
 
 def loss_curve(history: list[dict[str, Any]], path: Path, title: str = "") -> Path:

@@ -15,13 +15,15 @@ same code serves a full forward pass and cached generation at any offset.
 from __future__ import annotations
 
 import math
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 import torch.nn as nn
 
-from .config import ModelConfig
 from .errors import MiniGPTError
+
+if TYPE_CHECKING:  # config looks encodings up here, so this module must not import it
+    from .config import ModelConfig
 
 REGISTRY: dict[str, type["PositionalEncoding"]] = {}
 

@@ -24,7 +24,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from .io import atomic_write_text
+from .files import atomic_write_text
 from .plots import save
 
 FLAT, STEEP, IMPROVES = 1.10, 2.0, 0.98
@@ -181,11 +181,22 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
 
 
 def _summarize_lm(results: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
+    study = results["study"]
+    L, longest = study["block_size"], max(study["lengths"])
+    findings: dict[str, Any] = {"block_size": L, "longest_length": longest}
+    parts = _summarize_at_L(results, findings)
+    if longest <= L:
+        parts.append("No length past L was evaluated.")
+        return parts, findings
+    return parts + _summarize_past_L(results, findings), findings
+
+
+def _summarize_at_L(results: dict[str, Any], findings: dict[str, Any]) -> list[str]:
+    """The ranking at the trained length, and the encodings that stay near the unigram
+    baseline there (they learned too little for their curve past L to mean anything)."""
     study, aggs = results["study"], results["aggregates"]
     L = study["block_size"]
-    longest = max(study["lengths"])
     over = f" (mean over {len(study['seeds'])} seeds)" if len(study["seeds"]) > 1 else ""
-    findings: dict[str, Any] = {"block_size": L, "longest_length": longest}
     parts: list[str] = []
 
     at_L = sorted(((a["pos"], _ppl_at(a, L)) for a in aggs if _ppl_at(a, L) is not None),
@@ -212,10 +223,15 @@ def _summarize_lm(results: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
             f"(ppl {unigram:.2f}, a model that ignores context), so "
             f"{'it has' if len(weak) == 1 else 'they have'} not learned to use context within "
             "this training budget and the curve past L says nothing about extrapolation.")
+    return parts
 
-    if longest <= L:
-        parts.append("No length past L was evaluated.")
-        return parts, findings
+
+def _summarize_past_L(results: dict[str, Any], findings: dict[str, Any]) -> list[str]:
+    """How each encoding's perplexity changes from L to the longest length, and the ranking
+    there."""
+    study, aggs = results["study"], results["aggregates"]
+    L, longest = study["block_size"], max(study["lengths"])
+    parts: list[str] = []
     past = {}
     for a in aggs:
         base, far = _ppl_at(a, L), _ppl_at(a, longest)
@@ -252,7 +268,7 @@ def _summarize_lm(results: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
         parts.append(f"At {_mult(longest, L)} the lowest perplexity is {s}.")
     elif far:
         findings["best_at_longest"] = far[0][0]
-    return parts, findings
+    return parts
 
 
 def _self_differs(results: dict[str, Any], pos: str, L: int, longest: int) -> bool:
@@ -369,57 +385,76 @@ def _acc_cell(results: dict[str, Any], pos: str, row: dict[str, Any]) -> str:
     return f"{one['accuracy']:.2f} [{one['ci_low']:.2f}, {one['ci_high']:.2f}]" + _flag(row)
 
 
-def tables(results: dict[str, Any]) -> dict[str, tuple[list[str], list[list[str]]]]:
+Table = tuple[list[str], list[list[str]]]  # (header, rows) of strings
+
+
+def tables(results: dict[str, Any]) -> dict[str, Table]:
     """Every table of the report as (header, rows) of strings, shared by md and html."""
-    study, aggs = results["study"], results["aggregates"]
-    L = study["block_size"]
-    out: dict[str, tuple[list[str], list[list[str]]]] = {}
-
+    out: dict[str, Table] = {}
     if _is_task(results):
-        nmax = results["runs"][0]["task_accuracy"]["max_train_length"]
-        head = ["encoding"] + [f"{n} ({n / nmax:.2g}x)" for n in study["lengths"]]
-        out["accuracy"] = (head, [[a["pos"]] + [_acc_cell(results, a["pos"], c)
-                                                for c in a["accuracy"]] for a in aggs])
+        out["accuracy"] = _accuracy_table(results)
     else:
-        head = ["encoding"] + [f"{_mult(n, L)} ({n})" for n in study["lengths"]]
-        rows = []
-        for a in aggs:
-            row = [a["pos"]]
-            for c in a["length_ppl"]:
-                row.append(fmt_stat(c["ppl"], 2) + _flag(c) if c["ppl"]["mean"] is not None
-                           else (c["reason"] or "n/a"))
-            rows.append(row)
-        if study.get("unigram_ppl"):
-            rows.append(["unigram baseline (no context)"]
-                        + [f"{study['unigram_ppl']:.2f}"] * len(study["lengths"]))
-        out["length"] = (head, rows)
+        out["length"] = _length_table(results)
+    out["training"] = _training_table(results)
+    if not _is_task(results):
+        out["generation"] = _generation_table(results)
+    out["settings"] = (["setting", "value"], _settings_rows(results))
+    return out
 
+
+def _accuracy_table(results: dict[str, Any]) -> Table:
+    study, aggs = results["study"], results["aggregates"]
+    nmax = results["runs"][0]["task_accuracy"]["max_train_length"]
+    head = ["encoding"] + [f"{n} ({n / nmax:.2g}x)" for n in study["lengths"]]
+    return (head, [[a["pos"]] + [_acc_cell(results, a["pos"], c) for c in a["accuracy"]]
+                   for a in aggs])
+
+
+def _length_table(results: dict[str, Any]) -> Table:
+    study, aggs = results["study"], results["aggregates"]
+    head = ["encoding"] + [f"{_mult(n, study['block_size'])} ({n})" for n in study["lengths"]]
+    rows = []
+    for a in aggs:
+        row = [a["pos"]]
+        for c in a["length_ppl"]:
+            row.append(fmt_stat(c["ppl"], 2) + _flag(c) if c["ppl"]["mean"] is not None
+                       else (c["reason"] or "n/a"))
+        rows.append(row)
+    if study.get("unigram_ppl"):
+        rows.append(["unigram baseline (no context)"]
+                    + [f"{study['unigram_ppl']:.2f}"] * len(study["lengths"]))
+    return head, rows
+
+
+def _training_table(results: dict[str, Any]) -> Table:
     head = ["encoding", "seeds", "final val loss", "val ppl", "step time (ms)", "train time (s)",
             "tokens/s", "params", "positional params", "peak memory (MB)"]
     rows = []
-    for a in aggs:
+    for a in results["aggregates"]:
         rows.append([a["pos"], str(a["seeds"]), fmt_stat(a["final_val_loss"]),
                      fmt_stat(a["final_val_ppl"], 2), _step_cell(results, a),
                      fmt_stat(a["train_time_s"], 1), fmt_stat(a["tokens_per_s"], integer=True),
                      fmt_stat(a["params"], integer=True), fmt_stat(a["pos_params"], integer=True),
                      fmt_stat(a["peak_mem_mb"], 0)])
-    out["training"] = (head, rows)
+    return head, rows
 
-    if not _is_task(results):
-        head = ["encoding", "temperature", "held-out ppl at L", "distinct-1", "distinct-2",
-                "repeated 4-grams", "known words"]
-        rows = []
-        for a in aggs:
-            ppl = next((c["ppl"] for c in a["length_ppl"] if c["length"] == L), None)
-            for g in a["generation"]:
-                rows.append([a["pos"], f"{g['temperature']:g}",
-                             fmt_stat(ppl, 2) if ppl else "n/a",
-                             fmt_stat(g["distinct_1"]), fmt_stat(g["distinct_2"]),
-                             fmt_stat(g["repeated_4gram_share"]),
-                             fmt_stat(g["known_word_share"])])
-        out["generation"] = (head, rows)
 
-    env = results["environment"]
+def _generation_table(results: dict[str, Any]) -> Table:
+    head = ["encoding", "temperature", "held-out ppl at L", "distinct-1", "distinct-2",
+            "repeated 4-grams", "known words"]
+    L = results["study"]["block_size"]
+    rows = []
+    for a in results["aggregates"]:
+        ppl = next((c["ppl"] for c in a["length_ppl"] if c["length"] == L), None)
+        for g in a["generation"]:
+            rows.append([a["pos"], f"{g['temperature']:g}", fmt_stat(ppl, 2) if ppl else "n/a",
+                         fmt_stat(g["distinct_1"]), fmt_stat(g["distinct_2"]),
+                         fmt_stat(g["repeated_4gram_share"]), fmt_stat(g["known_word_share"])])
+    return head, rows
+
+
+def _settings_rows(results: dict[str, Any]) -> list[list[str]]:
+    study, env = results["study"], results["environment"]
     t = study["base_config"]["train"]
     m = study["base_config"]["model"]
     if _is_task(results):
@@ -430,7 +465,7 @@ def tables(results: dict[str, Any]) -> dict[str, tuple[list[str], list[list[str]
         evaluation = (f"lengths {', '.join(map(str, study['lengths']))}; "
                       f"{study['eval_span_tokens']} scored tokens, stride {study['eval_stride']}")
         data = f"data {t['data']} ({t['tokenizer']})"
-    rows = [["preset", study["preset"]], ["encodings", ", ".join(study["encodings"])],
+    return [["preset", study["preset"]], ["encodings", ", ".join(study["encodings"])],
             ["seeds", ", ".join(map(str, study["seeds"]))],
             ["run order", ", ".join(study["run_order"])],
             ["model", (f"{m['n_layer']} layers, {m['n_head']} heads, d_model {m['d_model']}, "
@@ -443,8 +478,6 @@ def tables(results: dict[str, Any]) -> dict[str, tuple[list[str], list[list[str]
                             f"{env['torch_threads']} threads, {env['cpu_count']} CPUs, training in "
                              f"{env.get('train_precision', 'float32')}")],
             ["created", results["created"]], ["fingerprint", study["fingerprint"]]]
-    out["settings"] = (["setting", "value"], rows)
-    return out
 
 
 def _step_cell(results: dict[str, Any], a: dict[str, Any]) -> str:

@@ -51,7 +51,7 @@ class Tokenizer:
         return [self.encode(t) for t in texts]
 
     def save(self, path: str | Path) -> None:
-        from .io import atomic_write_text
+        from .files import atomic_write_text
 
         atomic_write_text(path, json.dumps({"format": "minigpt-tokenizer", "version":
                                             FORMAT_VERSION, **self.to_dict()}, ensure_ascii=False))
@@ -232,34 +232,34 @@ def train_tokenizer(kind: str, texts: Iterable[str] | Iterator[str], *, vocab_si
                              max_vocab=max_vocab)
 
 
-def from_dict(d: Any, where: str = "tokenizer") -> Tokenizer:
+def from_dict(obj: Any, where: str = "tokenizer") -> Tokenizer:
     try:
-        kind = d["type"]
+        kind = obj["type"]
         if kind == "char":
-            chars = d["chars"]
+            chars = obj["chars"]
             if not all(isinstance(c, str) and len(c) == 1 for c in chars) or \
                     len(set(chars)) != len(chars):
                 raise ValueError
             return CharTokenizer(chars)
         if kind == "word":
-            words = d["words"]
+            words = obj["words"]
             if not all(isinstance(w, str) for w in words):
                 raise ValueError
             return WordTokenizer(words)
         if kind == "bpe":
             from tokenizers import Tokenizer as HFTokenizer
 
-            return BPETokenizer(HFTokenizer.from_str(json.dumps(d["hf"])))
+            return BPETokenizer(HFTokenizer.from_str(json.dumps(obj["hf"])))
     except Exception:
         pass
     raise DataError(f"{where} is not a valid minigpt tokenizer file.")
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer:
-    from .io import read_json
+    from .files import read_json
 
     p = Path(path)
-    d = read_json(p, "tokenizer file", DataError)
-    if not isinstance(d, dict) or d.get("format") != "minigpt-tokenizer":
+    obj = read_json(p, "tokenizer file", DataError)
+    if not isinstance(obj, dict) or obj.get("format") != "minigpt-tokenizer":
         raise DataError(f"{p} is not a minigpt tokenizer file.")
-    return from_dict(d, where=str(p))
+    return from_dict(obj, where=str(p))

@@ -9,13 +9,13 @@ run is reproducible from config.json and resumes exactly.
 from __future__ import annotations
 
 import contextlib
-import json
+import dataclasses
 import math
 import os
 import resource
 import signal
-import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,8 +27,15 @@ from . import checkpoint
 from .config import RunConfig, TrainConfig, merge
 from .data import Dataset, prepare
 from .errors import CheckpointError, ConfigError, MiniGPTError, arg
-from .io import StagedFiles, atomic_write_text
+from .files import StagedFiles
+from .metrics import Console, MetricsSink, Row, truncate_metrics
 from .model import GPT
+from .runtime import (Dist, any_rank, autocast, autocast_dtype, barrier, rank_rng_states,
+                      setup_distributed, should_compile)
+from .runtime import resolve_device  # noqa: F401  (bench and cli.sample import it from here)
+
+
+Log = Callable[[str], None]
 
 
 @dataclass
@@ -44,104 +51,6 @@ class TrainResult:
     pos_params: int = 0
     peak_mem_mb: float = 0.0
     history: list[dict[str, Any]] = field(default_factory=list)
-
-
-# --- devices, precision, processes ---------------------------------------------------------
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise MiniGPTError(f"device {name} was asked for but CUDA is not available here; "
-                           "use --device cpu or auto.")
-    if name == "mps" and not (getattr(torch.backends, "mps", None)
-                              and torch.backends.mps.is_available()):
-        raise MiniGPTError("device mps was asked for but is not available here; use --device cpu.")
-    return torch.device(name)
-
-
-def cpu_has_fast_bf16() -> bool:
-    """AVX512-BF16 or AMX: bf16 matrix products run about twice as fast as fp32 here."""
-    cpu = getattr(torch, "cpu", None)
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(cpu, name, lambda: False)() for name in checks)
-
-
-def autocast_dtype(tc: TrainConfig, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype: `auto` picks bf16 on CUDA GPUs that support it and on CPUs with
-    native bf16 matrix instructions (measured: same loss per step, faster), else fp32."""
-    if tc.dtype == "float32":
-        return None
-    if tc.dtype == "bfloat16":
-        return torch.bfloat16
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    if device.type == "cpu" and cpu_has_fast_bf16():
-        return torch.bfloat16
-    return None
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-@dataclass
-class Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world > 1
-
-
-def setup_distributed(device_name: str) -> tuple[Dist, torch.device]:
-    """Join the torchrun job if there is one: NCCL on CUDA, gloo on CPU."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Dist(), resolve_device(device_name)
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() and device_name in ("auto", "cuda")
-    device = torch.device(f"cuda:{local}") if use_cuda else torch.device("cpu")
-    if use_cuda:
-        torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    return Dist(dist.get_rank(), dist.get_world_size(), local), device
-
-
-def should_compile(tc: TrainConfig, device: torch.device, steps_left: int) -> bool:
-    """`--compile auto`: compile where it pays off. Measured on a 2-core CPU (small preset,
-    bf16): 33.2 vs 33.5 ms per step for 13-25 s of compiling, so never on CPUs; on CUDA GPUs,
-    where compiling fuses the many small kernels of a step, for runs of 1000+ steps."""
-    if tc.compile != "auto":
-        return tc.compile == "on"
-    return device.type == "cuda" and steps_left >= 1000
-
-
-def barrier(d: Dist) -> None:
-    if d.enabled:
-        dist.barrier()
-
-
-def any_rank(d: Dist, flag: bool, device: torch.device) -> bool:
-    """True on every rank if `flag` is true on any rank (one tiny all-reduce)."""
-    if not d.enabled:
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
 
 
 # --- schedule and optimizer ----------------------------------------------------------------
@@ -172,7 +81,7 @@ def make_optimizer(model: GPT, tc: TrainConfig, device: torch.device) -> torch.o
 
 @torch.no_grad()
 def estimate_loss(model: torch.nn.Module, data: Dataset, split: str, cfg: RunConfig,
-                  device: torch.device, amp: torch.dtype | None, d: Dist = Dist()) -> float:
+                  device: torch.device, amp: torch.dtype | None, ranks: Dist = Dist()) -> float:
     """Mean loss over `eval_iters` fixed batches of a split (the same batches every time)."""
     tc = cfg.train
     was_training = model.training
@@ -181,13 +90,13 @@ def estimate_loss(model: torch.nn.Module, data: Dataset, split: str, cfg: RunCon
     for i in range(tc.eval_iters):
         x, y = data.batch(split, step=-1 - i, micro=0, batch_size=tc.batch_size,
                           block_size=cfg.model.block_size, seed=tc.seed, mode=tc.batching,
-                          rank=d.rank, world=d.world)
+                          rank=ranks.rank, world=ranks.world)
         with autocast(device, amp):
             _, loss = model(x.to(device), y.to(device))
         total += loss.float()
-    if d.enabled:
+    if ranks.enabled:
         dist.all_reduce(total)
-        total /= d.world
+        total /= ranks.world
     model.train(was_training)
     return float(total) / tc.eval_iters
 
@@ -297,36 +206,50 @@ def load_dataset(cfg: RunConfig, tokenizer_path: Path | None = None,
                    max_vocab=tc.max_vocab, tokenizer_path=tokenizer_path, verbose=verbose)
 
 
-def _truncate_metrics(path: Path, step: int) -> list[dict[str, Any]]:
-    """Keep the metrics rows up to `step` (a resume replays what came after)."""
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut short by a crash
-        if isinstance(row, dict) and row.get("step", 0) <= step:
-            rows.append(row)
-    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
-    return rows
+def with_vocab(cfg: RunConfig, vocab_size: int) -> RunConfig:
+    """A new, validated copy of `cfg` with the tokenizer's vocabulary size filled in."""
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=vocab_size))
 
 
-def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, until: int | None = None,
-          progress: bool = True, data: Dataset | None = None, init_from: str | Path | None = None,
-          log=print) -> TrainResult:
-    """Train (or resume) a model into the checkpoint directory `out`.
+# --- set-up: everything a run needs before its first step ---------------------------------
 
-    `resume=True` continues the run in `out`: `cfg` must equal its saved config except for
-    the settings in RESUMABLE (max_steps, device, ...), which it may change. A run with no
-    complete checkpoint yet starts again from step 0. `init_from` starts from another
-    checkpoint's weights and tokenizer (fine-tuning); its model shapes must match `cfg.model`.
-    `progress` shows a bar on a terminal or a line per log interval elsewhere; `log` gets the
-    header and the notes of the run.
-    """
-    out = Path(out)
-    d, device = setup_distributed(cfg.train.device)
+@dataclass
+class RunState:
+    """What the loop carries from step to step."""
+
+    cfg: RunConfig
+    out: Path
+    ranks: Dist
+    device: torch.device
+    amp: torch.dtype | None  # the autocast dtype; None is plain fp32
+    data: Dataset
+    model: GPT  # the weights that are saved
+    optimizer: torch.optim.AdamW
+    train_model: torch.nn.Module  # what a step calls: `model`, compiled and/or DDP-wrapped
+    init_from: str | None = None
+    step: int = 0
+    best_val: float = math.inf
+    last_val: float = math.nan
+    saved_step: int | None = None  # the step of the checkpoint on disk; None before the first
+    history: list[Row] = field(default_factory=list)
+
+    @property
+    def tokens_per_step(self) -> int:
+        tc = self.cfg.train
+        return tc.batch_size * self.cfg.model.block_size * tc.grad_accum * self.ranks.world
+
+    @property
+    def extra(self) -> dict[str, Any] | None:
+        """What config.json records besides the config: the checkpoint the weights came from."""
+        return {"init_from": self.init_from} if self.init_from is not None else None
+
+
+def setup_run(cfg: RunConfig, out: Path, *, resume: bool = False, data: Dataset | None = None,
+              init_from: str | Path | None = None, progress: bool = True,
+              log: Log = print) -> RunState:
+    """Check the output directory, load the data, build the model and optimizer, and restore
+    the trainer state (resume) or write the run's first files; `cfg` is left as it was."""
+    ranks, device = setup_distributed(cfg.train.device)
     check_output(out, resume)  # every rank checks; only rank 0 writes, after the barrier
     raw: dict[str, Any] = {}
     if resume:
@@ -336,208 +259,275 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, until: int |
                                   f"and holds no tokenizer.json; delete {out} and start again.")
         checkpoint.check_trainer_state(out, cfg)  # header only: nothing allocated if tampered
         init_from = raw.get("init_from")  # used again only if nothing was saved yet
-    elif init_from is not None:
-        init_from = str(init_from)
-    tc = cfg.train
+    init_from = str(init_from) if init_from is not None else None
+    data = _run_data(cfg, out, ranks, data, resume, init_from, progress)
+    if ranks.main and not resume:  # only now: bad data must not leave an empty directory behind
+        make_output(out)
+    cfg = with_vocab(cfg, data.tokenizer.vocab_size)
+    model = init_model(cfg, ranks.rank).to(device)
+    optimizer = make_optimizer(model, cfg.train, device)
+    state = RunState(cfg, out, ranks, device, autocast_dtype(cfg.train, device), data, model,
+                     optimizer, train_model=model, init_from=init_from)
+    restart = _restore(state, raw, log) if resume else _start(state)
+    state.saved_step = None if restart else state.step
+    if restart and init_from is not None:
+        _load_init_weights(state)
+    if ranks.main:
+        _announce(state, log)
+    state.train_model = _wrap(state)
+    return state
+
+
+def _run_data(cfg: RunConfig, out: Path, ranks: Dist, data: Dataset | None, resume: bool,
+              init_from: str | None, progress: bool) -> Dataset:
+    """The run's dataset, tokenized with the run's (or the init checkpoint's) tokenizer."""
     tok_path = out / "tokenizer.json" if resume else None
     if init_from is not None and not resume:
         tok_path = Path(init_from) / "tokenizer.json"
-    if data is None and d.main:  # rank 0 tokenizes into the cache, the others then read it
+    if data is None and ranks.main:  # rank 0 tokenizes into the cache, the others then read it
         data = load_dataset(cfg, tok_path, verbose=progress)
-    barrier(d)
+    barrier(ranks)
     data = data or load_dataset(cfg, tok_path)
     data.check_block(cfg.model.block_size)
-    if d.main and not resume:  # only now: bad data must not leave an empty directory behind
-        make_output(out)
-    cfg.model.vocab_size = data.tokenizer.vocab_size
-    cfg.model.__post_init__()  # re-validate with the vocabulary filled in
-    extra = {"init_from": init_from} if init_from is not None else None
+    return data
 
-    model = init_model(cfg, d.rank).to(device)
-    optimizer = make_optimizer(model, tc, device)
-    step, best_val = 0, float("inf")
-    history: list[dict[str, Any]] = []
-    restart = not resume
-    if resume:
-        state = checkpoint.load_trainer_state(out, model, optimizer, rank=d.rank)
-        step, best_val = int(state["step"]), float(state["best_val"])
-        restart = bool(state.get("restart"))
-        if d.main:
-            history = _truncate_metrics(out / "metrics.jsonl", step)
-        if d.main and restart:
-            log(f"{out} has no complete checkpoint yet; training it again from step 0.")
-        elif d.main and raw.get("step") != step:  # stopped between the files of a checkpoint
-            checkpoint.save_weights(out / "model.safetensors", model, step)
-            checkpoint.write_config(out, cfg, step, extra)
-    elif d.main:
-        data.tokenizer.save(out / "tokenizer.json")  # before config.json marks a run here
-        checkpoint.write_config(out, cfg, 0, extra)
-    if restart and init_from is not None:
-        if not (Path(init_from) / "config.json").exists():
-            raise CheckpointError(f"{out} was started from {init_from}, which is gone; start "
-                                  "a new run.")
-        src, _, _, _ = checkpoint.load(init_from)
-        model.load_state_dict(src.state_dict())
-    amp = autocast_dtype(tc, device)
-    tokens_per_step = tc.batch_size * cfg.model.block_size * tc.grad_accum * d.world
-    if d.main:
-        log(header(cfg, model, device, amp, d.world, data.tokenizer.kind))
-        if tc.tokenizer == "bpe" and init_from is None and data.tokenizer.vocab_size < \
-                tc.vocab_size_bpe:
-            log(f"note: BPE training on {tc.data} made {data.tokenizer.vocab_size} tokens, "
-                f"fewer than the {tc.vocab_size_bpe} asked for: the corpus has no more pairs "
-                "to merge.")
-    train_model: torch.nn.Module = model
-    if should_compile(tc, device, tc.max_steps - step):
-        train_model = torch.compile(model)
-    if d.enabled:
+
+def _start(state: RunState) -> bool:
+    """A new run: its tokenizer, then config.json, which marks a run in `out`."""
+    if state.ranks.main:
+        state.data.tokenizer.save(state.out / "tokenizer.json")
+        checkpoint.write_config(state.out, state.cfg, 0, state.extra)
+    return True
+
+
+def _restore(state: RunState, raw: dict[str, Any], log: Log) -> bool:
+    """Load the trainer state of a resumed run; True if it had nothing saved (restart)."""
+    out, main = state.out, state.ranks.main
+    saved = checkpoint.load_trainer_state(out, state.model, state.optimizer,
+                                          rank=state.ranks.rank)
+    state.step, state.best_val = int(saved["step"]), float(saved["best_val"])
+    restart = bool(saved.get("restart"))
+    if main:
+        state.history = truncate_metrics(out / "metrics.jsonl", state.step)
+    if main and restart:
+        log(f"{out} has no complete checkpoint yet; training it again from step 0.")
+    elif main and raw.get("step") != state.step:  # stopped between the files of a checkpoint
+        checkpoint.save_weights(out / "model.safetensors", state.model, state.step)
+        checkpoint.write_config(out, state.cfg, state.step, state.extra)
+    return restart
+
+
+def _load_init_weights(state: RunState) -> None:
+    """Start from the weights of the `init_from` checkpoint (fine-tuning)."""
+    if not (Path(state.init_from) / "config.json").exists():
+        raise CheckpointError(f"{state.out} was started from {state.init_from}, which is gone; "
+                              "start a new run.")
+    src, _, _, _ = checkpoint.load(state.init_from)
+    state.model.load_state_dict(src.state_dict())
+
+
+def _announce(state: RunState, log: Log) -> None:
+    """The header line, and a note when BPE made fewer tokens than asked for."""
+    tc, tok = state.cfg.train, state.data.tokenizer
+    log(header(state.cfg, state.model, state.device, state.amp, state.ranks.world, tok.kind))
+    if tc.tokenizer == "bpe" and state.init_from is None and tok.vocab_size < tc.vocab_size_bpe:
+        log(f"note: BPE training on {tc.data} made {tok.vocab_size} tokens, fewer than the "
+            f"{tc.vocab_size_bpe} asked for: the corpus has no more pairs to merge.")
+
+
+def _wrap(state: RunState) -> torch.nn.Module:
+    """The module a step calls: compiled where it pays off, wrapped in DDP under torchrun."""
+    wrapped: torch.nn.Module = state.model
+    if should_compile(state.cfg.train, state.device, state.cfg.train.max_steps - state.step):
+        wrapped = torch.compile(state.model)
+    if state.ranks.enabled:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        train_model = DDP(train_model, device_ids=[device.index] if device.type == "cuda" else None)
+        device = state.device
+        wrapped = DDP(wrapped, device_ids=[device.index] if device.type == "cuda" else None)
+    return wrapped
 
-    writer = None
-    if d.main:
-        writer = _tensorboard(out, step)
-    metrics_fh = open(out / "metrics.jsonl", "a", encoding="utf-8") if d.main else None
+
+# --- the step, evaluation and checkpoints ---------------------------------------------------
+
+def train_step(state: RunState) -> tuple[float, torch.Tensor, torch.Tensor]:
+    """One optimizer step: `grad_accum` micro-batches, clipping, AdamW. Returns the learning
+    rate, the sum of the micro-batch losses and the gradient norm (tensors: reading them
+    waits for the device)."""
+    cfg, tc, ranks, device = state.cfg, state.cfg.train, state.ranks, state.device
+    lr = lr_at(state.step, tc)
+    for group in state.optimizer.param_groups:
+        group["lr"] = lr
+    loss_sum = torch.zeros((), device=device)
+    for micro in range(tc.grad_accum):
+        x, y = state.data.batch("train", step=state.step, micro=micro, batch_size=tc.batch_size,
+                                block_size=cfg.model.block_size, seed=tc.seed, mode=tc.batching,
+                                rank=ranks.rank, world=ranks.world)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        sync = not ranks.enabled or micro == tc.grad_accum - 1  # DDP: all-reduce once
+        with state.train_model.no_sync() if not sync else contextlib.nullcontext():
+            with autocast(device, state.amp):
+                _, loss = state.train_model(x, y)
+            (loss / tc.grad_accum).backward()
+        loss_sum += loss.detach().float()
+    if tc.grad_clip > 0:
+        grad_norm = torch.nn.utils.clip_grad_norm_(state.model.parameters(), tc.grad_clip)
+    else:
+        grad_norm = torch.zeros((), device=device)
+    check_now = device.type == "cpu" or (state.step + 1) % tc.log_interval == 0  # a GPU sync
+    if check_now and not math.isfinite(float(loss_sum)):
+        raise MiniGPTError(
+            f"the training loss became {float(loss_sum / tc.grad_accum)} at step "
+            f"{state.step + 1}; lower the learning rate ({arg('lr')}) or raise "
+            f"{arg('warmup_steps')}. The last good checkpoint was kept.")
+    state.optimizer.step()
+    state.optimizer.zero_grad(set_to_none=True)
+    state.step += 1
+    return lr, loss_sum, grad_norm
+
+
+def evaluate_and_checkpoint(state: RunState, sink: MetricsSink, stop: _StopFlag,
+                            evaluate: bool, t_start: float) -> None:
+    """Estimate the validation and training losses (if `evaluate`), then save a checkpoint."""
+    val = None
+    if evaluate:
+        val, trn = (estimate_loss(state.train_model, state.data, split, state.cfg, state.device,
+                                  state.amp, state.ranks) for split in ("val", "train"))
+        state.last_val = val
+        sink.log({"step": state.step, "val_loss": val, "val_ppl": math.exp(min(val, 50)),
+                  "train_loss_eval": trn, "elapsed": time.perf_counter() - t_start})
+    save_checkpoint(state, val, stop, sink.console)
+
+
+def save_checkpoint(state: RunState, val: float | None, stop: _StopFlag,
+                    console: Console) -> None:
+    """One checkpoint, all files or none: staged, then renamed into place together."""
+    out, model, step = state.out, state.model, state.step
+    if val is not None and not math.isfinite(val):  # every rank stops together
+        raise MiniGPTError(
+            f"the validation loss became {val} at step {step}; lower the learning rate "
+            f"({arg('lr')}) or raise {arg('warmup_steps')}. The last good checkpoint was kept.")
+    rng = rank_rng_states(state.ranks)  # a collective: every rank takes part
+    if not state.ranks.main:
+        return
+    improved = val is not None and val < state.best_val
+    stop.saving = True
+    if stop.requested:
+        console.note(SAVING_NOTE.rstrip())
+    try:
+        with StagedFiles() as files:
+            if improved:
+                checkpoint.save_weights(out / "best.safetensors", model, step, files)
+            best = val if improved else state.best_val
+            checkpoint.save_trainer_state(out, model, state.optimizer,
+                                          {"step": step, "best_val": best}, rank_rng=rng,
+                                          files=files)
+            checkpoint.save_weights(out / "model.safetensors", model, step, files)
+            checkpoint.write_config(out, state.cfg, step, state.extra, files)
+            stop.committing = True
+            files.commit()
+    finally:
+        stop.saving = stop.committing = False
+    if improved:
+        state.best_val = val
+    state.saved_step = step
+    if stop.abort_after_commit:
+        raise KeyboardInterrupt
+
+
+# --- the run ---------------------------------------------------------------------------------
+
+@dataclass
+class _Clock:
+    """Wall time of this process's training, for tokens/s and the `elapsed` column."""
+
+    step_last: int
+    t_start: float = field(default_factory=time.perf_counter)
+    t_last: float = 0.0
+    steps_run: int = 0
+
+    def __post_init__(self) -> None:
+        self.t_last = self.t_start
+
+
+def train_row(state: RunState, clock: _Clock, lr: float, loss_sum: torch.Tensor,
+              grad_norm: torch.Tensor) -> Row:
+    """The metrics row of a logged step; tokens/s is measured since the last logged step."""
+    now = time.perf_counter()
+    tps = state.tokens_per_step * (state.step - clock.step_last) / max(now - clock.t_last, 1e-9)
+    clock.t_last, clock.step_last = now, state.step
+    return {"step": state.step, "train_loss": float(loss_sum) / state.cfg.train.grad_accum,
+            "lr": lr, "grad_norm": float(grad_norm), "tokens_per_s": tps,
+            "elapsed": now - clock.t_start}
+
+
+def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, until: int | None = None,
+          progress: bool = True, data: Dataset | None = None, init_from: str | Path | None = None,
+          log: Log = print) -> TrainResult:
+    """Train (or resume) a model into the checkpoint directory `out`.
+
+    `resume=True` continues the run in `out`: `cfg` must equal its saved config except for
+    the settings in RESUMABLE (max_steps, device, ...), which it may change. A run with no
+    complete checkpoint yet starts again from step 0. `init_from` starts from another
+    checkpoint's weights and tokenizer (fine-tuning); its model shapes must match `cfg.model`.
+    `progress` shows a bar on a terminal or a line per log interval elsewhere; `log` gets the
+    header and the notes of the run.
+    """
+    state = setup_run(cfg, Path(out), resume=resume, data=data, init_from=init_from,
+                      progress=progress, log=log)
+    tc = state.cfg.train
     stop_at = min(tc.max_steps, until) if until is not None else tc.max_steps
-    console = Console(tc.max_steps, step, enabled=progress and d.main)
-
-    def log_row(row: dict[str, Any]) -> None:
-        history.append(row)
-        if metrics_fh is not None:
-            metrics_fh.write(json.dumps(row) + "\n")
-            metrics_fh.flush()
-        if writer is not None:
-            for k, v in row.items():
-                if k != "step" and isinstance(v, (int, float)):
-                    writer.add_scalar(k, v, row["step"])
-        console.row(row)
-
-    saved_step: int | None = None if restart else step
-
-    def save(step: int, val: float | None, stop: _StopFlag) -> None:
-        """One checkpoint, all files or none: staged, then renamed into place together."""
-        nonlocal best_val, saved_step
-        if val is not None and not math.isfinite(val):  # every rank stops together
-            raise MiniGPTError(
-                f"the validation loss became {val} at step {step}; lower the learning rate "
-                f"({arg('lr')}) or raise {arg('warmup_steps')}. The last good checkpoint was kept.")
-        rng = rank_rng_states(d)  # a collective: every rank takes part
-        if not d.main:
-            return
-        improved = val is not None and val < best_val
-        stop.saving = True
-        if stop.requested:
-            console.note(SAVING_NOTE.rstrip())
-        try:
-            with StagedFiles() as files:
-                if improved:
-                    checkpoint.save_weights(out / "best.safetensors", model, step, files)
-                checkpoint.save_trainer_state(
-                    out, model, optimizer, {"step": step, "best_val": val if improved
-                                            else best_val}, rank_rng=rng, files=files)
-                checkpoint.save_weights(out / "model.safetensors", model, step, files)
-                checkpoint.write_config(out, cfg, step, extra, files)
-                stop.committing = True
-                files.commit()
-        finally:
-            stop.saving = stop.committing = False
-        if improved:
-            best_val = val
-        saved_step = step
-        if stop.abort_after_commit:
-            raise KeyboardInterrupt
-
-    t_start = time.perf_counter()
-    t_last, step_last = t_start, step
-    steps_run = 0
-    last_val = float("nan")
+    sink = MetricsSink(state.out, state.step, tc.max_steps, state.history,
+                       main=state.ranks.main, progress=progress)
+    clock = _Clock(step_last=state.step)
     interrupted = None
-    model.train()
+    state.model.train()
     try:
         with _StopFlag() as stop:
-            while step < stop_at:
-                lr = lr_at(step, tc)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                loss_sum = torch.zeros((), device=device)
-                for micro in range(tc.grad_accum):
-                    x, y = data.batch("train", step=step, micro=micro, batch_size=tc.batch_size,
-                                      block_size=cfg.model.block_size, seed=tc.seed,
-                                      mode=tc.batching, rank=d.rank, world=d.world)
-                    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                    sync = not d.enabled or micro == tc.grad_accum - 1
-                    ctx = train_model.no_sync() if not sync else contextlib.nullcontext()
-                    with ctx:
-                        with autocast(device, amp):
-                            _, loss = train_model(x, y)
-                        (loss / tc.grad_accum).backward()
-                    loss_sum += loss.detach().float()
-                if tc.grad_clip > 0:
-                    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-                else:
-                    grad_norm = torch.zeros((), device=device)
-                check_now = device.type == "cpu" or (step + 1) % tc.log_interval == 0
-                if check_now and not math.isfinite(float(loss_sum)):
-                    raise MiniGPTError(
-                        f"the training loss became {float(loss_sum / tc.grad_accum)} at step "
-                        f"{step + 1}; lower the learning rate ({arg('lr')}) or raise "
-                        f"{arg('warmup_steps')}. The last good checkpoint was kept.")
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                steps_run += 1
-                if step % tc.log_interval == 0 or step == stop_at:
-                    now = time.perf_counter()
-                    tps = tokens_per_step * (step - step_last) / max(now - t_last, 1e-9)
-                    t_last, step_last = now, step
-                    train_loss = float(loss_sum) / tc.grad_accum
-                    log_row({"step": step, "train_loss": train_loss, "lr": lr,
-                             "grad_norm": float(grad_norm), "tokens_per_s": tps,
-                             "elapsed": now - t_start})
-                console.update(step)
-                evaluate = step % tc.eval_interval == 0 or step == tc.max_steps
-                stopping = any_rank(d, stop.requested is not None, device)
-                if evaluate or step == stop_at or stopping:
-                    val = None
-                    if evaluate:
-                        val = estimate_loss(train_model, data, "val", cfg, device, amp, d)
-                        trn = estimate_loss(train_model, data, "train", cfg, device, amp, d)
-                        last_val = val
-                        log_row({"step": step, "val_loss": val, "val_ppl": math.exp(min(val, 50)),
-                                 "train_loss_eval": trn, "elapsed": time.perf_counter() - t_start})
-                    save(step, val, stop)
+            while state.step < stop_at:
+                lr, loss_sum, grad_norm = train_step(state)
+                clock.steps_run += 1
+                if state.step % tc.log_interval == 0 or state.step == stop_at:
+                    sink.log(train_row(state, clock, lr, loss_sum, grad_norm))
+                sink.console.update(state.step)
+                evaluate = state.step % tc.eval_interval == 0 or state.step == tc.max_steps
+                stopping = any_rank(state.ranks, stop.requested is not None, state.device)
+                if evaluate or state.step == stop_at or stopping:
+                    evaluate_and_checkpoint(state, sink, stop, evaluate, clock.t_start)
                 if stopping:
                     interrupted = stop.requested or "a signal on another rank"
                     break
     except KeyboardInterrupt:
-        if d.main:
-            console.close()
-            kept = (f"the checkpoint of step {saved_step} is kept" if saved_step
+        if state.ranks.main:
+            sink.console.close()
+            kept = (f"the checkpoint of step {state.saved_step} is kept" if state.saved_step
                     else "no checkpoint was saved yet")
-            log(f"stopped at once at step {step}; {kept}.")
+            log(f"stopped at once at step {state.step}; {kept}.")
         raise
     finally:
-        console.close()
-        if metrics_fh is not None:
-            metrics_fh.close()
-        if writer is not None:
-            writer.close()
-    elapsed = time.perf_counter() - t_start
-    if d.main and interrupted:
+        sink.close()
+    return finish(state, clock, interrupted, log)
+
+
+def finish(state: RunState, clock: _Clock, interrupted: str | None, log: Log) -> TrainResult:
+    """Say how the run ended, draw the loss curve of a finished run, and sum it up."""
+    elapsed = time.perf_counter() - clock.t_start
+    main, step, out = state.ranks.main, state.step, state.out
+    if main and interrupted:
         log(f"stopped by {interrupted} at step {step}; the checkpoint is saved in {out}.")
-    if d.main and not interrupted and step >= tc.max_steps:
+    if main and not interrupted and step >= state.cfg.train.max_steps:
         from .plots import loss_curve
 
-        loss_curve(history, out / "loss.png", title=f"{cfg.model.pos} · {out.name}")
+        loss_curve(state.history, out / "loss.png", title=f"{state.cfg.model.pos} · {out.name}")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated(device) / 2**20
-    return TrainResult(out=out, step=step, best_val_loss=best_val, final_val_loss=last_val,
-                       elapsed=elapsed,
-                       tokens_per_s=tokens_per_step * steps_run / max(elapsed, 1e-9),
+    if state.device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(state.device) / 2**20
+    model = state.model
+    return TrainResult(out=out, step=step, best_val_loss=state.best_val,
+                       final_val_loss=state.last_val, elapsed=elapsed,
+                       tokens_per_s=state.tokens_per_step * clock.steps_run / max(elapsed, 1e-9),
                        interrupted=bool(interrupted), params=model.num_params(),
-                       pos_params=model.pos.num_params(), peak_mem_mb=peak, history=history)
+                       pos_params=model.pos.num_params(), peak_mem_mb=peak, history=state.history)
 
 
 def header(cfg: RunConfig, model: GPT, device: torch.device, amp: torch.dtype | None,
@@ -550,79 +540,3 @@ def header(cfg: RunConfig, model: GPT, device: torch.device, amp: torch.dtype | 
             f"parameters ({model.pos.num_params():,} positional); device {device}, {dtype}; "
             f"{tc.batch_size * L * tc.grad_accum * world:,} tokens per step ({tc.batch_size} "
             f"x {L} tokens x {tc.grad_accum} accumulation{procs})")
-
-
-class Console:
-    """The console end of the metrics sink. On a terminal: a progress bar, with every
-    evaluation printed as a line above it. Elsewhere (a file, CI, nohup): no carriage
-    returns, one plain line per logged step and one per evaluation. Disabled: nothing."""
-
-    def __init__(self, total: int, initial: int, *, enabled: bool = True,
-                 stream: Any = None) -> None:
-        self.stream = stream or sys.stderr
-        self.enabled = enabled
-        self.total = total
-        self.bar = None
-        self.t0, self.step0 = time.perf_counter(), initial
-        if enabled and self.stream.isatty():
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, initial=initial, desc="train", unit="step",
-                            dynamic_ncols=True, file=self.stream)
-
-    def _line(self, text: str) -> None:
-        if self.bar is not None:
-            self.bar.write(text, file=self.stream)
-        else:
-            print(text, file=self.stream, flush=True)
-
-    def row(self, row: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        step = row["step"]
-        if "val_loss" in row:
-            self._line(f"step {step}: train loss {row['train_loss_eval']:.4f}, val loss "
-                       f"{row['val_loss']:.4f}, val ppl {row['val_ppl']:.2f}")
-        elif self.bar is not None:
-            self.bar.set_postfix(loss=f"{row['train_loss']:.3f}",
-                                 tok_s=f"{row['tokens_per_s']:,.0f}")
-        else:
-            rate = (time.perf_counter() - self.t0) / max(step - self.step0, 1)
-            self._line(f"step {step}/{self.total}: loss {row['train_loss']:.4f}, "
-                       f"{row['tokens_per_s']:,.0f} tokens/s, ETA "
-                       f"{_fmt_eta(rate * (self.total - step))}")
-
-    def update(self, step: int) -> None:
-        if self.bar is not None:
-            self.bar.update(step - self.bar.n)
-
-    def note(self, text: str) -> None:
-        self._line(text)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-
-
-def _fmt_eta(s: float) -> str:
-    s = int(s)
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
-
-
-def rank_rng_states(d: Dist) -> list[torch.Tensor] | None:
-    """Every rank's CPU RNG state (dropout streams differ per rank), gathered on all ranks."""
-    if not d.enabled:
-        return None
-    mine = torch.get_rng_state()
-    states = [torch.empty_like(mine) for _ in range(d.world)]
-    dist.all_gather(states, mine)
-    return states
-
-
-def _tensorboard(out: Path, step: int):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # tensorboard not installed: metrics.jsonl still has everything
-        return None
-    return SummaryWriter(log_dir=str(out / "tb"), purge_step=step or None)

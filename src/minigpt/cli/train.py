@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import shlex
 from pathlib import Path
 
@@ -42,10 +41,11 @@ def run(args: argparse.Namespace) -> int:
     from ..checkpoint import check_weights, read_config
     from ..config import merge
     from ..generation import sample_text
+    from ..runtime import is_main_process
     from ..training import train
 
     out = Path(args.out)
-    main = int(os.environ.get("RANK", "0")) == 0
+    main = is_main_process()
     if args.until is not None and args.until < 1:
         raise MiniGPTError(f"--until must be a positive step number, got {args.until}.")
     base = None

@@ -116,8 +116,8 @@ class StagedFiles:
                 for t, _ in files[i + 1:]:
                     _unlink(t)
                 raise
-        for d in {path.parent for _, path in files}:
-            _fsync_dir(d)
+        for directory in {path.parent for _, path in files}:
+            _fsync_dir(directory)
 
     def __enter__(self) -> "StagedFiles":
         return self
