@@ -245,9 +245,9 @@ VOCAB_FIELDS = {"bpe": "vocab_size_bpe", "word": "max_vocab"}
 def vocab_field(tokenizer: str) -> str:
     """The train setting that one vocabulary-size value means for this tokenizer."""
     if tokenizer not in VOCAB_FIELDS:
-        raise ConfigError(f"the {tokenizer} tokenizer has one token per character of the data, so "
-                          "it takes no vocabulary size; drop --vocab-size or use --tokenizer bpe "
-                          "or word.")
+        raise ConfigError(f"the {tokenizer} tokenizer has one token per character of the data, "
+                          f"so it takes no vocabulary size; drop {arg('vocab_size_bpe')}, or "
+                          f"choose the bpe or word tokenizer with {arg('tokenizer')}.")
     return VOCAB_FIELDS[tokenizer]
 
 

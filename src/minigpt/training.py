@@ -57,10 +57,11 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise MiniGPTError(f"device {name} was asked for but CUDA is not available here; "
-                           "use --device cpu or auto.")
+                           f"set {arg('device')} to cpu or auto.")
     if name == "mps" and not (getattr(torch.backends, "mps", None)
                               and torch.backends.mps.is_available()):
-        raise MiniGPTError("device mps was asked for but is not available here; use --device cpu.")
+        raise MiniGPTError("device mps was asked for but is not available here; set "
+                           f"{arg('device')} to cpu.")
     return torch.device(name)
 
 
