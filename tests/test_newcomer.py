@@ -124,6 +124,25 @@ def test_two_sigints_leave_a_run_that_resumes(corpus, tmp_path, when):
     assert f"step {step + 2}:" in r.stdout
 
 
+def test_an_init_from_run_with_nothing_saved_restarts_from_its_source(corpus, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    src = tmp_path / "src"
+    train(tiny_config(corpus), src, progress=False)
+    cfg = tiny_config(corpus, train={"max_steps": 3})
+    train(cfg, tmp_path / "ref", init_from=src, progress=False)
+    out = tmp_path / "ft"
+    train(cfg, out, init_from=src, until=1, progress=False)
+    for name in (STATE_FILE, "model.safetensors", "best.safetensors"):  # as if killed before
+        (out / name).unlink(missing_ok=True)                             # its first save
+    capsys.readouterr()
+    res = train(cfg, out, resume=True, progress=False)
+    assert "no complete checkpoint yet; training it again from step 0" in capsys.readouterr().out
+    assert res.step == 3
+    a, b = load_file(out / "model.safetensors"), load_file(tmp_path / "ref" / "model.safetensors")
+    assert all((a[k] == b[k]).all() for k in a)  # started again from src's weights, exactly
+
+
 # --- 3. no second tokenization on resume ------------------------------------------------------
 
 def test_resume_reuses_the_token_cache(corpus, tmp_path, monkeypatch, capsys):
@@ -259,6 +278,17 @@ def test_help_has_real_metavars_defaults_and_choices():
     assert "--config" not in compare_h
     sample_h = " ".join(texts["sample"].split())
     assert "(default: 0.8)" in sample_h and "(default: 200)" in sample_h
+
+
+def test_every_option_has_a_metavar_a_person_would_write():
+    allowed = {"N", "FLOAT", "NAME", "PATH", "TEXT", "DEVICE", "P", "STEP", "T,T,...",
+               "A,B,...", "LIST"}
+    sub = build_parser()._subparsers._group_actions[0].choices
+    for name, p in sub.items():
+        for action in p._actions:
+            if not action.option_strings or action.nargs == 0 or action.choices:
+                continue  # flags without a value, and choices, which argparse lists
+            assert action.metavar in allowed, (name, action.option_strings, action.metavar)
 
 
 def test_help_choices_are_the_configs_choices():

@@ -356,6 +356,8 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, until: int |
             history = _truncate_metrics(out / "metrics.jsonl", step)
         if d.main and restart:
             log(f"{out} has no complete checkpoint yet; training it again from step 0.")
+        elif d.main:
+            log(f"resuming {out} from its checkpoint at step {step}")
         elif d.main and raw.get("step") != step:  # stopped between the files of a checkpoint
             checkpoint.save_weights(out / "model.safetensors", model, step)
             checkpoint.write_config(out, cfg, step, extra)

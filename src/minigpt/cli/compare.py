@@ -31,8 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-windows", type=int, metavar="N",
                    help="windows of the longest length in the fixed validation span "
                         "(default: quick 32, full 64)")
-    p.add_argument("--out", default="runs/compare",
-                   help="study directory (default runs/compare)")
+    p.add_argument("--out", default="runs/compare", metavar="PATH",
+                   help="study directory (default: runs/compare)")
     p.add_argument("--force", action="store_true",
                    help="accept changed settings for an existing --out: retrain the runs "
                         "whose training config changed, re-evaluate the rest")
