@@ -12,6 +12,7 @@ import math
 import tomllib
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -406,12 +407,29 @@ def _check_float(obj: Any, name: str, lo: float, hi: float, *, lo_open: bool = F
     setattr(obj, name, float(v))
 
 
-def choices(cls: type, name: str) -> tuple[str, ...] | None:
-    """The allowed values of a string setting, or None if any value of its type goes."""
-    if cls is ModelConfig and name == "pos":
+class _Encodings(Sequence[str]):
+    """The registered positional encodings, looked up on first use: building the command
+    line parser must not import torch (which the registry's modules need)."""
+
+    def _names(self) -> tuple[str, ...]:
         from .positional import REGISTRY  # late import: positional needs this module
 
         return tuple(REGISTRY)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        return self._names()[i]
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+    def __contains__(self, value: object) -> bool:
+        return value in self._names()
+
+
+def choices(cls: type, name: str) -> Sequence[str] | None:
+    """The allowed values of a string setting, or None if any value of its type goes."""
+    if cls is ModelConfig and name == "pos":
+        return _Encodings()
     return next(f.metadata.get("choices") for f in dataclasses.fields(cls) if f.name == name)
 
 

@@ -59,7 +59,12 @@ def add_config_flags(p: argparse.ArgumentParser, skip: set[str] = frozenset(),
                 g.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
             elif typing.get_origin(typ) is list:
                 g.add_argument(flag, type=_parse_list, metavar=meta["metavar"], **kw)
-            elif choices(cls, name):
+            elif choices(cls, name) is not None and meta["metavar"]:
+                # listed only when help is shown: the encodings' registry imports torch
+                kw["help"] = f"{meta['help']}: %(choices)s (default: {default})"
+                g.add_argument(flag, type=typ, choices=choices(cls, name),
+                               metavar=meta["metavar"], **kw)
+            elif choices(cls, name) is not None:
                 g.add_argument(flag, type=typ, choices=choices(cls, name), **kw)
             else:
                 g.add_argument(flag, type=typ, metavar=meta["metavar"] or METAVARS[typ], **kw)
