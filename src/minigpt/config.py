@@ -7,12 +7,13 @@ The CLI builds its flags from these dataclasses, so a new field is a new flag fo
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import tomllib
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -205,7 +206,19 @@ class RunConfig:
                 "expected 'model', 'train' and optionally 'preset'."
             )
         base = preset(d["preset"]) if "preset" in d else RunConfig()
-        return merge(base, d.get("model", {}), d.get("train", {}), where=where)
+        with file_names(where):
+            return merge(base, d.get("model", {}), d.get("train", {}), where=where)
+
+
+@contextlib.contextmanager
+def file_names(where: str) -> Iterator[None]:
+    """Errors about settings read from a file name them as the file does (`n_layer`), not as
+    command-line flags, and say which file."""
+    try:
+        yield
+    except ConfigError as e:
+        text = str(e)
+        raise ConfigError(text if text.startswith(f"{where}:") else f"{where}: {text}") from None
 
 
 # --- presets ---------------------------------------------------------------------------

@@ -12,8 +12,8 @@ import dataclasses
 import typing
 from typing import Any
 
-from ..config import (ModelConfig, RunConfig, TrainConfig, choices, field_types, load_toml, merge,
-                      preset, preset_value, vocab_field)
+from ..config import (ModelConfig, RunConfig, TrainConfig, choices, field_types, file_names,
+                      load_toml, merge, preset, preset_value, vocab_field)
 from ..errors import ConfigError
 
 # config fields that are not flags: the model's vocabulary comes from the tokenizer, and the
@@ -103,7 +103,9 @@ def build_config(args: argparse.Namespace, default_preset: str = "small",
             raise ConfigError(f"config file {args.config} must hold a table.")
         if "preset" in file and not args.preset:
             cfg = preset(file["preset"])
-        cfg = merge(cfg, file.get("model"), file.get("train"), where=f"config file {args.config}")
+        with file_names(f"config file {args.config}"):
+            cfg = merge(cfg, file.get("model"), file.get("train"),
+                        where=f"config file {args.config}")
         unknown = set(file) - {"model", "train", "preset"}
         if unknown:
             raise ConfigError(f"config file {args.config} has unknown section(s) "
