@@ -21,6 +21,7 @@ from minigpt.cli import build_parser
 from minigpt.config import ModelConfig, TrainConfig, choices, merge, preset
 from minigpt.errors import ConfigError, MiniGPTError
 from minigpt.files import StagedFiles
+from minigpt.positional import REGISTRY
 from minigpt.training import train
 
 TINY = ["--preset", "tiny", "--n-layer", "1", "--d-model", "16", "--n-head", "2",
@@ -122,6 +123,25 @@ def test_two_sigints_leave_a_run_that_resumes(corpus, tmp_path, when):
     if STATE_FILE not in files:
         assert "no complete checkpoint yet; training it again from step 0" in r.stdout
     assert f"step {step + 2}:" in r.stdout
+
+
+def test_an_init_from_run_with_nothing_saved_restarts_from_its_source(corpus, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    src = tmp_path / "src"
+    train(tiny_config(corpus), src, progress=False)
+    cfg = tiny_config(corpus, train={"max_steps": 3})
+    train(cfg, tmp_path / "ref", init_from=src, progress=False)
+    out = tmp_path / "ft"
+    train(cfg, out, init_from=src, until=1, progress=False)
+    for name in (STATE_FILE, "model.safetensors", "best.safetensors"):  # as if killed before
+        (out / name).unlink(missing_ok=True)                             # its first save
+    capsys.readouterr()
+    res = train(cfg, out, resume=True, progress=False)
+    assert "no complete checkpoint yet; training it again from step 0" in capsys.readouterr().out
+    assert res.step == 3
+    a, b = load_file(out / "model.safetensors"), load_file(tmp_path / "ref" / "model.safetensors")
+    assert all((a[k] == b[k]).all() for k in a)  # started again from src's weights, exactly
 
 
 # --- 3. no second tokenization on resume ------------------------------------------------------
@@ -232,26 +252,22 @@ def test_which_best_before_the_first_evaluation_says_why(corpus, tmp_path):
 
 # --- 9. help -----------------------------------------------------------------------------------
 
-def _help(*cmd: str) -> str:
-    r = run_cli(*cmd, "--help")
-    assert r.returncode == 0, r.stderr
-    return r.stdout
-
-
 def test_help_has_real_metavars_defaults_and_choices():
-    commands = [a.dest for a in build_parser()._subparsers._group_actions[0]._choices_actions]
-    assert {"train", "sample", "compare", "viz", "bench", "export", "import"} <= set(commands)
-    texts = {c: _help(c) for c in commands}
+    sub = build_parser()._subparsers._group_actions[0].choices
+    assert {"train", "sample", "compare", "viz", "bench", "export", "import"} <= set(sub)
+    texts = {c: p.format_help() for c, p in sub.items()}  # what `minigpt C --help` prints
+    r = run_cli("train", "--help")
+    assert r.returncode == 0 and " ".join(r.stdout.split()) == " ".join(texts["train"].split())
     for c, text in texts.items():
         assert "CFG_" not in text and "default None" not in text, c
     train_h = " ".join(texts["train"].split())
     assert "--d-ff N feed-forward width (default: 4 x d_model)" in train_h
     assert "--lr FLOAT peak learning rate, reached after warm-up (default: 0.001)" in train_h
     for flag, cls, name in (("--activation", ModelConfig, "activation"),
-                            ("--pos", ModelConfig, "pos"), ("--tokenizer", TrainConfig,
-                                                            "tokenizer"),
+                            ("--tokenizer", TrainConfig, "tokenizer"),
                             ("--dtype", TrainConfig, "dtype")):
         assert f"{flag} {{{','.join(choices(cls, name))}}}" in train_h  # the config's choices
+    assert f"--pos NAME positional encoding: {', '.join(REGISTRY)} (default: learned)" in train_h
     assert "word tokenizer only" in train_h and "rope only" in train_h
     assert "CPUs with native bf16" in train_h
     compare_h = " ".join(texts["compare"].split())
@@ -261,6 +277,24 @@ def test_help_has_real_metavars_defaults_and_choices():
     assert "(default: 0.8)" in sample_h and "(default: 200)" in sample_h
 
 
+def test_building_the_parser_does_not_import_torch():
+    r = subprocess.run([sys.executable, "-c", "import sys; from minigpt.cli import build_parser; "
+                        "build_parser(); print('torch' in sys.modules)"],
+                       capture_output=True, text=True)
+    assert r.stdout.strip() == "False", r.stderr  # `minigpt --help` stays fast
+
+
+def test_every_option_has_a_metavar_a_person_would_write():
+    allowed = {"N", "FLOAT", "NAME", "PATH", "TEXT", "DEVICE", "P", "STEP", "T,T,...",
+               "A,B,...", "LIST"}
+    sub = build_parser()._subparsers._group_actions[0].choices
+    for name, p in sub.items():
+        for action in p._actions:
+            if not action.option_strings or action.nargs == 0 or action.choices:
+                continue  # flags without a value, and choices, which argparse lists
+            assert action.metavar in allowed, (name, action.option_strings, action.metavar)
+
+
 def test_help_choices_are_the_configs_choices():
     """One source: every choice the train parser offers is what the config accepts."""
     p = build_parser()._subparsers._group_actions[0].choices["train"]
@@ -268,7 +302,7 @@ def test_help_choices_are_the_configs_choices():
         if action.dest.startswith("cfg_") and action.choices:
             name = action.dest[4:]
             cls = ModelConfig if name in ModelConfig.__dataclass_fields__ else TrainConfig
-            assert tuple(action.choices) == choices(cls, name)
+            assert tuple(action.choices) == tuple(choices(cls, name))
 
 
 # --- 10. one vocabulary flag -------------------------------------------------------------------

@@ -149,6 +149,8 @@ def test_sigint_saves_and_the_same_command_with_resume_finishes(corpus, tmp_path
     assert again[0] == "train" and "--resume" in again and "--preset" in again
     r = run_cli(*again)
     assert r.returncode == 0, r.stderr
+    assert f"resuming {out} from its checkpoint at step {state['step']}\n" in r.stdout
+    assert "tokenizing" not in r.stdout  # the token cache already holds this corpus
     assert f"step {state['step'] + 3}:" in r.stdout
 
 

@@ -7,11 +7,13 @@ The CLI builds its flags from these dataclasses, so a new field is a new flag fo
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import tomllib
 import types
 import typing
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -212,7 +214,19 @@ class RunConfig:
                 "expected 'model', 'train' and optionally 'preset'."
             )
         base = preset(raw["preset"]) if "preset" in raw else RunConfig()
-        return merge(base, raw.get("model", {}), raw.get("train", {}), where=where)
+        with file_names(where):
+            return merge(base, raw.get("model", {}), raw.get("train", {}), where=where)
+
+
+@contextlib.contextmanager
+def file_names(where: str) -> Iterator[None]:
+    """Errors about settings read from a file name them as the file does (`n_layer`), not as
+    command-line flags, and say which file."""
+    try:
+        yield
+    except ConfigError as e:
+        text = str(e)
+        raise ConfigError(text if text.startswith(f"{where}:") else f"{where}: {text}") from None
 
 
 # --- presets ---------------------------------------------------------------------------
@@ -285,9 +299,9 @@ VOCAB_FIELDS = {"bpe": "vocab_size_bpe", "word": "max_vocab"}
 def vocab_field(tokenizer: str) -> str:
     """The train setting that one vocabulary-size value means for this tokenizer."""
     if tokenizer not in VOCAB_FIELDS:
-        raise ConfigError(f"the {tokenizer} tokenizer has one token per character of the data, so "
-                          "it takes no vocabulary size; drop --vocab-size or use --tokenizer bpe "
-                          "or word.")
+        raise ConfigError(f"the {tokenizer} tokenizer has one token per character of the data, "
+                          f"so it takes no vocabulary size; drop {arg('vocab_size_bpe')}, or "
+                          f"choose the bpe or word tokenizer with {arg('tokenizer')}.")
     return VOCAB_FIELDS[tokenizer]
 
 
@@ -442,12 +456,29 @@ def _check_float(obj: Any, name: str, lo: float, hi: float, *, lo_open: bool = F
     setattr(obj, name, float(v))
 
 
-def choices(cls: type, name: str) -> tuple[str, ...] | None:
-    """The allowed values of a string setting, or None if any value of its type goes."""
-    if cls is ModelConfig and name == "pos":
+class _Encodings(Sequence[str]):
+    """The registered positional encodings, looked up on first use: building the command
+    line parser must not import torch (which the registry's modules need)."""
+
+    def _names(self) -> tuple[str, ...]:
         from .positional import REGISTRY  # late import: positional needs this module
 
         return tuple(REGISTRY)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        return self._names()[i]
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+    def __contains__(self, value: object) -> bool:
+        return value in self._names()
+
+
+def choices(cls: type, name: str) -> Sequence[str] | None:
+    """The allowed values of a string setting, or None if any value of its type goes."""
+    if cls is ModelConfig and name == "pos":
+        return _Encodings()
     return next(f.metadata.get("choices") for f in dataclasses.fields(cls) if f.name == name)
 
 

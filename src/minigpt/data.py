@@ -228,7 +228,7 @@ class Dataset:
             if n < block_size + 1:
                 raise DataError(
                     f"the {name} split has only {n} tokens, fewer than block_size + 1 = "
-                    f"{block_size + 1}; use more text or a smaller --block-size.")
+                    f"{block_size + 1}; use more text or a smaller {arg('block_size')}.")
 
     def batch(self, split: str, *, step: int, micro: int, batch_size: int, block_size: int,
               seed: int, mode: str = "stream", rank: int = 0, world: int = 1

@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 
 from .config import TrainConfig
-from .errors import MiniGPTError
+from .errors import MiniGPTError, arg
 
 
 # --- devices and precision ------------------------------------------------------------------
@@ -31,9 +31,10 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise MiniGPTError(f"device {name} was asked for but CUDA is not available here; "
-                           "use --device cpu or auto.")
+                           f"set {arg('device')} to cpu or auto.")
     if name == "mps" and not _mps_available():
-        raise MiniGPTError("device mps was asked for but is not available here; use --device cpu.")
+        raise MiniGPTError("device mps was asked for but is not available here; set "
+                           f"{arg('device')} to cpu.")
     return torch.device(name)
 
 

@@ -311,7 +311,9 @@ def _restore(state: RunState, raw: dict[str, Any], log: Log) -> bool:
         state.history = truncate_metrics(out / "metrics.jsonl", state.step)
     if main and restart:
         log(f"{out} has no complete checkpoint yet; training it again from step 0.")
-    elif main and raw.get("step") != state.step:  # stopped between the files of a checkpoint
+    elif main:
+        log(f"resuming {out} from its checkpoint at step {state.step}")
+    if main and not restart and raw.get("step") != state.step:  # stopped between the files
         checkpoint.save_weights(out / "model.safetensors", state.model, state.step)
         checkpoint.write_config(out, state.cfg, state.step, state.extra)
     return restart

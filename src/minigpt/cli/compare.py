@@ -42,8 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--task-instances", type=int, metavar="N",
                    help="tasks: held-out instances per test length (default: quick 200, "
                         "full 500)")
-    p.add_argument("--out", default="runs/compare",
-                   help="study directory (default runs/compare)")
+    p.add_argument("--out", default="runs/compare", metavar="PATH",
+                   help="study directory (default: runs/compare)")
     p.add_argument("--force", action="store_true",
                    help="accept changed settings for an existing --out: retrain the runs "
                         "whose training config changed, re-evaluate the rest")

@@ -12,8 +12,8 @@ import dataclasses
 import typing
 from typing import Any
 
-from ..config import (ModelConfig, RunConfig, TrainConfig, choices, field_types, load_toml, merge,
-                      preset, preset_value, vocab_field)
+from ..config import (ModelConfig, RunConfig, TrainConfig, choices, field_types, file_names,
+                      load_toml, merge, preset, preset_value, vocab_field)
 from ..errors import ConfigError
 
 # config fields that are not flags: the model's vocabulary comes from the tokenizer, and the
@@ -59,7 +59,12 @@ def add_config_flags(p: argparse.ArgumentParser, skip: set[str] = frozenset(),
                 g.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
             elif typing.get_origin(typ) is list:
                 g.add_argument(flag, type=_parse_list, metavar=meta["metavar"], **kw)
-            elif choices(cls, name):
+            elif choices(cls, name) is not None and meta["metavar"]:
+                # listed only when help is shown: the encodings' registry imports torch
+                kw["help"] = f"{meta['help']}: %(choices)s (default: {default})"
+                g.add_argument(flag, type=typ, choices=choices(cls, name),
+                               metavar=meta["metavar"], **kw)
+            elif choices(cls, name) is not None:
                 g.add_argument(flag, type=typ, choices=choices(cls, name), **kw)
             else:
                 g.add_argument(flag, type=typ, metavar=meta["metavar"] or METAVARS[typ], **kw)
@@ -98,7 +103,9 @@ def build_config(args: argparse.Namespace, default_preset: str = "small",
             raise ConfigError(f"config file {args.config} must hold a table.")
         if "preset" in file and not args.preset:
             cfg = preset(file["preset"])
-        cfg = merge(cfg, file.get("model"), file.get("train"), where=f"config file {args.config}")
+        with file_names(f"config file {args.config}"):
+            cfg = merge(cfg, file.get("model"), file.get("train"),
+                        where=f"config file {args.config}")
         unknown = set(file) - {"model", "train", "preset"}
         if unknown:
             raise ConfigError(f"config file {args.config} has unknown section(s) "

@@ -11,27 +11,29 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Draw a positional encoding (untrained from a preset, or from a "
                     "checkpoint) and, with --prompt, a checkpoint's attention maps; writes "
                     "PNGs into --out and prints their paths, one per line.")
-    from ..positional import REGISTRY
-
-    trained = [n for n, c in REGISTRY.items() if c.picture_needs_checkpoint]
     p.add_argument("--pos", metavar="NAME",
-                   help=f"{', '.join(REGISTRY)} ({' and '.join(trained)} need --ckpt; taken "
-                        "from the checkpoint when omitted)")
-    p.add_argument("--ckpt", metavar="DIR", help="checkpoint directory of a trained model")
-    p.add_argument("--out", metavar="DIR", required=True,
+                   help="the positional encoding to draw (the names are in `minigpt train "
+                        "--help`); encodings drawn from trained values need --ckpt; taken from "
+                        "the checkpoint when omitted")
+    p.add_argument("--ckpt", metavar="PATH", help="checkpoint directory of a trained model")
+    p.add_argument("--out", metavar="PATH", required=True,
                    help="directory for the PNGs (created if missing)")
     p.add_argument("--prompt", metavar="TEXT",
                    help="with --ckpt: draw every layer's attention on this text")
     p.add_argument("--which", choices=["last", "best"], default="last",
-                   help="which checkpoint weights (default last)")
+                   help="latest weights, or those with the best validation loss (default: last)")
     g = p.add_argument_group("untrained encoding (without --ckpt)")
     g.add_argument("--preset", metavar="NAME",
                    help="model shapes to start from: tiny, small (default), shakespeare-char "
                         "or gpt2")
-    g.add_argument("--block-size", type=int, metavar="L", help="context length L")
-    g.add_argument("--n-head", type=int, metavar="N", help="number of attention heads")
-    g.add_argument("--d-model", type=int, metavar="C", help="embedding width")
-    g.add_argument("--rope-base", type=float, metavar="B", help="rope base (default 10000)")
+    g.add_argument("--block-size", type=int, metavar="N",
+                   help="context length L, in tokens (default: the preset's)")
+    g.add_argument("--n-head", type=int, metavar="N",
+                   help="number of attention heads (default: the preset's)")
+    g.add_argument("--d-model", type=int, metavar="N",
+                   help="embedding width (default: the preset's)")
+    g.add_argument("--rope-base", type=float, metavar="FLOAT",
+                   help="rope rotation base (default: 10000)")
     p.set_defaults(handler=run)
 
 
