@@ -13,7 +13,7 @@ $(PY):
 # Stamp files: reinstall only when pyproject.toml changes.
 $(VENV)/.installed: $(PY) pyproject.toml
 	$(PY) -m pip install -q $(TORCH_PIN)
-	$(PY) -m pip install -q -e .
+	$(PY) -m pip install -q -e '.[serve]'
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
