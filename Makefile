@@ -25,6 +25,7 @@ install-test: $(VENV)/.installed-test
 
 demo: install
 	$(VENV)/bin/minigpt compare --preset quick --out runs/demo
+	@echo "Play with the models in a browser: $(VENV)/bin/minigpt serve --study runs/demo"
 
 test: install-test
 	bash scripts/ensure-chromium.sh || true

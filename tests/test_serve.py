@@ -183,6 +183,12 @@ def test_stream_matches_minigpt_sample_and_carries_probabilities(server: Server,
                 assert e["top"][0][0] == e["id"] and e["top"][0][2] == e["p"]
             elif e["id"] in [i for i, _, _ in e["top"]]:
                 assert dict((i, p) for i, _, p in e["top"])[e["id"]] == e["p"]
+        assert events[0]["note"] == ""
+    # a prompt longer than a learned model's L: it sees the last L tokens, and is told so
+    events = server.generate(model="learned", prompt=PROMPT * 2, max_new_tokens=10, temperature=0)
+    assert events[0]["note"] == ("the prompt has 30 tokens; this learned model sees only its "
+                                 "last 16 (block_size).")
+    assert text_of(events) == sample_lib(ckpts.learned, PROMPT * 2, 10, 0)
 
 
 def test_bad_requests_get_one_sentence_and_the_server_keeps_serving(server: Server) -> None:

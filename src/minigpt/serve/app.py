@@ -26,7 +26,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from ..errors import MiniGPTError
-from .engine import Busy, Engine
+from .engine import Busy, Engine, UnknownModel
 
 STATIC = Path(__file__).with_name("static")
 MAX_BODY = 256 * 1024  # bytes of JSON a request may send
@@ -71,8 +71,10 @@ def build_app(engine: Engine) -> Starlette:
     async def generate(request: Request) -> Response:
         try:
             req = engine.parse_request(await read_json(request))
+        except UnknownModel as e:
+            return error(str(e), 404)
         except MiniGPTError as e:
-            return error(str(e), 404 if str(e).startswith("unknown model") else 400)
+            return error(str(e))
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
 

@@ -191,7 +191,7 @@ class Engine:
 
     def entry(self, name: Any) -> Entry:
         if not isinstance(name, str) or name not in self.entries:
-            raise MiniGPTError(f"unknown model {name!r}; this server has "
+            raise UnknownModel(f"unknown model {name!r}; this server has "
                                f"{', '.join(self.entries)}.")
         return self.entries[name]
 
@@ -298,6 +298,10 @@ class Busy(MiniGPTError):
     """Too many generations at once."""
 
 
+class UnknownModel(MiniGPTError):
+    """A model name this server does not serve."""
+
+
 def _number(body: dict[str, Any], key: str, default: Any, kind: type) -> Any:
     v = body.get(key, default)
     if v is None or v == "":
@@ -343,10 +347,14 @@ class Generation:
         tok, L = e.tok, e.model.cfg.block_size
         outcome = "failed"
         try:
+            note = ""
+            if not e.model.pos.extrapolates and len(self.ids) > L:  # as `minigpt sample` warns
+                note = (f"the prompt has {len(self.ids)} tokens; this {e.pos} model sees only "
+                        f"its last {L} (block_size).")
             self.emit({"type": "start", "model": e.name, "L": L,
                        "extrapolates": bool(e.model.pos.extrapolates),
                        "prompt": [[i, tok.decode([i])] for i in self.ids],
-                       "prompt_text": req.prompt})
+                       "prompt_text": req.prompt, "note": note})
             stream = TextStream(tok)
             gen = torch.Generator().manual_seed(req.seed)
             x = torch.tensor([self.ids], dtype=torch.long)  # (1, T)

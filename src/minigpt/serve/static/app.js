@@ -180,6 +180,7 @@ function handle(col, ev) {
     col.prompt = ev.prompt;
     col.L = ev.L;
     col.out.append(el("span", { class: "prompt" }, ev.prompt_text));
+    if (ev.note) col.el.querySelector(".meta").append(el("div", { class: "note" }, ev.note));
     setStatus(col, "generating…");
   } else if (ev.type === "token") {
     const i = col.tokens.length;
