@@ -60,10 +60,23 @@ def token_times(events: list[tuple[float, dict]]) -> list[float]:
 
 
 def server_rate(url: str, model: str, n: int, seed: int) -> float:
-    ts = token_times(stream(url, model=model, prompt=PROMPT, max_new_tokens=n,
-                            temperature=0.8, seed=seed))
-    assert len(ts) == n
-    return (n - 1) / (ts[-1] - ts[0])
+    """tokens/s of the event stream from its first token to its last, read as raw bytes the
+    way sample_rate reads `minigpt sample`'s stdout (no parsing on the clock)."""
+    body = dict(model=model, prompt=PROMPT, max_new_tokens=n, temperature=0.8, seed=seed)
+    req = urllib.request.Request(url + "api/generate", data=json.dumps(body).encode(),
+                                 method="POST", headers={"Content-Type": "application/json"})
+    seen, first, last = 0, None, None
+    with urllib.request.urlopen(req, timeout=600) as r:
+        while chunk := r.read1(65536):
+            now = time.perf_counter()
+            k = chunk.count(b'"type": "token"')  # whole events: each write is one HTTP chunk
+            if k and first is None:
+                first = now
+            seen += k
+            if k:
+                last = now
+    assert seen == n, (seen, n)
+    return (n - 1) / (last - first)
 
 
 def sample_rate(ckpt: str, n: int, seed: int) -> float:
@@ -139,6 +152,8 @@ def main() -> None:
         print(f"  minigpt sample: {spread(cli, 'tokens/s')}")
         print(f"  minigpt serve:  {spread(srv, 'tokens/s')}")
         print(f"  serve / sample per round: {spread(ratios, '', '.3f')}")
+        print("  rounds (sample, serve): " + ", ".join(f"({c:.0f}, {s:.0f})"
+                                                     for c, s in zip(cli, srv)))
 
         n = 100
         jobs = [dict(model=name, prompt=PROMPT[: 2 + i % 6] + "a" * i, max_new_tokens=n,

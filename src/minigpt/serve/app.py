@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from .engine import Busy, Engine, UnknownModel
 
 STATIC = Path(__file__).with_name("static")
 MAX_BODY = 256 * 1024  # bytes of JSON a request may send
+FLUSH_S = 0.01  # seconds between two writes of a stream's tokens
 
 
 def error(message: str, status: int = 400) -> JSONResponse:
@@ -49,6 +51,35 @@ async def read_json(request: Request) -> Any:
         return json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise MiniGPTError("the request body is not valid JSON.") from None
+
+
+class Outbox:
+    """Events from a generation thread to its response, with one loop wake-up per burst
+    (the loop takes everything that arrived while it was busy in one go)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop, self.ready = loop, asyncio.Event()
+        self.items: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+        self.armed = False  # a wake-up is on its way
+
+    def put(self, event: dict[str, Any]) -> None:  # from the generation thread
+        with self.lock:
+            self.items.append(event)
+            if self.armed:
+                return
+            self.armed = True
+        try:
+            self.loop.call_soon_threadsafe(self.ready.set)
+        except RuntimeError:  # the loop has closed: the server is shutting down
+            pass
+
+    async def get_all(self) -> list[dict[str, Any]]:
+        await self.ready.wait()
+        with self.lock:
+            items, self.items, self.armed = self.items, [], False
+            self.ready.clear()
+        return items
 
 
 def sse(event: dict[str, Any]) -> str:
@@ -75,17 +106,10 @@ def build_app(engine: Engine) -> Starlette:
             return error(str(e), 404)
         except MiniGPTError as e:
             return error(str(e))
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-
-        def emit(event: dict[str, Any]) -> None:  # called from the generation thread
-            try:
-                loop.call_soon_threadsafe(queue.put_nowait, event)
-            except RuntimeError:  # the loop has closed: the server is shutting down
-                pass
-
+        outbox = Outbox(asyncio.get_running_loop())
         try:
-            job = await asyncio.to_thread(engine.start, req, emit)  # tokenizing may take a while
+            # in a worker thread: tokenizing a long prompt may take a while
+            job = await asyncio.to_thread(engine.start, req, outbox.put)
         except Busy as e:
             return error(str(e), 503)
         except MiniGPTError as e:
@@ -94,12 +118,16 @@ def build_app(engine: Engine) -> Starlette:
         async def events():
             try:
                 while True:
-                    batch = [await queue.get()]
-                    while not queue.empty():  # whatever else arrived: one write
-                        batch.append(queue.get_nowait())
+                    batch = await outbox.get_all()  # whatever arrived: one write
+                    if not batch:
+                        continue
                     yield "".join(sse(ev) for ev in batch)
                     if any(ev["type"] in ("done", "error") for ev in batch):
                         return
+                    if batch[-1]["type"] == "token":
+                        # at most one write per FLUSH_S: a fast model's tokens go out in
+                        # batches, leaving the CPU to the model (a page repaints at 60 Hz)
+                        await asyncio.sleep(FLUSH_S)
             finally:  # finished, or the browser went away (stop button, closed tab)
                 job.cancel()
 

@@ -49,6 +49,14 @@ class Entry:
     step: int | None
     val_loss: float | None
     which: str
+    _texts: dict[int, str] = field(default_factory=dict, repr=False)
+
+    def token_text(self, i: int) -> str:
+        """One token's own text (cached: the hover alternatives ask for it every step)."""
+        text = self._texts.get(i)
+        if text is None:
+            text = self._texts[i] = self.tok.decode([i])
+        return text
 
     def info(self) -> dict[str, Any]:
         c = self.model.cfg
@@ -273,7 +281,7 @@ class Engine:
         q = (att.clamp(0, 1) * 255).round().to(torch.uint8).contiguous().numpy()
         return {"model": e.name, "offset": start, "T": len(window), "L": L,
                 "n_layer": att.shape[0], "n_head": att.shape[1],
-                "tokens": [e.tok.decode([i]) for i in window],
+                "tokens": [e.token_text(i) for i in window],
                 "weights": base64.b64encode(q.tobytes()).decode("ascii")}
 
     # --- the encoding's pictures -------------------------------------------------------------
@@ -353,7 +361,7 @@ class Generation:
                         f"its last {L} (block_size).")
             self.emit({"type": "start", "model": e.name, "L": L,
                        "extrapolates": bool(e.model.pos.extrapolates),
-                       "prompt": [[i, tok.decode([i])] for i in self.ids],
+                       "prompt": [[i, e.token_text(i)] for i in self.ids],
                        "prompt_text": req.prompt, "note": note})
             stream = TextStream(tok)
             gen = torch.Generator().manual_seed(req.seed)
@@ -365,8 +373,8 @@ class Generation:
                 probs = logits[0].float().softmax(-1)  # (V,) the model's own distribution
                 top = probs.topk(min(TOP_K_SHOWN, probs.numel()))
                 self.emit({"type": "token", "id": i, "text": stream.push(i),
-                           "p": round(float(probs[i]), 5),
-                           "top": [[j, tok.decode([j]), round(p, 5)] for j, p in
+                           "p": round(probs[i].item(), 5),
+                           "top": [[j, e.token_text(j), round(p, 5)] for j, p in
                                    zip(top.indices.tolist(), top.values.tolist())]})
                 self.n += 1
                 if self.cancelled.is_set():
