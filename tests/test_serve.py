@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -293,8 +294,8 @@ def test_memory_is_flat_across_200_requests(server: Server) -> None:
     assert after - before < 16 * 1024, f"RSS grew by {(after - before) / 1024:.1f} MiB"
 
 
-def test_study_dir_loads_every_run_and_busy_cap(ckpts: SimpleNamespace) -> None:
-    s = Server("--study", str(ckpts.study), "--max-jobs", "1")
+def test_study_dir_busy_cap_and_ctrl_c(ckpts: SimpleNamespace) -> None:
+    s = Server("--study", str(ckpts.study), "--max-jobs", "1", "--max-new-tokens", str(CAP))
     try:
         assert "rope-s0 (rope)" in s.banner and "learned-s0 (learned)" in s.banner
         models = s.get("/api/models")[1]["models"]
@@ -307,13 +308,21 @@ def test_study_dir_loads_every_run_and_busy_cap(ckpts: SimpleNamespace) -> None:
         host, port = re.match(r"http://([^:/]+):(\d+)/", s.url).groups()
         conn = http.client.HTTPConnection(host, int(port), timeout=30)
         conn.request("POST", "/api/generate", json.dumps(
-            {"model": "rope-s0", "prompt": PROMPT, "max_new_tokens": 500}),
+            {"model": "rope-s0", "prompt": PROMPT, "max_new_tokens": CAP}),
             {"Content-Type": "application/json"})
         r = conn.getresponse()
         r.readline()
         code, raw = s.post("/api/generate", {"model": "learned-s0", "max_new_tokens": 1})
-        conn.close()
         assert code == 503 and "busy" in json.loads(raw)["error"]
+        # Ctrl-C mid-stream: the stream ends with a sentence, the process exits cleanly
+        s.proc.send_signal(signal.SIGINT)
+        rest = [json.loads(line[6:]) for line in r.read().splitlines()
+                if line.startswith(b"data: ")]
+        conn.close()
+        assert rest[-1] == {"type": "error", "message": "the server is shutting down."}
+        assert s.proc.wait(timeout=30) == 130
+        err = s.proc.stderr.read()
+        assert err.strip() == "minigpt serve: interrupted.", err
     finally:
         s.close()
 

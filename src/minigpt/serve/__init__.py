@@ -20,7 +20,7 @@ def serve(ckpts: list[str | Path], *, host: str = "127.0.0.1", port: int = 8000,
     try:
         import uvicorn
 
-        from .app import build_app
+        from .app import PlaygroundServer, build_app
     except ModuleNotFoundError as e:
         raise MiniGPTError(f"minigpt serve needs the serve extra ({e.name} is missing); install "
                            "it with pip install 'minigpt[serve]'.") from None
@@ -35,8 +35,8 @@ def serve(ckpts: list[str | Path], *, host: str = "127.0.0.1", port: int = 8000,
         names = ", ".join(f"{e.name} ({e.pos})" for e in engine.entries.values())
         log(f"minigpt serve: http://{shown}:{addr[1]}/ serving {names}; Ctrl-C to stop.")
         config = uvicorn.Config(build_app(engine), log_level="warning", access_log=False,
-                                timeout_graceful_shutdown=2, lifespan="off")
-        uvicorn.Server(config).run(sockets=[sock])
+                                timeout_graceful_shutdown=5, lifespan="off")
+        PlaygroundServer(config, engine).run(sockets=[sock])
     finally:
         sock.close()
         if engine is not None:

@@ -20,6 +20,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
@@ -173,3 +174,15 @@ def build_app(engine: Engine) -> Starlette:
         Route("/api/stats", stats),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ])
+
+
+class PlaygroundServer(uvicorn.Server):
+    """uvicorn's server, but Ctrl-C first stops the generations so that their streams end."""
+
+    def __init__(self, config: uvicorn.Config, engine: Engine) -> None:
+        super().__init__(config)
+        self.engine = engine
+
+    async def shutdown(self, sockets: Any = None) -> None:
+        self.engine.stop_all()
+        await super().shutdown(sockets)

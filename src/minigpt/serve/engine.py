@@ -192,8 +192,24 @@ class Engine:
         self._viz_lock = threading.Lock()  # matplotlib's pyplot is not thread-safe
         self._viz: dict[str, tuple[Path, list[str], str]] = {}
         self._viz_dir: tempfile.TemporaryDirectory | None = None
+        self.jobs: set[Generation] = set()  # running generations (under stats.lock)
+        self.closing = False
 
-    def close(self) -> None:
+    def stop_all(self) -> None:
+        """Cancel every generation (the server is shutting down); each ends its stream."""
+        self.closing = True
+        with self.stats.lock:
+            jobs = list(self.jobs)
+        for job in jobs:
+            job.cancel()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop and join every generation thread, then delete the pictures drawn."""
+        self.stop_all()
+        with self.stats.lock:
+            jobs = list(self.jobs)
+        for job in jobs:  # no torch work may outlive the interpreter
+            job.thread.join(timeout)
         if self._viz_dir is not None:
             self._viz_dir.cleanup()
 
@@ -246,9 +262,12 @@ class Engine:
             if self.stats.active >= self.limits.max_jobs:
                 raise Busy(f"the server is busy with {self.stats.active} generations (at most "
                            f"{self.limits.max_jobs}, --max-jobs); try again in a moment.")
+            if self.closing:
+                raise Busy("the server is shutting down.")
             self.stats.active += 1
             self.stats.started += 1
-        job = Generation(self, e, req, ids, emit)
+            job = Generation(self, e, req, ids, emit)
+            self.jobs.add(job)
         job.thread.start()
         return job
 
@@ -391,10 +410,14 @@ class Generation:
             outcome = "finished"
         except Cancelled:
             outcome = "cancelled"
+            if eng.closing:  # a closed tab reads nothing more; a shutdown ends the stream
+                self.emit({"type": "error", "message": "the server is shutting down."})
         except MiniGPTError as err:
             self.emit({"type": "error", "message": str(err)})
         except Exception as err:  # a bug: say so in the page, keep the server running
             self.emit({"type": "error", "message": f"generation failed ({err.__class__.__name__}:"
                                                    f" {err})."})
         finally:
+            with eng.stats.lock:
+                eng.jobs.discard(self)
             eng.stats.add(active=-1, tokens=self.n, **{outcome: 1})
