@@ -32,6 +32,8 @@ def test_bench_vs_hf_writes_every_measure(tmp_path):
     for line in ("train tokens/s", "train MFU", "eval tokens/s", "generate batch1_cache"):
         assert line in r.stdout
     assert "1 threads" in r.stdout
+    # transformers' advice to its own API users is not shown (loss_type, attention_mask)
+    assert "[transformers]" not in r.stderr and "attention_mask" not in r.stderr + r.stdout
 
 
 def test_flops_per_token_formula():

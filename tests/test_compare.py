@@ -17,8 +17,8 @@ import torch
 from conftest import SMALL_TEXT, chromium, run_cli
 from torch import nn
 
-from minigpt import compare, evaluation
-from minigpt.errors import ConfigError, DataError
+from minigpt import compare, evaluation, results_schema
+from minigpt.errors import ConfigError, DataError, MiniGPTError
 
 PNG = b"\x89PNG\r\n\x1a\n"
 NA_LEARNED = "n/a, learned positions stop at L"
@@ -26,23 +26,45 @@ NA_LEARNED = "n/a, learned positions stop at L"
 
 # --- length-generalization evaluator --------------------------------------------------------
 
-def test_span_scores_the_same_tokens_at_every_length() -> None:
+def test_strided_windows_score_the_same_targets_with_the_promised_context() -> None:
+    """At every length the same targets are scored, each with T - s to T - 1 earlier tokens
+    of context inside its window, and x/y are the span shifted by one."""
     val = np.arange(5000) % 61
-    lengths = [16, 32, 64, 128]
-    span = evaluation.eval_span(val, lengths, windows=3)
-    M = len(span) - 1
-    assert M == 3 * 128
+    lengths, s = [16, 32, 64, 128], 8
+    span = evaluation.eval_span(val, lengths, s, tokens=200)
+    longest, n = evaluation.span_geometry(span, lengths, s)
+    assert longest == 128 and n == 25  # ceil(200 / 8) windows
+    want = torch.from_numpy(evaluation.scored_targets(span, s, longest))
+    assert len(want) == n * s
+    t = torch.from_numpy(span)
     for T in lengths:
-        x, y = evaluation.windows_of(span, T)
-        assert x.shape == (M // T, T) and y.numel() == M
-        assert torch.equal(y.flatten(), torch.from_numpy(span[1:]))  # the same targets, in order
-        assert torch.equal(x[:, 1:], y[:, :-1])  # y is x shifted by one inside every window
-    # lengths that do not divide each other: M is a multiple of all of them
-    span = evaluation.eval_span(val, [16, 24], windows=2)
-    assert (len(span) - 1) % 48 == 0
-    # a split that is too short for even one window of the longest length
+        x, y = evaluation.strided_windows(span, T, s, longest)
+        assert x.shape == (n, T) == y.shape
+        assert torch.equal(y[:, -s:].flatten(), want)  # the same targets, in order, at every T
+        for j in range(n):
+            end = longest + j * s  # index in the span of the window's last input token
+            assert torch.equal(x[j], t[end - T: end]) and torch.equal(y[j], t[end - T + 1: end + 1])
+            for i in range(T - s, T):  # scored position i predicts span[end - T + i + 1] ...
+                context = i  # ... and has i earlier tokens of its window before it
+                assert T - s <= context <= T - 1
+    # a split too short for even one window of the longest length
     with pytest.raises(DataError, match="too few"):
-        evaluation.eval_span(np.arange(100), [16, 128], windows=2)
+        evaluation.eval_span(np.arange(100), [16, 128], 8, tokens=64)
+    # the stride is at most L/2 and at most the shortest length
+    with pytest.raises(MiniGPTError, match="stride"):
+        evaluation.check_stride(9, [16, 32], 16)
+    evaluation.check_stride(8, [16, 32], 16)
+
+
+def test_paired_bootstrap_and_wilson() -> None:
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=400)
+    assert evaluation.paired_bootstrap(a, a + 0.5)["hi"] < 0  # b is clearly larger
+    same = evaluation.paired_bootstrap(a, a + rng.normal(scale=0.01, size=400) * 0)
+    assert same["lo"] <= 0 <= same["hi"]
+    lo, hi = evaluation.wilson_interval(90, 200)
+    assert lo == pytest.approx(0.3820, abs=1e-3) and hi == pytest.approx(0.5198, abs=1e-3)
+    assert evaluation.wilson_interval(0, 200)[0] == 0.0
 
 
 class ConstantLM(nn.Module):
@@ -60,13 +82,14 @@ class ConstantLM(nn.Module):
 
 def test_length_evaluation_is_model_independent_of_window_cut() -> None:
     """With input-independent logits, every length must give exactly the same mean loss:
-    the same tokens are scored once at every length."""
+    the same tokens are scored at every length."""
     val = np.random.default_rng(0).integers(0, 50, size=4000)
-    span = evaluation.eval_span(val, [16, 32, 64, 128], windows=4)
-    res = evaluation.length_generalization(ConstantLM(50, 16), span, [16, 32, 64, 128])
+    span = evaluation.eval_span(val, [16, 32, 64, 128], 8, tokens=512)
+    res = evaluation.length_generalization(ConstantLM(50, 16), span, [16, 32, 64, 128], 8)
     losses = [r["loss"] for r in res["results"]]
     assert all(r["tokens"] == res["span_tokens"] == 512 for r in res["results"])
     assert max(losses) - min(losses) < 1e-9
+    assert all(len(r["window_loss"]) == 64 for r in res["results"])
     assert res["position_loss"]["length"] == 128 and len(res["position_loss"]["loss"]) == 128
 
 
@@ -75,12 +98,12 @@ def test_learned_gets_na_past_L_never_a_number() -> None:
     from minigpt.model import GPT
 
     val = np.random.default_rng(1).integers(0, 30, size=3000)
-    span = evaluation.eval_span(val, [16, 32, 64], windows=2)
+    span = evaluation.eval_span(val, [16, 32, 64], 8, tokens=64)
     out = {}
     for pos in ("learned", "alibi"):
         cfg = merge(preset("tiny"), {"pos": pos, "block_size": 16, "n_layer": 1, "d_model": 16,
                                      "n_head": 2, "vocab_size": 30}, {})
-        out[pos] = evaluation.length_generalization(GPT(cfg.model, seed=1), span, [16, 32, 64])
+        out[pos] = evaluation.length_generalization(GPT(cfg.model, seed=1), span, [16, 32, 64], 8)
     learned = {r["length"]: r for r in out["learned"]["results"]}
     assert learned[16]["ppl"] is not None and learned[16]["reason"] is None
     for n in (32, 64):
@@ -169,9 +192,9 @@ def test_encodings_share_initial_values_and_batches(corpus: Path) -> None:
 
 
 def test_schema_validator_catches_mistakes() -> None:
-    schema = compare.RESULTS_SCHEMA
-    assert compare.validate({"schema": compare.SCHEMA}, schema)  # many required keys missing
-    errs = compare.validate({"a": 1.5, "b": [1, "x"], "c": True},
+    schema = results_schema.RESULTS_SCHEMA
+    assert results_schema.validate({"schema": results_schema.SCHEMA}, schema)  # keys missing
+    errs = results_schema.validate({"a": 1.5, "b": [1, "x"], "c": True},
                             {"type": "object", "required": ["a", "d"], "properties": {
                                 "a": {"type": "integer"}, "b": {"type": "array",
                                                                 "items": {"type": "number"}},
@@ -181,10 +204,11 @@ def test_schema_validator_catches_mistakes() -> None:
 
 # --- a tiny end-to-end study ----------------------------------------------------------------
 
-TINY = ["--pos", "learned,alibi", "--block-size", "16", "--n-layer", "1", "--n-head", "2",
+TINY = ["--pos", "learned,alibi,t5", "--t5-max-distance", "64", "--block-size", "16",
+        "--n-layer", "1", "--n-head", "2",
         "--d-model", "16", "--batch-size", "4", "--max-steps", "4", "--eval-interval", "2",
-        "--eval-iters", "1", "--log-interval", "1", "--sample-tokens", "24", "--eval-windows",
-        "2", "--quiet"]
+        "--eval-iters", "1", "--log-interval", "1", "--sample-tokens", "24", "--eval-tokens",
+        "64", "--quiet"]
 
 
 @pytest.fixture(scope="module")
@@ -211,22 +235,24 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
 def _parse(args: list[str]) -> compare.Study:
     from minigpt.cli import build_parser
     from minigpt.cli.options import overrides
+    from minigpt.config import preset
 
     ns = build_parser().parse_args(["compare", *args])
-    m, t = overrides(ns)
+    m, t = overrides(ns, preset(ns.preset))
     return compare.make_study(ns.preset, encodings=ns.pos, seeds=ns.seeds, lengths=ns.lengths,
-                              eval_windows=ns.eval_windows, model=m, train=t)
+                              eval_tokens=ns.eval_tokens, eval_stride=ns.eval_stride,
+                              task=ns.task, task_instances=ns.task_instances, model=m, train=t)
 
 
 def test_study_results_match_schema(study: SimpleNamespace) -> None:
     assert "learned-s1337: resuming from step 2" in study.first.stdout
     assert "alibi-s1337: training" in study.first.stdout
     results = json.loads((study.out / "results.json").read_text())
-    assert compare.validate(results, compare.RESULTS_SCHEMA) == []
-    assert results["schema_version"] == compare.SCHEMA_VERSION
+    assert results_schema.validate(results, results_schema.RESULTS_SCHEMA) == []
+    assert results["schema_version"] == results_schema.SCHEMA_VERSION
     env = results["environment"]
     assert env["torch"] == torch.__version__ and env["torch_threads"] >= 1
-    assert [r["name"] for r in results["runs"]] == ["learned-s1337", "alibi-s1337"]
+    assert [r["name"] for r in results["runs"]] == ["learned-s1337", "alibi-s1337", "t5-s1337"]
     assert results["study"]["verification"]["shared_init_identical"] is True
     assert results["study"]["held_equal"]
     for run in results["runs"]:
@@ -236,7 +262,12 @@ def test_study_results_match_schema(study: SimpleNamespace) -> None:
         assert tr["steps"] == 4 and tr["final_val_loss"] is not None
         assert tr["params"] > tr["pos_params"] >= 0 and tr["train_time_s"] > 0
         assert len(run["generation"]) == 3 and all(g["text"] for g in run["generation"])
-    learned, alibi = results["runs"]
+    learned, alibi, t5 = results["runs"]
+    # t5 with max distance 64 at L = 16: buckets 16+ are reached only past L, never trained
+    t5_rows = {r["length"]: r for r in t5["length_generalization"]["results"]}
+    assert t5_rows[16]["untrained"] is None and t5_rows[32]["untrained"].startswith("t5 buckets")
+    assert all(r["untrained"] is None for r in alibi["length_generalization"]["results"])
+    assert all(len(r["window_loss"]) == 64 // 8 for r in alibi["length_generalization"]["results"])
     assert learned["training"]["pos_params"] == 16 * 16 and alibi["training"]["pos_params"] == 0
     # the resumed run's curve covers both pieces with a wall clock that never goes back
     wall = learned["training"]["curves"]["train"]["wall_s"]
@@ -263,6 +294,8 @@ def test_report_files(study: SimpleNamespace) -> None:
     assert "alibi" in summary and "learned" in summary
     assert md.index("## Summary") < md.index(summary) < md.index("## Length generalization")
     assert NA_LEARNED in md and "## What was held equal" in md
+    assert "(untrained parameters)" in md and "never received a gradient" in summary
+    assert "strided" in md.lower() or "stride" in md
     page = (study.out / "report.html").read_text()
     assert page.count('src="data:image/png;base64,') == 4
     assert not re.search(r"""(src|href)=["']?(https?:|//)""", page)  # nothing from the network
@@ -274,8 +307,8 @@ def test_rerun_skips_finished_runs(study: SimpleNamespace) -> None:
     before |= {p: p.stat().st_mtime_ns for p in runs.glob("*/result.json")}
     again = run_cli("compare", *study.args, "--out", study.out)
     assert again.returncode == 0, again.stderr
-    assert again.stdout.count("finished earlier, skipped") == 2
-    assert "trained 0, skipped 2" in again.stdout
+    assert again.stdout.count("finished earlier, skipped") == 3
+    assert "trained 0, skipped 3" in again.stdout
     assert {p: p.stat().st_mtime_ns for p in before} == before
 
 
@@ -330,3 +363,51 @@ def test_report_html_opens_in_a_headless_browser(study: SimpleNamespace, tmp_pat
     result = json.loads(m.group(1).replace("&quot;", '"'))
     assert len(result["images"]) == 4 and all(result["images"]), result
     assert result["summaryVisible"], result
+
+
+# --- honest numbers: step times and noise ---------------------------------------------------
+
+def test_steady_step_times_leave_out_start_up_and_evaluations() -> None:
+    rows = [{"step": 10, "train_loss": 1, "elapsed": 5.0},    # from the start: start-up
+            {"step": 20, "train_loss": 1, "elapsed": 6.0},    # 100 ms/step
+            {"step": 20, "val_loss": 1, "elapsed": 9.0},      # an evaluation ...
+            {"step": 30, "train_loss": 1, "elapsed": 10.0},   # ... inside this interval
+            {"step": 40, "train_loss": 1, "elapsed": 11.2},   # 120 ms/step
+            {"step": 50, "train_loss": 1, "elapsed": 0.5},    # resumed: the clock restarted
+            {"step": 60, "train_loss": 1, "elapsed": 1.6}]    # 110 ms/step
+    st = compare.steady_step_times(rows)
+    assert st["samples"] == pytest.approx([100.0, 120.0, 110.0])
+    assert st["median"] == pytest.approx(110.0) and st["n"] == 3
+    assert compare.steady_step_times([])["median"] is None
+
+
+def _noise_results(a_items: list[list[float]], b_items: list[list[float]]) -> dict:
+    runs = []
+    for pos, items in (("a", a_items), ("b", b_items)):
+        for seed, w in enumerate(items):
+            runs.append({"pos": pos, "seed": seed, "training": {"step_time_ms": {
+                "samples": w, "median": float(np.median(w))}},
+                "length_generalization": {"results": [
+                    {"length": 64, "loss": float(np.mean(w)), "window_loss": w}]}})
+    return {"study": {"seeds": list(range(len(a_items)))}, "runs": runs}
+
+
+def test_differences_are_called_only_beyond_the_noise() -> None:
+    from minigpt.report import differs
+
+    rng = np.random.default_rng(0)
+    base = list(rng.normal(2.0, 0.3, size=200))
+    shifted = [v + 0.2 for v in base]  # paired: the same windows, clearly worse
+    noisy = [v + e for v, e in zip(base, rng.normal(0, 0.05, size=200))]  # no real difference
+    assert differs(_noise_results([base], [shifted]), "a", "b", "loss", 64)
+    assert not differs(_noise_results([base], [noisy]), "a", "b", "loss", 64)
+    # step times: unpaired medians over log intervals
+    fast, slow = list(rng.normal(30, 1, 60)), list(rng.normal(36, 1, 60))
+    assert differs(_noise_results([fast], [slow]), "a", "b", "step")
+    assert not differs(_noise_results([fast], [list(rng.normal(30, 1, 60))]), "a", "b", "step")
+    # several seeds: the seed spread decides
+    seeds_a = [[2.0] * 5, [2.1] * 5, [1.9] * 5]
+    assert not differs(_noise_results(seeds_a, [[2.05] * 5, [2.15] * 5, [1.95] * 5]),
+                       "a", "b", "loss", 64)
+    assert differs(_noise_results(seeds_a, [[3.0] * 5, [3.1] * 5, [2.9] * 5]),
+                   "a", "b", "loss", 64)

@@ -91,10 +91,10 @@ def _new_files(d: Path, before: set[str], prefix: str) -> list[str]:
     return [n for n in now - before if n.startswith(prefix) and n.endswith(".tmp")]
 
 
-def _inside_first_save(out: Path) -> bool:
-    """Killed inside the first checkpoint after its config.json (step > 0) but before its
-    trainer state: the one moment `--resume` refuses (delete the directory and start again).
-    Killed before that config.json, the weights are reproducible and `--resume` restarts."""
+def _unresumable(out: Path) -> bool:
+    """Weights without a trainer state: what an imported checkpoint looks like, and what a
+    kill must never leave (a checkpoint commits its trainer state before model.safetensors,
+    so a run without a trainer state has saved nothing and restarts from step 0)."""
     return not (out / STATE).exists() and not checkpoint.never_saved(out)
 
 
@@ -112,20 +112,21 @@ def _verify(out: Path) -> int | None:
     cfg, raw = checkpoint.read_config(out)  # complete JSON, valid config
     if not (out / "tokenizer.json").exists():  # killed between the first two files
         return None
-    if _inside_first_save(out):
-        return None  # killed inside its first checkpoint: --resume refuses (tested below)
+    assert not _unresumable(out)
     model = GPT(cfg.model)
     opt = make_optimizer(model, cfg.train, torch.device("cpu"))
     with torch.random.fork_rng():
         state = checkpoint.load_trainer_state(out, model, opt)
-    if (out / STATE).exists():
+    if (out / "model.safetensors").exists():
         _, _, _, _ = checkpoint.load(out)  # model.safetensors complete and consistent
         from safetensors import safe_open
 
         with safe_open(str(out / "model.safetensors"), "pt") as f:
             weights_step = int(f.metadata()["step"])
-        # saved in the order model, config, trainer state: each a whole file of its step
-        assert weights_step >= raw["step"] >= state["step"] >= weights_step - 1
+        # committed in the order trainer state, model, config: each a whole file of its step
+        assert state["step"] >= weights_step >= raw["step"] >= state["step"] - 1
+    elif (out / STATE).exists():  # killed inside the first checkpoint, after its state
+        assert raw["step"] == 0
     else:
         assert state["step"] == 0 and raw["step"] == 0  # restarts: nothing complete was saved
     return state["step"]
@@ -217,13 +218,13 @@ def test_sigkill_at_any_moment_leaves_a_resumable_checkpoint(tmp_path):
         """--resume, or where nothing resumable was saved yet: its refusal, then a new run."""
         if not (out / "config.json").exists():
             return fresh
-        if not (out / "tokenizer.json").exists() or _inside_first_save(out):
+        if not (out / "tokenizer.json").exists():
             assert main(resume) == 2  # one sentence (see test_bad_inputs): start over
             shutil.rmtree(out)
             return fresh
         return resume  # nothing saved yet, or a checkpoint: resumes
 
-    # before the first checkpoint, then inside it: restarted from step 0 or refused
+    # before the first checkpoint, then inside it: restarted from step 0
     one_kill("before the first checkpoint", fresh, lambda b: (out / "config.json").exists())
     assert record[-1][1] in (None, 0)
     one_kill("inside the first checkpoint", restart(), nth_temp(".trainer_state", 1),
@@ -271,11 +272,12 @@ def test_sigterm_finishes_the_step_saves_and_says_how_to_resume(corpus, tmp_path
     r = interrupt_training(out, signal.SIGTERM, "--data", corpus, *TINY)
     assert r.returncode == 0, r.stderr
     stdout = r.stdout
-    m = re.search(r"stopped by SIGTERM at step (\d+); the checkpoint is saved\. Resume with: "
-                  r"minigpt train --resume --out (\S+)", stdout)
+    m = re.search(r"stopped by SIGTERM at step (\d+); the checkpoint is saved in (\S+)\.\n",
+                  stdout)
     assert m, stdout
     step = int(m.group(1))
     assert Path(m.group(2)) == out
+    assert "to continue, run the same command with --resume: minigpt train --out" in stdout
     assert json.loads((out / "config.json").read_text())["step"] == step
     from minigpt.model import GPT
     from minigpt.training import make_optimizer

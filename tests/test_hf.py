@@ -5,6 +5,8 @@ tokenizers give the same ids; unsupported inputs are refused in one line (exit 2
 from __future__ import annotations
 
 import json
+import os
+import stat
 import sys
 from pathlib import Path
 
@@ -91,6 +93,10 @@ def test_export_learned_is_gpt2_with_same_logits_and_greedy_tokens(trained, root
     assert "GPT2LMHeadModel" in capsys.readouterr().out
     for f in ("config.json", "model.safetensors", "tokenizer.json", "generation_config.json"):
         assert (out / f).is_file(), f
+    umask = os.umask(0o022)
+    os.umask(umask)
+    modes = {f.name: stat.S_IMODE(f.stat().st_mode) for f in out.iterdir()}
+    assert set(modes.values()) == {0o666 & ~umask}, modes  # safetensors' 0600 too
     m, hft = hf_load(out)
     ours, tok, cfg, _ = load(ck)
     assert type(m).__name__ == "GPT2LMHeadModel"

@@ -97,7 +97,8 @@ def test_parameter_counts():
     c = cfg("learned")
     assert build(c).num_params() == c.block_size * c.d_model
     assert build(cfg("t5")).num_params() == 32 * 4
-    for name in ("nope", "sinusoidal", "rope", "alibi"):
+    assert build(cfg("sinusoidal")).num_params() == 1  # its learned scale
+    for name in ("nope", "rope", "alibi"):
         assert build(cfg(name)).num_params() == 0
     assert GPT(cfg("nope")).num_params() + 16 * 32 == GPT(cfg("learned")).num_params()
 
@@ -157,3 +158,45 @@ def test_shared_parameters_start_equal_across_encodings():
         for k in shared:
             assert torch.equal(a[k], b[k]), k
     assert not torch.equal(GPT(cfg("rope"), seed=8).tok_emb.weight, b["tok_emb.weight"])
+
+
+@pytest.mark.parametrize("d_model,ratio", [(32, 0.7), (128, 0.7), (256, 0.5)])
+def test_sinusoidal_signal_starts_at_the_configured_ratio(d_model, ratio):
+    """Position signal rms / token-embedding rms at init = sinusoidal_ratio (0.7 by default,
+    Vaswani et al.'s ratio), whatever d_model; the scale is a trained parameter."""
+    c = cfg("sinusoidal", d_model=d_model, block_size=256, vocab_size=4000,
+            sinusoidal_ratio=ratio)
+    model = GPT(c, seed=3)
+    tok_rms = model.tok_emb.weight.pow(2).mean().sqrt()
+    pos_signal = model.pos.embed(torch.zeros(1, 256, d_model), torch.arange(256))
+    pos_rms = pos_signal.pow(2).mean().sqrt()
+    assert float((pos_rms / tok_rms).detach()) == pytest.approx(ratio, rel=0.03)
+    assert ModelConfig().sinusoidal_ratio == 0.7
+    # the scale is learned: it receives a gradient and the optimizer may move it
+    _, loss = model(torch.randint(0, 4000, (2, 32)), torch.randint(0, 4000, (2, 32)))
+    loss.backward()
+    assert model.pos.scale.grad is not None and model.pos.scale.grad.abs() > 0
+
+
+def test_t5_default_max_distance_trains_every_bucket_used_past_L():
+    """t5_max_distance defaults to the trained length, so the distances seen in training
+    reach every bucket; an explicit 128 at L = 64 leaves buckets 27-31 untrained, and the
+    encoding says so."""
+    for L in (32, 64, 128, 1024):
+        t5 = build(cfg("t5", block_size=L))
+        assert t5.cfg.t5_max_distance == L
+        assert t5.buckets_used(8 * L) <= t5.buckets_used(L) and 31 in t5.buckets_used(L), L
+        assert t5.untrained(L, 8 * L) is None
+    old = build(cfg("t5", block_size=64, t5_max_distance=128))
+    assert max(old.buckets_used(64)) == 26
+    assert old.untrained(64, 512).startswith("t5 buckets 27-31")
+    assert old.untrained(64, 64) is None
+    assert build(cfg("rope")).untrained(16, 128) is None
+
+
+def test_untrained_t5_buckets_really_get_no_gradient():
+    model = GPT(cfg("t5", block_size=64, t5_max_distance=128), seed=0)
+    _, loss = model(torch.randint(0, 50, (2, 64)), torch.randint(0, 50, (2, 64)))
+    loss.backward()
+    grad_rows = model.pos.rel_bias.weight.grad.abs().sum(1)  # (buckets,)
+    assert (grad_rows[:27] > 0).all() and (grad_rows[27:] == 0).all()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import signal
 
 import pytest
@@ -132,16 +134,20 @@ def test_toml_config_and_flags_combine(corpus, tmp_path):
     assert saved["train"]["lr"] == 0.005 and saved["model"]["block_size"] == 32  # tiny preset
 
 
-def test_sigint_saves_and_resume_finishes(corpus, tmp_path):
+def test_sigint_saves_and_the_same_command_with_resume_finishes(corpus, tmp_path):
     out = tmp_path / "run"
     r = interrupt_training(out, signal.SIGINT, "--preset", "tiny", "--data", corpus, "--quiet",
                            "--sample-tokens", "0")
     assert r.returncode == 0, r.stderr
-    assert "Resume with: minigpt train --resume --out" in r.stdout
+    assert "saving checkpoint, Ctrl-C again to abandon this save" in r.stderr
+    hint = re.search(r"to continue, run the same command with --resume: (minigpt .*)", r.stdout)
+    assert hint, r.stdout
     state = json.loads((out / "config.json").read_text())
     assert 0 < state["step"] < 100000
-    r = run_cli("train", "--resume", "--out", out, "--max-steps", str(state["step"] + 3),
-                "--quiet")
+    # the printed command, as given (preset, data and all), with only --max-steps changed
+    again = shlex.split(hint.group(1))[1:] + ["--max-steps", str(state["step"] + 3)]
+    assert again[0] == "train" and "--resume" in again and "--preset" in again
+    r = run_cli(*again)
     assert r.returncode == 0, r.stderr
     assert f"step {state['step'] + 3}:" in r.stdout
 
@@ -163,3 +169,24 @@ def test_merge_config_validation_names_the_field():
         merge(preset("tiny"), {"d_model": 30, "n_head": 4}, None)
     with pytest.raises(MiniGPTError, match="dropout"):
         merge(preset("tiny"), {"dropout": 1.0}, None)
+
+
+def test_dropout_streams_are_identical_across_encodings() -> None:
+    """The first dropout mask of a run is the same whatever the encoding: learned and t5
+    build extra nn.Embedding layers, which must not shift the dropout stream."""
+    from minigpt.config import merge, preset
+    from minigpt.positional import REGISTRY
+    from minigpt.training import init_model
+
+    masks = {}
+    for pos in REGISTRY:
+        cfg = merge(preset("tiny"), {"pos": pos, "dropout": 0.5, "vocab_size": 40}, {"seed": 5})
+        model = init_model(cfg).train()
+        seen: list[torch.Tensor] = []
+        model.drop.register_forward_hook(lambda m, i, o, seen=seen: seen.append(o == 0))
+        model(torch.zeros(2, 8, dtype=torch.long) + 3)
+        masks[pos] = seen[0]
+    first = masks["nope"]
+    assert 0.3 < float(first.float().mean()) < 0.7  # dropout really ran
+    for pos, m in masks.items():
+        assert torch.equal(m, first), pos

@@ -25,8 +25,8 @@ from torch.overrides import TorchFunctionMode
 
 from . import __version__
 from .config import RunConfig
-from .errors import CheckpointError, ConfigError, MiniGPTError
-from .io import atomic_write_bytes, atomic_write_json, remove_stale_temps
+from .errors import CheckpointError, ConfigError, MiniGPTError, arg
+from .io import StagedFiles, atomic_write_bytes, remove_stale_temps
 from .model import GPT
 from .tokenizers import Tokenizer, load_tokenizer
 
@@ -73,25 +73,35 @@ def _check_finite(tensors: dict[str, torch.Tensor], step: int) -> None:
     if bad:
         raise MiniGPTError(
             f"the weights became NaN or infinite by step {step} ({bad[0]}); lower the learning "
-            "rate (--lr), keep --grad-clip on or raise --warmup-steps. The last good checkpoint "
-            "was kept.")
+            f"rate ({arg('lr')}), keep {arg('grad_clip')} on or raise {arg('warmup_steps')}. The "
+            "last good checkpoint was kept.")
 
 
-def save_weights(path: Path, model: GPT, step: int) -> None:
+def _write(path: Path, data: bytes, files: StagedFiles | None) -> None:
+    """Atomically now, or staged in `files` to be committed with the rest of a checkpoint."""
+    if files is None:
+        atomic_write_bytes(path, data)
+    else:
+        files.write(path, data)
+
+
+def save_weights(path: Path, model: GPT, step: int, files: StagedFiles | None = None) -> None:
     state = model_state(model)
     _check_finite(state, step)
-    atomic_write_bytes(path, st_save(state, metadata={"step": str(step)}))
+    _write(path, st_save(state, metadata={"step": str(step)}), files)
 
 
-def write_config(out: Path, cfg: RunConfig, step: int, extra: dict | None = None) -> None:
-    atomic_write_json(out / "config.json", {
-        "format": FORMAT, "version": FORMAT_VERSION, "minigpt_version": __version__,
-        "step": step, **cfg.to_dict(), **(extra or {})})
+def write_config(out: Path, cfg: RunConfig, step: int, extra: dict | None = None,
+                 files: StagedFiles | None = None) -> None:
+    text = json.dumps({"format": FORMAT, "version": FORMAT_VERSION, "minigpt_version": __version__,
+                       "step": step, **cfg.to_dict(), **(extra or {})},
+                      indent=2, ensure_ascii=False) + "\n"
+    _write(out / "config.json", text.encode("utf-8"), files)
 
 
 def save_trainer_state(out: Path, model: GPT, optimizer: torch.optim.Optimizer,
-                       state: dict[str, Any], rank_rng: list[torch.Tensor] | None = None
-                       ) -> None:
+                       state: dict[str, Any], rank_rng: list[torch.Tensor] | None = None,
+                       files: StagedFiles | None = None) -> None:
     """Weights, optimizer moments and RNG states in one safetensors file (atomic)."""
     weights = model_state(model)
     _check_finite(weights, int(state.get("step", -1)))
@@ -108,24 +118,24 @@ def save_trainer_state(out: Path, model: GPT, optimizer: torch.optim.Optimizer,
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"rng.cuda.{i}"] = s
     meta = {"state": json.dumps(state), "param_groups": json.dumps(opt["param_groups"])}
-    atomic_write_bytes(out / STATE_FILE, st_save(tensors, metadata=meta))
+    _write(out / STATE_FILE, st_save(tensors, metadata=meta), files)
 
 
 def never_saved(out: Path) -> bool:
-    """True for a training run stopped before its first checkpoint was complete.
+    """True for a training run with no complete checkpoint yet, which restarts from step 0.
 
-    A checkpoint writes best/model weights, then config.json with its step, then the trainer
-    state; so weights next to a config.json still at step 0 are the remains of an unfinished
-    first checkpoint, which the same seed reproduces exactly. Imported checkpoints (weights,
-    no trainer state) are not runs that stopped, and do not count.
+    A checkpoint commits best weights, then the trainer state, then model.safetensors and
+    config.json; so a run without a trainer state has completed no checkpoint, unless it has
+    model.safetensors: then it is an imported checkpoint, or one whose trainer state was lost,
+    and starting it over would throw its weights away.
     """
-    if not any((out / f).exists() for f in WEIGHT_FILES.values()):
-        return True
+    if (out / STATE_FILE).exists() or (out / WEIGHT_FILES["last"]).exists():
+        return False
     try:
         raw = json.loads((out / "config.json").read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return False
-    return isinstance(raw, dict) and raw.get("step") == 0 and "imported_from" not in raw
+    return isinstance(raw, dict) and "imported_from" not in raw
 
 
 def load_trainer_state(out: Path, model: GPT, optimizer: torch.optim.Optimizer,
@@ -142,11 +152,11 @@ def load_trainer_state(out: Path, model: GPT, optimizer: torch.optim.Optimizer,
         remove_stale_temps(out)  # half-written files of a killed run
     if not path.exists():
         if never_saved(out):
-            return {"step": 0, "best_val": float("inf")}  # nothing saved yet: start over
+            return {"step": 0, "best_val": float("inf"), "restart": True}  # nothing saved yet
         raise CheckpointError(
-            f"{out} has weights but no {STATE_FILE} (it was imported, or stopped during its "
-            f"first checkpoint), so it cannot be resumed; start a new run from its weights "
-            f"with --init-from {out}, or delete it and start again.")
+            f"{out} has weights but no {STATE_FILE} (it was imported, or its trainer state was "
+            f"removed), so it cannot be resumed; start a new run from its weights with "
+            f"{arg('init_from', repr(str(out)))}, or delete it and start again.")
     want = {k: tuple(v.shape) for k, v in model_state(model).items()}
     params = [p for g in optimizer.param_groups for p in g["params"]]
     try:
@@ -253,7 +263,7 @@ def read_config(ckpt: str | Path) -> tuple[RunConfig, dict[str, Any]]:
         cfg = RunConfig.from_dict({"model": raw.get("model"), "train": raw.get("train")},
                                   where=str(p))
     except ConfigError as e:
-        why = str(e).removeprefix(f"{p}: ")
+        why = e.args[0].removeprefix(f"{p}: ")
         raise CheckpointError(f"{p} holds an invalid config: {why}") from None
     return cfg, raw
 
@@ -274,11 +284,21 @@ def _check_tensors(found: dict[str, Any], want: dict[str, tuple[int, ...]], path
                                   f"implies {list(shape)}.")
 
 
+def weights_path(d: Path, which: str = "last") -> Path:
+    """The weights file `which` names; a missing one is explained (best: not evaluated yet)."""
+    wpath = d / WEIGHT_FILES[which]
+    if wpath.exists():
+        return wpath
+    if which == "best" and (d / WEIGHT_FILES["last"]).exists():
+        raise CheckpointError(f"{d} has no best weights yet: its run has not been evaluated "
+                              f"(best weights are kept from the first evaluation on); use "
+                              f"{arg('which', repr('last'))} for its latest weights.")
+    raise CheckpointError(f"{d} is not a complete checkpoint: {wpath.name} is missing.")
+
+
 def check_weights(d: Path, cfg: RunConfig, which: str = "last") -> None:
     """The weights file's header (names and shapes) matches `cfg`; nothing is allocated."""
-    wpath = d / WEIGHT_FILES[which]
-    if not wpath.exists():
-        raise CheckpointError(f"{d} is not a complete checkpoint: {wpath.name} is missing.")
+    wpath = weights_path(d, which)
     try:
         with safe_open(str(wpath), "pt") as f:
             names = list(f.keys())
@@ -296,9 +316,7 @@ def load(ckpt: str | Path, which: str = "last", device: str | torch.device = "cp
     cfg, raw = read_config(d)
     if which not in WEIGHT_FILES:
         raise MiniGPTError(f"which must be one of {', '.join(WEIGHT_FILES)}, got {which!r}.")
-    wpath = d / WEIGHT_FILES[which]
-    if not wpath.exists():
-        raise CheckpointError(f"{d} is not a complete checkpoint: {wpath.name} is missing.")
+    wpath = weights_path(d, which)
     tok = load_tokenizer_for(d, cfg)
     want = expected_shapes(cfg)
     try:
@@ -324,7 +342,7 @@ def load_tokenizer_for(d: Path, cfg: RunConfig) -> Tokenizer:
     try:
         tok = load_tokenizer(d / "tokenizer.json")
     except MiniGPTError as e:
-        raise CheckpointError(f"{d} is not a complete checkpoint: {e}") from None
+        raise CheckpointError(f"{d} is not a complete checkpoint: {e.args[0]}") from None
     if tok.vocab_size != cfg.model.vocab_size:
         raise CheckpointError(
             f"{d / 'tokenizer.json'} has {tok.vocab_size} tokens but the model expects "

@@ -35,19 +35,23 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from . import __version__
 from .config import RunConfig, merge, preset
 from .errors import ConfigError, MiniGPTError
 from .io import atomic_write_json, read_json
+from .results_schema import GEN_METRICS, RESULTS_SCHEMA, SCHEMA, SCHEMA_VERSION, validate
+from .tasks import LM, TaskDataset, evaluate_task, get_task, test_lengths
+from .tasks import describe as describe_task
 
-SCHEMA = "minigpt-compare-results"
-SCHEMA_VERSION = 1
-EVAL_VERSION = 1  # bump when evaluation.py's numbers change meaning (forces re-evaluation)
+EVAL_VERSION = 2  # bump when evaluation.py's numbers change meaning (forces re-evaluation)
 DEFAULT_ENCODINGS = ["learned", "sinusoidal", "rope", "alibi", "nope"]
 # Settings that may differ between invocations without making it another study.
 NOT_FINGERPRINTED = {"device", "compile"}
 
-# Study presets: a base model preset plus overrides, and the study's own settings.
+# Study presets: a base model preset plus overrides, and the study's own settings; `task`
+# overrides apply on top when the study is an algorithmic task instead of language modelling.
 # `quick` is what `make demo` runs: chosen by measurement to finish in a few minutes on a
 # 2-core CPU while still separating the encodings; `full` is the rigorous version.
 STUDY_PRESETS: dict[str, dict[str, Any]] = {
@@ -57,9 +61,12 @@ STUDY_PRESETS: dict[str, dict[str, Any]] = {
         "train": {"tokenizer": "char", "batch_size": 16, "max_steps": 800, "lr": 2e-3,
                   "min_lr": 2e-4, "warmup_steps": 60, "eval_interval": 100, "eval_iters": 8,
                   "log_interval": 10, "sample_tokens": 300},
+        "task": {"batch_size": 32, "max_steps": 1000, "batching": "documents",
+                 "sample_tokens": 0, "eval_interval": 250},
         "seeds": 1,
         "lengths": "1x,2x,4x,8x",
-        "eval_windows": 32,  # windows of the longest length: 32 x 512 = 16384 tokens scored
+        "eval_tokens": 8192,  # scored targets at every length (256 windows of stride 32)
+        "task_instances": 200,
     },
     "full": {
         "base": "small",
@@ -67,9 +74,11 @@ STUDY_PRESETS: dict[str, dict[str, Any]] = {
         "train": {"tokenizer": "char", "batch_size": 32, "max_steps": 4000, "lr": 1e-3,
                   "min_lr": 1e-4, "warmup_steps": 200, "eval_interval": 250, "eval_iters": 40,
                   "log_interval": 20, "sample_tokens": 500},
+        "task": {"batching": "documents", "sample_tokens": 0},
         "seeds": 3,
         "lengths": "1x,2x,4x,8x",
-        "eval_windows": 64,  # 64 x 1024 = 65536 tokens scored at every length
+        "eval_tokens": 32768,
+        "task_instances": 500,
     },
 }
 
@@ -125,21 +134,33 @@ class Study:
     preset: str
     encodings: list[str]
     seeds: list[int]
-    lengths: list[int]
-    eval_windows: int
+    lengths: list[int]  # tokens (lm) or instance lengths (tasks)
+    eval_tokens: int  # lm: targets scored at every length
+    eval_stride: int  # lm: window stride s <= L/2
     base: RunConfig  # the shared configuration (its pos and seed are overridden per run)
+    task: str = LM
+    task_instances: int = 200  # tasks: held-out instances per length
 
     @property
     def block_size(self) -> int:
         return self.base.model.block_size
+
+    @property
+    def is_task(self) -> bool:
+        return self.task != LM
 
     def run_config(self, pos: str, seed: int) -> RunConfig:
         return merge(self.base, {"pos": pos}, {"seed": seed}, where=f"run {pos}-s{seed}")
 
     def runs(self) -> list[tuple[str, str, int]]:
         """(name, pos, seed) in training order: all encodings of a seed, then the next seed,
-        so an interrupted study already holds complete comparisons for its first seeds."""
-        return [(run_name(p, s), p, s) for s in self.seeds for p in self.encodings]
+        so an interrupted study already holds complete comparisons for its first seeds. The
+        encoding order rotates by one place per seed, so no encoding always runs last."""
+        out = []
+        for i, s in enumerate(self.seeds):
+            k = i % len(self.encodings)
+            out += [(run_name(p, s), p, s) for p in self.encodings[k:] + self.encodings[:k]]
+        return out
 
     def settings(self) -> dict[str, Any]:
         cfg = self.base.to_dict()
@@ -147,9 +168,14 @@ class Study:
         cfg["train"].pop("seed")
         for k in NOT_FINGERPRINTED:
             cfg["train"].pop(k, None)
-        return {"schema_version": SCHEMA_VERSION, "preset": self.preset,
+        return {"schema_version": SCHEMA_VERSION, "preset": self.preset, "task": self.task,
                 "encodings": self.encodings, "seeds": self.seeds, "lengths": self.lengths,
-                "eval_windows": self.eval_windows, "config": cfg}
+                **self._eval_settings(), "config": cfg}
+
+    def _eval_settings(self) -> dict[str, Any]:
+        if self.is_task:
+            return {"task_instances": self.task_instances}
+        return {"eval_tokens": self.eval_tokens, "eval_stride": self.eval_stride}
 
     def fingerprint(self) -> str:
         return _hash(self.settings())
@@ -157,7 +183,7 @@ class Study:
     def eval_fingerprint(self) -> str:
         t = self.base.train
         return _hash({"eval_version": EVAL_VERSION, "lengths": self.lengths,
-                      "eval_windows": self.eval_windows, "prompt": t.sample_prompt,
+                      **self._eval_settings(), "prompt": t.sample_prompt,
                       "temperatures": t.sample_temperatures, "tokens": t.sample_tokens})
 
 
@@ -169,32 +195,58 @@ def run_name(pos: str, seed: int) -> str:
     return f"{pos}-s{seed}"
 
 
+def _positive(name: str, value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"{name} must be a positive whole number, got {value}.")
+    return value
+
+
 def make_study(preset_name: str = "quick", *, encodings: str | list[str] | None = None,
                seeds: int | None = None, lengths: str | list[str] | None = None,
-               eval_windows: int | None = None, model: dict[str, Any] | None = None,
-               train: dict[str, Any] | None = None) -> Study:
+               eval_tokens: int | None = None, eval_stride: int | None = None,
+               task: str = LM, task_instances: int | None = None,
+               model: dict[str, Any] | None = None, train: dict[str, Any] | None = None
+               ) -> Study:
     """Resolve a study preset plus overrides into validated settings."""
+    from .evaluation import check_stride, default_stride
+
     if preset_name not in STUDY_PRESETS:
         raise ConfigError(f"unknown study preset {preset_name!r}; choose one of "
                           f"{', '.join(STUDY_PRESETS)}.")
+    if task != LM:
+        get_task(task)  # refuses unknown names
     sp = STUDY_PRESETS[preset_name]
     model, train = dict(model or {}), dict(train or {})
     if "pos" in model:
         raise ConfigError("the study sets the encoding per run; list encodings with --pos.")
     names = parse_encodings(encodings)
     base = merge(preset(sp["base"]), sp["model"], sp["train"], where=f"study preset {preset_name}")
+    if task != LM:
+        base = merge(base, {}, sp["task"], where=f"study preset {preset_name} ({task})")
     base = merge(base, {**model, "pos": names[0]}, train, where="command line")
     n = sp["seeds"] if seeds is None else seeds
     if not isinstance(n, int) or not 1 <= n <= 100:
         raise ConfigError(f"--seeds must be a whole number from 1 to 100, got {n}.")
-    windows = sp["eval_windows"] if eval_windows is None else eval_windows
-    if not isinstance(windows, int) or windows < 1:
-        raise ConfigError(f"--eval-windows must be a positive whole number, got {windows}.")
+    L = base.model.block_size
+    spec = lengths if lengths is not None else sp["lengths"]
+    if task != LM:
+        spec = None if lengths is None else ",".join(parse_list(lengths))
+        lens = test_lengths(get_task(task), L, spec)
+        stride = 1
+    else:
+        lens = parse_lengths(spec, L)
+        stride = default_stride(lens, L) if eval_stride is None else eval_stride
+        try:
+            check_stride(stride, lens, L)
+        except MiniGPTError as e:
+            raise ConfigError(f"--eval-stride: {e}") from None
     study = Study(preset=preset_name, encodings=names,
-                  seeds=[base.train.seed + i for i in range(n)],
-                  lengths=parse_lengths(lengths if lengths is not None else sp["lengths"],
-                                        base.model.block_size),
-                  eval_windows=windows, base=base)
+                  seeds=[base.train.seed + i for i in range(n)], lengths=lens,
+                  eval_tokens=_positive("--eval-tokens", sp["eval_tokens"] if eval_tokens is None
+                                        else eval_tokens),
+                  eval_stride=stride, base=base, task=task,
+                  task_instances=_positive("--task-instances", sp["task_instances"]
+                                           if task_instances is None else task_instances))
     for _, pos, seed in study.runs():  # validate every run's config now (e.g. rope head size)
         study.run_config(pos, seed)
     return study
@@ -217,182 +269,6 @@ def config_diff(a: RunConfig, b: RunConfig) -> list[str]:
         for k in NOT_FINGERPRINTED:
             d["train"].pop(k, None)
     return diff_settings(da, db)
-
-
-# --- the JSON schema of results.json --------------------------------------------------------
-
-_NUM = {"type": "number"}
-_INT = {"type": "integer"}
-_STR = {"type": "string"}
-_BOOL = {"type": "boolean"}
-_NUM_OR_NULL = {"type": ["number", "null"]}
-_NUMS = {"type": "array", "items": _NUM}
-_STATS = {"type": "object", "required": ["mean", "std", "n"],
-          "properties": {"mean": _NUM_OR_NULL, "std": _NUM_OR_NULL, "n": _INT}}
-_CURVE = {"type": "object", "required": ["step", "loss", "wall_s"],
-          "properties": {"step": {"type": "array", "items": _INT}, "loss": _NUMS,
-                         "wall_s": _NUMS}}
-_GEN_METRICS = {"words": _INT, "distinct_1": _NUM_OR_NULL, "distinct_2": _NUM_OR_NULL,
-                "repeated_4gram_share": _NUM_OR_NULL, "known_word_share": _NUM_OR_NULL}
-
-RUN_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["name", "pos", "seed", "dir", "extrapolates", "config", "training",
-                 "length_generalization", "generation"],
-    "properties": {
-        "name": _STR, "pos": _STR, "seed": _INT,
-        "dir": {"type": "string", "description": "checkpoint directory, relative to out"},
-        "extrapolates": _BOOL,
-        "config": {"type": "object", "required": ["model", "train"]},
-        "training": {
-            "type": "object",
-            "required": ["steps", "final_val_loss", "final_val_ppl", "best_val_loss",
-                         "train_time_s", "tokens_per_s", "params", "pos_params",
-                         "peak_mem_mb", "peak_mem_kind", "curves"],
-            "properties": {
-                "steps": _INT, "final_val_loss": _NUM_OR_NULL, "final_val_ppl": _NUM_OR_NULL,
-                "best_val_loss": _NUM_OR_NULL,
-                "train_time_s": {"type": "number", "description": "wall seconds, resumes summed"},
-                "tokens_per_s": {"type": "number", "description": "median over log intervals"},
-                "params": _INT, "pos_params": _INT, "peak_mem_mb": _NUM_OR_NULL,
-                "peak_mem_kind": {"enum": ["cuda_max_allocated", "rss_peak_during_run",
-                                           "rss_peak_process", "unknown"]},
-                "curves": {"type": "object", "required": ["train", "val"],
-                           "properties": {"train": _CURVE, "val": _CURVE}},
-            },
-        },
-        "length_generalization": {
-            "type": "object", "required": ["span_tokens", "results", "position_loss"],
-            "properties": {
-                "span_tokens": _INT,
-                "results": {"type": "array", "items": {
-                    "type": "object",
-                    "required": ["length", "multiple", "tokens", "loss", "ppl", "reason"],
-                    "properties": {"length": _INT, "multiple": _NUM, "tokens": _INT,
-                                   "loss": _NUM_OR_NULL, "ppl": _NUM_OR_NULL,
-                                   "reason": {"type": ["string", "null"]}}}},
-                "position_loss": {"type": "object", "required": ["length", "loss"],
-                                  "properties": {"length": _INT, "loss": _NUMS}},
-            },
-        },
-        "generation": {"type": "array", "items": {
-            "type": "object", "required": ["temperature", "text", *_GEN_METRICS],
-            "properties": {"temperature": _NUM, "text": _STR, **_GEN_METRICS}}},
-    },
-}
-
-AGGREGATE_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["pos", "seeds", "extrapolates", "final_val_loss", "final_val_ppl",
-                 "train_time_s", "tokens_per_s", "params", "pos_params", "peak_mem_mb",
-                 "length_ppl", "position_loss", "generation"],
-    "properties": {
-        "pos": _STR, "seeds": _INT, "extrapolates": _BOOL,
-        **{k: _STATS for k in ("final_val_loss", "final_val_ppl", "train_time_s",
-                               "tokens_per_s", "params", "pos_params", "peak_mem_mb")},
-        "length_ppl": {"type": "array", "items": {
-            "type": "object", "required": ["length", "multiple", "ppl", "loss", "reason"],
-            "properties": {"length": _INT, "multiple": _NUM, "ppl": _STATS, "loss": _STATS,
-                           "reason": {"type": ["string", "null"]}}}},
-        "position_loss": {"type": "object", "required": ["length", "mean", "std"],
-                          "properties": {"length": _INT, "mean": _NUMS, "std": _NUMS}},
-        "generation": {"type": "array", "items": {
-            "type": "object", "required": ["temperature"],
-            "properties": {"temperature": _NUM, **{k: _STATS for k in _GEN_METRICS}}}},
-    },
-}
-
-RESULTS_SCHEMA: dict[str, Any] = {
-    "$schema": "https://json-schema.org/draft/2020-12/schema",
-    "$id": "https://github.com/minigpt/minigpt/schemas/compare-results-v1.json",
-    "title": "minigpt compare results",
-    "description": "One record per run (encoding x seed), per-encoding aggregates (mean, "
-                   "sample std over seeds), the study settings and the environment. Losses are "
-                   "natural-log cross-entropy per token; ppl = exp(loss).",
-    "type": "object",
-    "required": ["schema", "schema_version", "created", "study", "environment", "runs",
-                 "aggregates", "summary"],
-    "properties": {
-        "schema": {"const": SCHEMA},
-        "schema_version": {"const": SCHEMA_VERSION},
-        "created": {"type": "string", "description": "ISO 8601 time, UTC"},
-        "study": {
-            "type": "object",
-            "required": ["preset", "encodings", "seeds", "block_size", "lengths",
-                         "eval_windows", "eval_span_tokens", "prompt", "temperatures",
-                         "sample_tokens", "fingerprint", "base_config", "held_equal",
-                         "verification", "unigram_ppl"],
-            "properties": {
-                "preset": _STR, "encodings": {"type": "array", "items": _STR},
-                "seeds": {"type": "array", "items": _INT}, "block_size": _INT,
-                "lengths": {"type": "array", "items": _INT}, "eval_windows": _INT,
-                "eval_span_tokens": _INT, "prompt": _STR, "temperatures": _NUMS,
-                "sample_tokens": _INT, "fingerprint": _STR,
-                "unigram_ppl": {"type": "number", "description": "perplexity of a context-free "
-                                "unigram model (training frequencies) on the evaluation span"},
-                "base_config": {"type": "object", "required": ["model", "train"]},
-                "held_equal": {"type": "array", "items": _STR},
-                "verification": {
-                    "type": "object",
-                    "required": ["configs_differ_only_in", "shared_init_identical",
-                                 "shared_tensors", "seeds_checked"],
-                    "properties": {"configs_differ_only_in": {"type": "array", "items": _STR},
-                                   "shared_init_identical": _BOOL, "shared_tensors": _INT,
-                                   "seeds_checked": {"type": "array", "items": _INT}}},
-            },
-        },
-        "environment": {
-            "type": "object",
-            "required": ["python", "torch", "numpy", "minigpt", "platform", "device",
-                         "device_name", "torch_threads", "cpu_count", "train_precision"],
-            "properties": {"python": _STR, "torch": _STR, "numpy": _STR, "minigpt": _STR,
-                           "platform": _STR, "device": _STR, "device_name": _STR,
-                           "torch_threads": _INT, "cpu_count": {"type": ["integer", "null"]},
-                           "train_precision": {"type": "string", "description": "float32 or "
-                                               "the autocast dtype training used"}},
-        },
-        "runs": {"type": "array", "items": RUN_SCHEMA},
-        "aggregates": {"type": "array", "items": AGGREGATE_SCHEMA},
-        "summary": {"type": "object", "required": ["text", "findings"],
-                    "properties": {"text": _STR, "findings": {"type": "object"}}},
-    },
-}
-
-_TYPES: dict[str, Callable[[Any], bool]] = {
-    "object": lambda v: isinstance(v, dict),
-    "array": lambda v: isinstance(v, list),
-    "string": lambda v: isinstance(v, str),
-    "boolean": lambda v: isinstance(v, bool),
-    "null": lambda v: v is None,
-    "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
-    "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
-    and math.isfinite(v),
-}
-
-
-def validate(instance: Any, schema: dict[str, Any], path: str = "$") -> list[str]:
-    """Check `instance` against the subset of JSON Schema used here (type, const, enum,
-    required, properties, items); return one message per violation (empty when valid)."""
-    errors: list[str] = []
-    if "type" in schema:
-        types = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
-        if not any(_TYPES[t](instance) for t in types):
-            return [f"{path}: expected {' or '.join(types)}, got {type(instance).__name__}"]
-    if "const" in schema and instance != schema["const"]:
-        errors.append(f"{path}: expected {schema['const']!r}, got {instance!r}")
-    if "enum" in schema and instance not in schema["enum"]:
-        errors.append(f"{path}: {instance!r} is not one of {schema['enum']}")
-    if isinstance(instance, dict):
-        for key in schema.get("required", []):
-            if key not in instance:
-                errors.append(f"{path}: missing required key {key!r}")
-        for key, sub in schema.get("properties", {}).items():
-            if key in instance:
-                errors += validate(instance[key], sub, f"{path}.{key}")
-    if isinstance(instance, list) and "items" in schema:
-        for i, item in enumerate(instance):
-            errors += validate(item, schema["items"], f"{path}[{i}]")
-    return errors
 
 
 # --- environment and memory -----------------------------------------------------------------
@@ -501,8 +377,28 @@ def training_record(rows: list[dict[str, Any]], max_steps: int) -> dict[str, Any
         "best_val_loss": min(finite) if finite else None,
         "train_time_s": (offset + prev),
         "tokens_per_s": statistics.median(tps) if tps else 0.0,
+        "step_time_ms": steady_step_times(rows),
         "curves": {"train": train, "val": val},
     }
+
+
+def steady_step_times(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Milliseconds per step over the log intervals of steady training: the interval from the
+    start of every (re)started piece (start-up) and every interval that contains an evaluation
+    are left out. Returns median, quartiles, n and the samples."""
+    evaluated = {int(r["step"]) for r in rows if "val_loss" in r}
+    samples, last = [], None  # last: (step, elapsed) of the previous training row
+    for r in rows:
+        if "train_loss" not in r or "elapsed" not in r:
+            continue
+        step, e = int(r["step"]), float(r["elapsed"])
+        if last is not None and e > last[1] and step > last[0] and last[0] not in evaluated:
+            samples.append(1000.0 * (e - last[1]) / (step - last[0]))
+        last = (step, e)  # after a resume the clock restarts: no sample across it
+    if not samples:
+        return {"median": None, "q1": None, "q3": None, "n": 0, "samples": []}
+    q1, med, q3 = (float(v) for v in np.percentile(samples, [25, 50, 75]))
+    return {"median": med, "q1": q1, "q3": q3, "n": len(samples), "samples": samples}
 
 
 # --- the study -----------------------------------------------------------------------------
@@ -586,34 +482,60 @@ def verify_shared_init(study: Study, vocab_size: int) -> dict[str, Any]:
             "shared_tensors": shared_n, "seeds_checked": list(study.seeds)}
 
 
-def held_equal(study: Study, data: Any, span_tokens: int, prompt: str,
-               verification: dict[str, Any]) -> list[str]:
+def held_equal(study: Study, vocab: int, prompt: str, verification: dict[str, Any]
+               ) -> list[str]:
     m, t = study.base.model, study.base.train
     differ = ", ".join(verification["configs_differ_only_in"]) or "nothing"
-    return [
+    if study.is_task:
+        data_line = (f"Task: {describe_task(study.task, m.block_size)}; instances generated from "
+                     "the seed, one per row, loss on the answer only; a character vocabulary of "
+                     f"{vocab}.")
+        eval_line = (f"Evaluation instances: the same {study.task_instances} held-out instances "
+                     "per length for every model (their prompts are never drawn in training); "
+                     "exact match of greedy decoding over the whole answer.")
+    else:
+        data_line = (f"Data and tokenizer: {t.data}, {t.tokenizer} tokenizer, vocabulary of "
+                     f"{vocab}; the same train/validation split.")
+        eval_line = (f"Evaluation tokens: the same {study.eval_tokens} validation targets at "
+                     f"every length, scored with windows moved by a stride of {study.eval_stride} "
+                     f"tokens that score their last {study.eval_stride} tokens, so at length T "
+                     f"every scored token has T - {study.eval_stride} to T - 1 tokens of context.")
+    lines = [
         (f"Configuration: the same model shapes for every run ({_n(m.n_layer, 'layer')}, "
         f"{_n(m.n_head, 'head')}, d_model {m.d_model}, d_ff {m.d_ff}, "
         f"trained context L = {m.block_size}); "
         f"the run configs differ only in {differ} (checked)."),
-        (f"Data and tokenizer: {t.data}, {t.tokenizer} tokenizer, vocabulary of "
-        f"{data.tokenizer.vocab_size}; the same train/validation split."),
+        data_line,
         (f"Hyper-parameters: AdamW (betas {t.beta1}, {t.beta2}, weight decay {t.weight_decay}), "
         f"lr {t.lr} -> {t.min_lr} with {t.warmup_steps} warm-up steps, clipping {t.grad_clip}, "
         f"batch {t.batch_size}x{t.grad_accum}, {t.max_steps} steps, dropout {m.dropout}."),
-        ("Training batches: the same windows in the same order for a given seed (batches are a "
-        "pure function of seed and step and never depend on the model)."),
+        ("Training batches: the same rows in the same order for a given seed (batches are a "
+        "pure function of seed and step and never depend on the model); the dropout stream is "
+        "seeded after the model is built, so it is the same for every encoding."),
         ("Initial values: every parameter the encodings share (token embedding, attention, MLP, "
         "LayerNorms) is drawn per parameter name from its own seeded generator; verified "
         f"identical across encodings for {verification['shared_tensors']} shared tensors and "
         f"seed(s) {', '.join(map(str, verification['seeds_checked']))}: "
         f"{'yes' if verification['shared_init_identical'] else 'NO'}."),
-        (f"Evaluation tokens: one fixed validation span of {span_tokens} tokens, scored once at "
-        "every length by every model."),
-        (f"Sampling: prompt {prompt!r}, temperatures "
-        f"{', '.join(f'{x:g}' for x in t.sample_temperatures)}, {t.sample_tokens} new tokens, "
-        "the run's seed; every model sees at most its last L tokens while sampling."),
-        "Machine: the same device and thread count, one run at a time.",
+        eval_line,
     ]
+    if "sinusoidal" in study.encodings:
+        lines.append(
+            f"Sinusoidal strength: the table is added times a learned scalar that starts where "
+            f"the position signal's rms is {m.sinusoidal_ratio:g} x the token embeddings' rms "
+            "(Vaswani et al.'s ratio is about 0.7; x-transformers' ScaledSinusoidalEmbedding "
+            "also learns the scale).")
+    if "t5" in study.encodings:
+        lines.append(f"T5 buckets: {m.t5_num_buckets} buckets, max distance "
+                     f"{m.t5_max_distance} tokens.")
+    if not study.is_task and t.sample_tokens:
+        lines.append(
+            f"Sampling: prompt {prompt!r}, temperatures "
+            f"{', '.join(f'{x:g}' for x in t.sample_temperatures)}, {t.sample_tokens} new "
+            "tokens, the run's seed; every model sees at most its last L tokens while sampling.")
+    lines.append("Machine: the same device and thread count, one run at a time; the run order "
+                 "rotates by one encoding per seed.")
+    return lines
 
 
 def _n(k: int, word: str) -> str:
@@ -630,17 +552,77 @@ def default_prompt(data: Any) -> str:
     return prompt
 
 
+class LMEvaluation:
+    """Language modelling: strided perplexity by length on one validation span, and samples."""
+
+    def __init__(self, study: Study, data: Any) -> None:
+        from . import evaluation
+
+        self.study = study
+        self.span = evaluation.eval_span(np.asarray(data.val), study.lengths, study.eval_stride,
+                                         study.eval_tokens)
+        longest = max(study.lengths)
+        self.targets = evaluation.scored_targets(self.span, study.eval_stride, longest)
+        self.unigram = evaluation.unigram_ppl(data.train, self.targets,
+                                              data.tokenizer.vocab_size)
+        self.prompt = study.base.train.sample_prompt or default_prompt(data)
+        data.tokenizer.check_text(self.prompt)
+        self.words = evaluation.training_vocabulary(data.tokenizer, data.train) \
+            if study.base.train.sample_tokens else set()
+
+    def run(self, model: Any, tok: Any, cfg: RunConfig) -> dict[str, Any]:
+        from . import evaluation
+
+        lg = evaluation.length_generalization(model, self.span, self.study.lengths,
+                                              self.study.eval_stride)
+        gen = []
+        t = cfg.train
+        for temp in (t.sample_temperatures if t.sample_tokens else []):
+            text = evaluation.sample_windowed(model, tok, self.prompt,
+                                              max_new_tokens=t.sample_tokens,
+                                              temperature=temp, seed=t.seed)
+            gen.append({"temperature": temp, "text": text,
+                        **evaluation.generation_metrics(text, self.words)})
+        return {"length_generalization": lg, "generation": gen}
+
+    def study_fields(self) -> dict[str, Any]:
+        return {"eval_span_tokens": len(self.targets), "unigram_ppl": self.unigram,
+                "prompt": self.prompt}
+
+
+class TaskEvaluation:
+    """An algorithmic task: exact-match accuracy of greedy answers by instance length."""
+
+    def __init__(self, study: Study, data: TaskDataset) -> None:
+        self.study, self.data = study, data
+        self.prompt = ""
+
+    def run(self, model: Any, tok: Any, cfg: RunConfig) -> dict[str, Any]:
+        acc = evaluate_task(model, self.data, self.study.lengths, self.study.task_instances,
+                            seed=self.study.seeds[0])
+        return {"task_accuracy": acc, "generation": []}
+
+    def study_fields(self) -> dict[str, Any]:
+        return {"eval_span_tokens": 0, "unigram_ppl": None, "prompt": ""}
+
+
+def study_data(study: Study, progress: bool) -> Any:
+    if study.is_task:
+        return TaskDataset.build(study.task, study.block_size)
+    from .training import load_dataset
+
+    return load_dataset(study.base, verbose=progress)
+
+
 def run_study(study: Study, out: str | Path, *, force: bool = False, progress: bool = True,
               log: Callable[[str], None] = print) -> StudyOutcome:
     """Train, evaluate and report every run of the study in `out` (resumable)."""
-    import numpy as np
-
-    from . import checkpoint, evaluation
+    from . import checkpoint
     from .report import summarize, write_report
-    from .training import load_dataset, resolve_device
+    from .training import resolve_device
 
     out = Path(out)
-    data = load_dataset(study.base, verbose=progress)  # bad data: nothing created yet
+    data = study_data(study, progress)  # bad data: nothing created yet
     data.check_block(study.block_size)
     check_out(study, out, force, log)
     try:
@@ -652,12 +634,7 @@ def run_study(study: Study, out: str | Path, *, force: bool = False, progress: b
     vocab = data.tokenizer.vocab_size
     device = resolve_device(study.base.train.device)
     verification = verify_shared_init(study, vocab)
-    span = evaluation.eval_span(np.asarray(data.val), study.lengths, study.eval_windows)
-    unigram = evaluation.unigram_ppl(data.train, span, vocab)
-    prompt = study.base.train.sample_prompt or default_prompt(data)
-    data.tokenizer.check_text(prompt)
-    words = evaluation.training_vocabulary(data.tokenizer, data.train) \
-        if study.base.train.sample_tokens else set()
+    evaluator = TaskEvaluation(study, data) if study.is_task else LMEvaluation(study, data)
     eval_fp = study.eval_fingerprint()
 
     runs = study.runs()
@@ -665,9 +642,8 @@ def run_study(study: Study, out: str | Path, *, force: bool = False, progress: b
     spent, steps_done = 0.0, 0  # for the ETA: wall seconds per trained step, this invocation
     try:
         for i, (name, pos, seed) in enumerate(runs, 1):
-            cfg = study.run_config(pos, seed)
-            cfg.model.vocab_size = vocab
-            cfg.model.__post_init__()
+            cfg = merge(study.run_config(pos, seed), {"vocab_size": vocab}, {},
+                        where=f"run {name}")
             run_dir = out / "runs" / name
             tag = f"[{i}/{len(runs)}] {name}"
             state, start_step = _run_state(run_dir, cfg, eval_fp, force)
@@ -694,8 +670,7 @@ def run_study(study: Study, out: str | Path, *, force: bool = False, progress: b
             if not is_main_process():
                 continue  # under DDP only rank 0 evaluates and writes
             model, tok, _, _ = checkpoint.load(run_dir, device=device)
-            record = evaluate_run(model, tok, cfg, run_dir, name, span, study.lengths, prompt,
-                                  words)
+            record = evaluate_run(model, cfg, run_dir, name, evaluator.run(model, tok, cfg))
             record["eval_fingerprint"] = eval_fp
             atomic_write_json(run_dir / "result.json", record)
             spent += time.perf_counter() - t0
@@ -708,7 +683,7 @@ def run_study(study: Study, out: str | Path, *, force: bool = False, progress: b
 
     if not is_main_process():
         return StudyOutcome(out, None, trained, skipped)
-    results = collect_results(study, out, data, device, span, prompt, verification, unigram)
+    results = collect_results(study, out, vocab, device, evaluator, verification)
     results["summary"] = summarize(results)
     errors = validate(results, RESULTS_SCHEMA)
     if errors:  # a bug, not a user error
@@ -767,10 +742,9 @@ def _run_state(run_dir: Path, cfg: RunConfig, eval_fp: str, force: bool) -> tupl
     return "trained", step
 
 
-def evaluate_run(model: Any, tok: Any, cfg: RunConfig, run_dir: Path, name: str, span: Any,
-                 lengths: list[int], prompt: str, words: set[str]) -> dict[str, Any]:
-    from . import evaluation
-
+def evaluate_run(model: Any, cfg: RunConfig, run_dir: Path, name: str,
+                 evaluation: dict[str, Any]) -> dict[str, Any]:
+    """One run's record: its training curves and costs plus what the evaluator measured."""
     rec = training_record(read_metrics(run_dir / "metrics.jsonl"), cfg.train.max_steps)
     try:
         mem = json.loads((run_dir / "trained.json").read_text(encoding="utf-8"))
@@ -779,18 +753,25 @@ def evaluate_run(model: Any, tok: Any, cfg: RunConfig, run_dir: Path, name: str,
     rec.update(params=model.num_params(), pos_params=model.pos.num_params(),
                peak_mem_mb=mem.get("peak_mem_mb"), peak_mem_kind=mem.get("peak_mem_kind",
                                                                           "unknown"))
-    lg = evaluation.length_generalization(model, span, lengths)
-    gen = []
-    t = cfg.train
-    if t.sample_tokens:
-        for temp in t.sample_temperatures:
-            text = evaluation.sample_windowed(model, tok, prompt, max_new_tokens=t.sample_tokens,
-                                              temperature=temp, seed=t.seed)
-            gen.append({"temperature": temp, "text": text,
-                        **evaluation.generation_metrics(text, words)})
-    return {"name": name, "pos": cfg.model.pos, "seed": t.seed, "dir": f"runs/{name}",
+    return {"name": name, "pos": cfg.model.pos, "seed": cfg.train.seed, "dir": f"runs/{name}",
             "extrapolates": bool(model.pos.extrapolates), "config": cfg.to_dict(),
-            "training": rec, "length_generalization": lg, "generation": gen}
+            "training": rec, **evaluation}
+
+
+def _col_stats(rs: list[dict[str, Any]], key: str, fields: tuple[str, ...]
+               ) -> list[dict[str, Any]]:
+    """Per row of rs[*][key]["results"]: mean/std over seeds of each field."""
+    from .evaluation import mean_std
+
+    rows = []
+    for j, row in enumerate(rs[0][key]["results"]):
+        col = [r[key]["results"][j] for r in rs]
+        out = {k: row[k] for k in ("length", "multiple", "tokens") if k in row}
+        out.update({f: mean_std(c[f] for c in col) for f in fields})
+        out["reason"] = next((c["reason"] for c in col if c["reason"]), None)
+        out["untrained"] = next((c["untrained"] for c in col if c["untrained"]), None)
+        rows.append(out)
+    return rows
 
 
 def aggregate(runs: list[dict[str, Any]], encodings: list[str]) -> list[dict[str, Any]]:
@@ -807,54 +788,56 @@ def aggregate(runs: list[dict[str, Any]], encodings: list[str]) -> list[dict[str
         for k in ("final_val_loss", "final_val_ppl", "train_time_s", "tokens_per_s", "params",
                   "pos_params", "peak_mem_mb"):
             agg[k] = mean_std(t[k] for t in tr)
-        lengths = []
-        for j, row in enumerate(rs[0]["length_generalization"]["results"]):
-            col = [r["length_generalization"]["results"][j] for r in rs]
-            lengths.append({"length": row["length"], "multiple": row["multiple"],
-                            "ppl": mean_std(c["ppl"] for c in col),
-                            "loss": mean_std(c["loss"] for c in col),
-                            "reason": next((c["reason"] for c in col if c["reason"]), None)})
-        agg["length_ppl"] = lengths
-        curves = [r["length_generalization"]["position_loss"]["loss"] for r in rs]
-        n = min(len(c) for c in curves)
-        stats = [mean_std(c[p] for c in curves) for p in range(n)]
-        agg["position_loss"] = {"length": rs[0]["length_generalization"]["position_loss"]["length"],
-                                "mean": [s["mean"] for s in stats],
-                                "std": [s["std"] for s in stats]}
+        agg["step_time_ms"] = mean_std(t["step_time_ms"]["median"] for t in tr)
+        if "length_generalization" in rs[0]:
+            agg["length_ppl"] = [{k: v for k, v in row.items() if k != "tokens"}
+                                 for row in _col_stats(rs, "length_generalization",
+                                                       ("ppl", "loss"))]
+            curves = [r["length_generalization"]["position_loss"]["loss"] for r in rs]
+            n = min(len(c) for c in curves)
+            stats = [mean_std(c[p] for c in curves) for p in range(n)]
+            agg["position_loss"] = {
+                "length": rs[0]["length_generalization"]["position_loss"]["length"],
+                "mean": [s["mean"] for s in stats], "std": [s["std"] for s in stats]}
+        if "task_accuracy" in rs[0]:
+            agg["accuracy"] = [{k: v for k, v in row.items() if k != "multiple"}
+                               for row in _col_stats(rs, "task_accuracy", ("accuracy",))]
         gen = []
         for j, g in enumerate(rs[0]["generation"]):
             col = [r["generation"][j] for r in rs if len(r["generation"]) > j]
             gen.append({"temperature": g["temperature"],
-                        **{k: mean_std(c[k] for c in col) for k in _GEN_METRICS}})
+                        **{k: mean_std(c[k] for c in col) for k in GEN_METRICS}})
         agg["generation"] = gen
         out.append(agg)
     return out
 
 
-def collect_results(study: Study, out: Path, data: Any, device: Any, span: Any, prompt: str,
-                    verification: dict[str, Any], unigram: float) -> dict[str, Any]:
+def collect_results(study: Study, out: Path, vocab: int, device: Any, evaluator: Any,
+                    verification: dict[str, Any]) -> dict[str, Any]:
     runs = []
     for name, _, _ in study.runs():
         rec = json.loads((out / "runs" / name / "result.json").read_text(encoding="utf-8"))
         rec.pop("eval_fingerprint", None)
         runs.append(rec)
+    order = [name for name, _, _ in study.runs()]
+    runs.sort(key=lambda r: (study.seeds.index(r["seed"]), study.encodings.index(r["pos"])))
     t = study.base.train
-    span_tokens = len(span) - 1
     base = study.base.to_dict()
-    base["model"]["vocab_size"] = data.tokenizer.vocab_size
+    base["model"]["vocab_size"] = vocab
+    fields = evaluator.study_fields()
     return {
         "schema": SCHEMA,
         "schema_version": SCHEMA_VERSION,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "study": {
-            "preset": study.preset, "encodings": study.encodings, "seeds": study.seeds,
-            "block_size": study.block_size, "lengths": study.lengths,
-            "eval_windows": study.eval_windows, "eval_span_tokens": span_tokens,
-            "unigram_ppl": unigram,
-            "prompt": prompt, "temperatures": list(t.sample_temperatures),
+            "preset": study.preset, "task": study.task, "encodings": study.encodings,
+            "seeds": study.seeds, "run_order": order, "block_size": study.block_size,
+            "lengths": study.lengths, "eval_tokens": study.eval_tokens,
+            "eval_stride": study.eval_stride, "task_instances": study.task_instances,
+            **fields, "temperatures": list(t.sample_temperatures),
             "sample_tokens": t.sample_tokens, "fingerprint": study.fingerprint(),
             "base_config": base,
-            "held_equal": held_equal(study, data, span_tokens, prompt, verification),
+            "held_equal": held_equal(study, vocab, fields["prompt"], verification),
             "verification": verification,
         },
         "environment": environment(device, study.base.train),

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, arg
 
 # Upper bounds that stop a hostile or mistaken config from allocating absurd memory
 # before anything is built (a 124M GPT-2 is far inside them).
@@ -27,28 +27,50 @@ MAX_BLOCK = 1_048_576
 MAX_PARAMS = 20_000_000_000
 
 
+def setting(default: Any, help: str, *, metavar: str | None = None,
+            choices: tuple[str, ...] | None = None, default_text: str | None = None) -> Any:
+    """A config field with its help text: the one source for `--help`, choices and defaults.
+
+    `help` says what the setting does (with its unit); `default_text` replaces the shown
+    default where the stored one is a placeholder (`d_ff` 0 means 4 x d_model).
+    """
+    meta = {"help": help, "metavar": metavar, "choices": choices, "default_text": default_text}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
 @dataclass
 class ModelConfig:
     """Shapes of the GPT. `vocab_size` is filled in from the tokenizer when left at 0."""
 
-    vocab_size: int = 0
-    block_size: int = 64  # trained context length L
-    n_layer: int = 4
-    n_head: int = 4
-    d_model: int = 128
-    d_ff: int = 0  # 0 means 4 * d_model
-    dropout: float = 0.0
-    pos: str = "learned"
-    bias: bool = True  # biases in linear layers and LayerNorms, as GPT-2
-    layer_norm_eps: float = 1e-5  # GPT-2's value
-    activation: str = "gelu"  # exact (erf) GELU, as nanoGPT; "gelu_tanh" is GPT-2's "gelu_new"
-    rope_base: float = 10000.0
-    t5_num_buckets: int = 32
-    t5_max_distance: int = 128
+    vocab_size: int = setting(0, "vocabulary size; 0 takes it from the tokenizer")
+    block_size: int = setting(64, "context length L the model is trained at, in tokens")
+    n_layer: int = setting(4, "number of transformer blocks")
+    n_head: int = setting(4, "attention heads per block; must divide d_model")
+    d_model: int = setting(128, "embedding width (channels per token)")
+    d_ff: int = setting(0, "feed-forward width", default_text="4 x d_model")
+    dropout: float = setting(0.0, "dropout probability in attention and MLP", metavar="P")
+    pos: str = setting("learned", "positional encoding", metavar="NAME")
+    bias: bool = setting(True, "biases in linear layers and LayerNorms, as GPT-2")
+    layer_norm_eps: float = setting(1e-5, "LayerNorm epsilon (GPT-2's value)")
+    activation: str = setting("gelu", "MLP activation: exact (erf) GELU, as nanoGPT, or "
+                              "gelu_tanh, GPT-2's 'gelu_new'", choices=("gelu", "gelu_tanh"))
+    rope_base: float = setting(10000.0, "rope only: rotation base (larger = slower rotation)")
+    t5_num_buckets: int = setting(32, "t5 only: number of relative-distance buckets")
+    t5_max_distance: int = setting(0, "t5 only: distance where the last bucket starts, in "
+                                   "tokens; every bucket used past it shares one value",
+                                   default_text="block_size, so every bucket is trained")
+    sinusoidal_ratio: float = setting(0.7, "sinusoidal only: position-signal rms / token-"
+                                      "embedding rms at init (Vaswani et al. ~0.7); the scale "
+                                      "is learned", metavar="RATIO")
 
     def __post_init__(self) -> None:
         if self.d_ff == 0:
             self.d_ff = 4 * self.d_model
+        if self.t5_max_distance == 0 and isinstance(self.block_size, int):
+            self.t5_max_distance = max(self.block_size, self.t5_num_buckets // 2 + 1) \
+                if isinstance(self.t5_num_buckets, int) else self.block_size
         _check_int(self, "vocab_size", 0, MAX_VOCAB)
         _check_int(self, "block_size", 1, MAX_BLOCK)
         _check_int(self, "n_layer", 1, MAX_LAYERS)
@@ -60,6 +82,7 @@ class ModelConfig:
         _check_float(self, "dropout", 0.0, 1.0, hi_open=True)
         _check_float(self, "layer_norm_eps", 0.0, 1.0, lo_open=True)
         _check_float(self, "rope_base", 1.0, 1e12, lo_open=True)
+        _check_float(self, "sinusoidal_ratio", 0.0, 1e6, lo_open=True)
         if self.d_model % self.n_head:
             raise ConfigError(
                 f"d_model ({self.d_model}) must be divisible by n_head ({self.n_head})."
@@ -73,8 +96,7 @@ class ModelConfig:
             )
         if self.pos == "rope" and (self.d_model // self.n_head) % 2:
             raise ConfigError("pos 'rope' needs an even head size (d_model / n_head).")
-        if self.activation not in ("gelu", "gelu_tanh"):
-            raise ConfigError("activation must be 'gelu' or 'gelu_tanh'.")
+        _check_choice(self, "activation")
         if self.t5_max_distance <= self.t5_num_buckets // 2:
             raise ConfigError("t5_max_distance must be larger than t5_num_buckets / 2.")
         if self.approx_params() > MAX_PARAMS:
@@ -97,40 +119,48 @@ class ModelConfig:
 class TrainConfig:
     """Data, optimisation, evaluation and output settings of one training run."""
 
-    data: str = "shakespeare"  # "shakespeare" (embedded) or a .txt file / directory
-    tokenizer: str = "char"  # char | word | bpe
-    vocab_size_bpe: int = 512  # target vocabulary of the bpe tokenizer
-    min_freq: int = 1  # word tokenizer: drop rarer words
-    max_vocab: int = 20_000  # word tokenizer: keep the most frequent
-    batching: str = "stream"  # stream | documents
-    batch_size: int = 12
-    grad_accum: int = 1
-    max_steps: int = 2000
-    lr: float = 1e-3
-    min_lr: float = 1e-4
-    warmup_steps: int = 100
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.99
-    grad_clip: float = 1.0  # 0 disables clipping
-    eval_interval: int = 250
-    eval_iters: int = 20
-    log_interval: int = 10
-    seed: int = 1337
-    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
-    dtype: str = "auto"  # auto | float32 | bfloat16 (autocast)
-    compile: str = "auto"  # off | on | auto (see training.should_compile)
-    sample_temperatures: list[float] = field(default_factory=lambda: [0.5, 0.8, 1.0])
-    sample_tokens: int = 200
-    sample_prompt: str = ""
+    data: str = setting("shakespeare", "'shakespeare' (the embedded plays) or a UTF-8 .txt "
+                        "file or directory of them", metavar="PATH")
+    tokenizer: str = setting("char", "char (one token per character), word or bpe (byte-level "
+                             "BPE trained on the data)", choices=("char", "word", "bpe"))
+    vocab_size_bpe: int = setting(512, "bpe tokenizer: target vocabulary size, in tokens")
+    min_freq: int = setting(1, "word tokenizer only: drop words seen fewer times")
+    max_vocab: int = setting(20_000, "word tokenizer: keep at most this many words")
+    batching: str = setting("stream", "stream (random windows of the text) or documents (one "
+                            "padded speech per row)", choices=("stream", "documents"))
+    batch_size: int = setting(12, "sequences per micro-batch (per process)")
+    grad_accum: int = setting(1, "micro-batches accumulated per optimizer step")
+    max_steps: int = setting(2000, "optimizer steps to train for")
+    lr: float = setting(1e-3, "peak learning rate, reached after warm-up", metavar="FLOAT")
+    min_lr: float = setting(1e-4, "learning rate at the end of the cosine decay",
+                            metavar="FLOAT")
+    warmup_steps: int = setting(100, "steps of linear learning-rate warm-up")
+    weight_decay: float = setting(0.1, "AdamW weight decay on matrices", metavar="FLOAT")
+    beta1: float = setting(0.9, "AdamW beta1", metavar="FLOAT")
+    beta2: float = setting(0.99, "AdamW beta2", metavar="FLOAT")
+    grad_clip: float = setting(1.0, "clip the gradient norm to this; 0 disables clipping",
+                               metavar="FLOAT")
+    eval_interval: int = setting(250, "evaluate and checkpoint every N steps")
+    eval_iters: int = setting(20, "batches per loss estimate at each evaluation")
+    log_interval: int = setting(10, "log the training loss every N steps")
+    seed: int = setting(1337, "random seed for weights, batches and dropout")
+    device: str = setting("auto", "auto (cuda, else mps, else cpu), cpu, cuda, cuda:N or mps",
+                          metavar="DEVICE")
+    dtype: str = setting("auto", "auto (bf16 autocast on CUDA GPUs with bf16 and on CPUs with "
+                         "native bf16 instructions (AVX512-BF16/AMX), else float32), float32 "
+                         "or bfloat16", choices=("auto", "float32", "bfloat16"))
+    compile: str = setting("auto", "torch.compile the model; auto: only on CUDA for runs of "
+                           "1000+ steps", choices=("off", "on", "auto"))
+    sample_temperatures: list[float] = setting([0.5, 0.8, 1.0], "temperatures of the samples "
+                                               "printed after training", metavar="T,T,...")
+    sample_tokens: int = setting(200, "tokens per sample after training; 0 for none")
+    sample_prompt: str = setting("", "prompt of the samples after training", metavar="TEXT")
 
     def __post_init__(self) -> None:
         if not isinstance(self.data, str) or not self.data:
             raise ConfigError("data must be 'shakespeare' or a path to a .txt file or directory.")
-        _check_choice(self, "tokenizer", ("char", "word", "bpe"))
-        _check_choice(self, "batching", ("stream", "documents"))
-        _check_choice(self, "dtype", ("auto", "float32", "bfloat16"))
-        _check_choice(self, "compile", ("off", "on", "auto"))
+        for name in ("tokenizer", "batching", "dtype", "compile"):
+            _check_choice(self, name)
         _check_int(self, "vocab_size_bpe", 260, MAX_VOCAB)
         _check_int(self, "min_freq", 1, 1 << 40)
         _check_int(self, "max_vocab", 8, MAX_VOCAB)
@@ -216,11 +246,55 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
+# the vocabulary setting behind --vocab-size, per tokenizer (char has none)
+VOCAB_FIELDS = {"bpe": "vocab_size_bpe", "word": "max_vocab"}
+
+
+def vocab_field(tokenizer: str) -> str:
+    """The train setting that one vocabulary-size value means for this tokenizer."""
+    if tokenizer not in VOCAB_FIELDS:
+        raise ConfigError(f"the {tokenizer} tokenizer has one token per character of the data, so "
+                          "it takes no vocabulary size; drop --vocab-size or use --tokenizer bpe "
+                          "or word.")
+    return VOCAB_FIELDS[tokenizer]
+
+
+def preset_names() -> str:
+    """Both preset families, for messages: model presets and study presets."""
+    from .compare import STUDY_PRESETS  # late import: compare builds on this module
+
+    return (f"model presets {', '.join(PRESETS)}; study presets (one run of minigpt compare) "
+            f"{', '.join(STUDY_PRESETS)}")
+
+
 def preset(name: str) -> RunConfig:
-    if not isinstance(name, str) or name not in PRESETS:
-        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}.")
-    p = PRESETS[name]
-    return merge(RunConfig(), p["model"], p["train"], where=f"preset {name}")
+    """A named configuration: a model preset (tiny, small, ...) or the per-run settings of a
+    study preset of `minigpt compare` (quick, full; positional encoding learned)."""
+    if isinstance(name, str) and name in PRESETS:
+        p = PRESETS[name]
+        return merge(RunConfig(), p["model"], p["train"], where=f"preset {name}")
+    from .compare import STUDY_PRESETS
+
+    if isinstance(name, str) and name in STUDY_PRESETS:
+        sp = STUDY_PRESETS[name]
+        return merge(preset(sp["base"]), sp["model"], sp["train"], where=f"study preset {name}")
+    raise ConfigError(f"unknown preset {name!r}; choose one of the {preset_names()}.")
+
+
+def preset_value(name: str, section: str, key: str) -> Any:
+    """A preset's value for one setting, read without building (and validating) the config."""
+    from .compare import STUDY_PRESETS
+
+    if name in STUDY_PRESETS:
+        sp = STUDY_PRESETS[name]
+        if key in sp[section]:
+            return sp[section][key]
+        name = sp["base"]
+    if key in PRESETS[name][section]:
+        return PRESETS[name][section][key]
+    cls = ModelConfig if section == "model" else TrainConfig
+    f = next(f for f in dataclasses.fields(cls) if f.name == key)
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
 
 
 # --- merging and parsing ----------------------------------------------------------------
@@ -267,9 +341,15 @@ def field_types(cls: type) -> dict[str, Any]:
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
-def merge(base: RunConfig, model: Any = None, train: Any = None, *, where: str = "config"
-          ) -> RunConfig:
-    """Return `base` with the given model/train overrides applied, validated."""
+def merge(base: RunConfig, model: dict[str, Any] | None = None,
+          train: dict[str, Any] | None = None, *, where: str = "config") -> RunConfig:
+    """Return `base` with overrides applied, validated; `base` itself is not changed.
+
+    `model` holds ModelConfig settings (shapes, `pos`), `train` TrainConfig settings (data,
+    optimisation, steps), e.g. `merge(preset("small"), {"pos": "rope"}, {"max_steps": 500})`
+    or `merge(preset("small"), train={"max_steps": 500})`. A setting given in the wrong
+    section is refused with the name of the right one. `where` names the source in errors.
+    """
     out = []
     for section, cls, current in (("model", ModelConfig, base.model),
                                   ("train", TrainConfig, base.train)):
@@ -278,6 +358,12 @@ def merge(base: RunConfig, model: Any = None, train: Any = None, *, where: str =
             raise ConfigError(f"{where}: section '{section}' must be a table of settings.")
         types_ = field_types(cls)
         unknown = [k for k in overrides if k not in types_]
+        other = "train" if section == "model" else "model"
+        misplaced = [k for k in unknown if k in field_types(type(getattr(base, other)))]
+        if misplaced:
+            raise ConfigError(
+                f"{where}: {', '.join(sorted(misplaced))} is a {other} setting, not a {section} "
+                f"one; give it in the {other} section ({other}={{...}} in merge()).")
         if unknown:
             raise ConfigError(
                 f"{where}: unknown {section} setting(s) {', '.join(sorted(unknown))}."
@@ -287,6 +373,8 @@ def merge(base: RunConfig, model: Any = None, train: Any = None, *, where: str =
             values[k] = _coerce(cls.__name__, k, types_[k], v)
         if section == "model" and "d_ff" not in overrides and "d_model" in overrides:
             values["d_ff"] = 0  # re-derive 4 * d_model unless given
+        if section == "model" and "t5_max_distance" not in overrides and "block_size" in overrides:
+            values["t5_max_distance"] = 0  # re-derive from the trained length unless given
         out.append(cls(**values))
     return RunConfig(model=out[0], train=out[1])
 
@@ -309,26 +397,36 @@ def load_toml(path: str | Path) -> dict[str, Any]:
 def _check_int(obj: Any, name: str, lo: int, hi: int) -> None:
     v = getattr(obj, name)
     if not isinstance(v, int) or isinstance(v, bool):
-        raise ConfigError(f"{name} must be an integer, got {v!r}.")
+        raise ConfigError(f"{arg(name)} must be an integer, got {v!r}.")
     if not lo <= v <= hi:
-        raise ConfigError(f"{name} must be between {lo} and {hi}, got {v}.")
+        raise ConfigError(f"{arg(name)} must be between {lo} and {hi}, got {v}.")
 
 
 def _check_float(obj: Any, name: str, lo: float, hi: float, *, lo_open: bool = False,
                  hi_open: bool = False) -> None:
     v = getattr(obj, name)
     if not _is_number(v):
-        raise ConfigError(f"{name} must be a finite number, got {v!r}.")
+        raise ConfigError(f"{arg(name)} must be a finite number, got {v!r}.")
     too_low = v <= lo if lo_open else v < lo
     too_high = v >= hi if hi_open else v > hi
     if too_low or too_high:
         lb = "(" if lo_open else "["
         rb = ")" if hi_open else "]"
-        raise ConfigError(f"{name} must be in {lb}{lo}, {hi}{rb}, got {v}.")
+        raise ConfigError(f"{arg(name)} must be in {lb}{lo}, {hi}{rb}, got {v}.")
     setattr(obj, name, float(v))
 
 
-def _check_choice(obj: Any, name: str, choices: tuple[str, ...]) -> None:
+def choices(cls: type, name: str) -> tuple[str, ...] | None:
+    """The allowed values of a string setting, or None if any value of its type goes."""
+    if cls is ModelConfig and name == "pos":
+        from .positional import REGISTRY  # late import: positional needs this module
+
+        return tuple(REGISTRY)
+    return next(f.metadata.get("choices") for f in dataclasses.fields(cls) if f.name == name)
+
+
+def _check_choice(obj: Any, name: str) -> None:
     v = getattr(obj, name)
-    if v not in choices:
-        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {v!r}.")
+    allowed = choices(type(obj), name) or ()
+    if v not in allowed:
+        raise ConfigError(f"{arg(name)} must be one of {', '.join(allowed)}, got {v!r}.")

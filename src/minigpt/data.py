@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import DataError
+from .errors import DataError, arg
 from .model import IGNORE_INDEX
 from .tokenizers import Tokenizer, load_tokenizer, train_tokenizer
 
@@ -333,6 +333,10 @@ def _read_cache(d: Path) -> tuple[dict, Tokenizer] | None:
         return None
 
 
+def _key(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:20]
+
+
 def prepare(data: str, tokenizer: str = "char", *, vocab_size: int = 512, min_freq: int = 1,
             max_vocab: int = 20_000, tokenizer_path: str | Path | None = None,
             cache: Path | None = None, verbose: bool = False) -> Dataset:
@@ -340,15 +344,22 @@ def prepare(data: str, tokenizer: str = "char", *, vocab_size: int = 512, min_fr
     ident, files = _identity(data)
     fixed_tok = load_tokenizer(tokenizer_path) if tokenizer_path else None
     settings = {"data": ident, "tokenizer": tokenizer, "vocab_size": vocab_size,
-                "min_freq": min_freq, "max_vocab": max_vocab,
-                "fixed": fixed_tok.fingerprint() if fixed_tok else None}
-    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:20]
+                "min_freq": min_freq, "max_vocab": max_vocab, "fixed": None}
     root = cache or cache_root()
-    d = root / key
+    d = root / _key(settings)
     cached = _read_cache(d)
+    # A saved tokenizer (a resume, --init-from) reuses the entry its settings trained on this
+    # corpus when that holds the very same tokenizer: one entry per corpus and tokenizer.
+    if fixed_tok is not None and (cached is None or
+                                  cached[1].fingerprint() != fixed_tok.fingerprint()):
+        settings["fixed"] = fixed_tok.fingerprint()
+        d = root / _key(settings)
+        cached = _read_cache(d)
+    key = d.name
     if cached is None:
         if verbose:
-            print(f"tokenizing {data} with the {tokenizer} tokenizer (cached in {d}) ...")
+            print(f"tokenizing {data} with the {tokenizer} tokenizer (cached in {d}) ...",
+                  flush=True)
         try:
             root.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -368,8 +379,19 @@ def prepare(data: str, tokenizer: str = "char", *, vocab_size: int = 512, min_fr
                                                max_vocab=max_vocab)
             meta = {"settings": settings, "vocab_size": tok.vocab_size}
             for split in ("train", "val"):
-                n, n_docs, dtype = _encode_stream(tok, _texts(data, files, split),
-                                                  tmp / f"{split}.bin", tmp / f"{split}_docs.bin")
+                try:
+                    n, n_docs, dtype = _encode_stream(tok, _texts(data, files, split),
+                                                      tmp / f"{split}.bin",
+                                                      tmp / f"{split}_docs.bin")
+                except DataError as e:
+                    if fixed_tok is None or not hasattr(e, "unknown"):
+                        raise
+                    shown = ", ".join(repr(c) for c in e.unknown[:5])
+                    raise DataError(
+                        f"the tokenizer comes from {Path(tokenizer_path).parent}, not from the "
+                        f"data {data}, and lacks characters of that data: {shown}; remove them "
+                        f"from the data, or train a new model without {arg('init_from')}."
+                    ) from None
                 meta[split] = {"tokens": n, "documents": n_docs}
                 meta["dtype"] = dtype
             tok.save(tmp / "tokenizer.json")

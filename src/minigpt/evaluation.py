@@ -1,13 +1,22 @@
-"""Numbers from trained models: perplexity at several context lengths on the *same* tokens,
-loss by position inside the window, and generation-quality metrics of samples.
+"""Numbers from trained models: perplexity at several context lengths on the *same* tokens
+with the *same* context budget, loss by position inside the window, confidence intervals,
+and generation-quality metrics of samples.
 
-Length generalization, made comparable across lengths
------------------------------------------------------
-One fixed validation span of M + 1 tokens (M a multiple of every evaluated length) is cut
-into non-overlapping windows of length T, for each T: inputs span[i*T : (i+1)*T], targets
-one token later. Every one of the M target tokens is scored exactly once at every length;
-only the amount of context before it changes. So "perplexity at 4L" and "perplexity at L"
-average over exactly the same tokens, and a difference is the effect of the length alone.
+Length generalization: strided sliding windows
+----------------------------------------------
+One fixed validation span is scored at every length T with windows that move by a stride
+s <= L/2 and score only their last s tokens (the sliding-window perplexity of Press et al.
+2022 and of Hugging Face's perplexity guide). Window j ends at token e_j = T_max + j*s of the
+span; its input is span[e_j - T : e_j] and its targets are one token later, so
+
+- the scored targets, span[T_max - s + 1 : T_max + n*s - s + 1], are identical at every T;
+- a scored token at window position i in [T - s, T - 1] has i earlier tokens of context,
+  so every scored token at length T sees between T - s and T - 1 tokens before it.
+
+Non-overlapping windows would instead score many tokens with almost no context at every
+length, a share that shrinks as T grows and flatters long windows. Per-window mean losses
+are kept, so two models (or two lengths) can be compared with a paired bootstrap over the
+same windows.
 
 An encoding that cannot score positions past its trained length L (learned) gets no number
 there: `None` plus a reason, never a silently clamped value.
@@ -30,111 +39,190 @@ from .positional import PositionLimitError
 
 # --- the fixed validation span -------------------------------------------------------------
 
-def span_unit(lengths: Sequence[int]) -> int:
-    """The smallest M that every length divides (their least common multiple)."""
-    unit = 1
-    for n in lengths:
-        unit = math.lcm(unit, int(n))
-    return unit
 
-
-def eval_span(val: np.ndarray, lengths: Sequence[int], windows: int, *, start: int = 0
-              ) -> np.ndarray:
-    """M + 1 validation token ids from `start`, M the smallest multiple of every length with
-    at least `windows` windows of the longest length (fewer if the split is too short)."""
+def check_stride(stride: int, lengths: Sequence[int], L: int) -> None:
     if not lengths or min(lengths) < 1:
         raise MiniGPTError("evaluation lengths must be positive token counts.")
-    if windows < 1:
-        raise MiniGPTError(f"the number of evaluation windows must be at least 1, got {windows}.")
-    unit = span_unit(lengths)
-    if unit > 1 << 24:
-        raise MiniGPTError(f"the evaluation lengths {list(lengths)} have no common multiple "
-                           "below 16M tokens; use lengths that divide the longest one "
-                           "(e.g. 1x,2x,4x,8x).")
-    want = -(-windows * max(lengths) // unit) * unit  # round up to a multiple of unit
-    avail = len(val) - start - 1
-    M = min(want, (avail // unit) * unit)
-    if M < unit:
+    if not isinstance(stride, int) or stride < 1 or stride > max(1, L // 2) \
+            or stride > min(lengths):
+        raise MiniGPTError(
+            f"the evaluation stride must be a whole number from 1 to {max(1, L // 2)} "
+            f"(L/2) and at most the shortest length {min(lengths)}, got {stride}.")
+
+
+def default_stride(lengths: Sequence[int], L: int) -> int:
+    return max(1, min(L // 2, min(lengths)))
+
+
+def eval_span(val: np.ndarray, lengths: Sequence[int], stride: int, tokens: int, *,
+              start: int = 0) -> np.ndarray:
+    """The validation ids that strided scoring at every length needs: T_max + (n-1)*s + 1
+    tokens from `start`, n = ceil(tokens / s) windows (fewer if the split is too short)."""
+    if not lengths or min(lengths) < 1:
+        raise MiniGPTError("evaluation lengths must be positive token counts.")
+    if tokens < 1:
+        raise MiniGPTError(f"the number of scored tokens must be at least 1, got {tokens}.")
+    longest = max(lengths)
+    n = -(-tokens // stride)
+    avail = len(val) - start - longest - 1  # room for windows after the first
+    n = min(n, avail // stride + 1) if avail >= 0 else 0
+    if n < 1:
         raise DataError(
             f"the validation split has {len(val)} tokens, too few to score windows of "
-            f"{unit} tokens; use shorter --lengths or more text.")
-    return np.asarray(val[start: start + M + 1], dtype=np.int64)
+            f"{longest} tokens; use shorter --lengths or more text.")
+    return np.asarray(val[start: start + longest + (n - 1) * stride + 1], dtype=np.int64)
+
+
+def span_geometry(span: np.ndarray, lengths: Sequence[int], stride: int) -> tuple[int, int]:
+    """(T_max, n windows) of a span made by eval_span for these lengths and stride."""
+    longest = max(lengths)
+    n = (len(span) - 1 - longest) // stride + 1
+    return longest, n
+
+
+def strided_windows(span: np.ndarray, T: int, stride: int, longest: int
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Windows of length T ending at longest + j*stride: x, y of shape (n, T); only the last
+    `stride` columns are scored."""
+    n = (len(span) - 1 - longest) // stride + 1
+    t = torch.from_numpy(np.ascontiguousarray(span))
+    ends = longest + stride * torch.arange(n)  # (n,)
+    idx = ends[:, None] - T + torch.arange(T)[None, :]  # (n, T) input positions
+    return t[idx], t[idx + 1]
+
+
+def scored_targets(span: np.ndarray, stride: int, longest: int) -> np.ndarray:
+    """The target ids that every length scores, in order."""
+    n = (len(span) - 1 - longest) // stride + 1
+    return np.asarray(span[longest - stride + 1: longest + (n - 1) * stride + 1])
 
 
 def windows_of(span: np.ndarray, T: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cut the span into non-overlapping windows of length T: x, y of shape (M/T, T)."""
-    M = len(span) - 1
-    if M % T:
-        raise ValueError(f"span of {M} scored tokens is not a multiple of {T}")
+    """Non-overlapping windows of length T from the start of the span: x, y (M // T, T)."""
+    M = (len(span) - 1) // T * T
+    if M == 0:
+        raise ValueError(f"span of {len(span) - 1} tokens is shorter than {T}")
     t = torch.from_numpy(np.ascontiguousarray(span))
-    return t[:M].view(M // T, T), t[1:].view(M // T, T)
+    return t[:M].view(M // T, T), t[1:M + 1].view(M // T, T)
 
 
 @torch.no_grad()
 def token_losses(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *,
-                 batch_tokens: int = 8192) -> torch.Tensor:
-    """Cross-entropy of every target token: (N, T) float64 on the CPU."""
+                 batch_tokens: int = 8192, last: int | None = None) -> torch.Tensor:
+    """Cross-entropy of every target token (or of the `last` ones of each row):
+    (N, T or last) float64 on the CPU."""
     device = next(model.parameters()).device
     N, T = x.shape
+    keep = T if last is None else last
     rows = max(1, batch_tokens // T)
     out = []
     for i in range(0, N, rows):
         xb, yb = x[i: i + rows].to(device), y[i: i + rows].to(device)
         logits, _ = model(xb)  # (B, T, V)
+        logits, yb = logits[:, T - keep:], yb[:, T - keep:]  # (B, keep, V)
         loss = F.cross_entropy(logits.float().flatten(0, 1), yb.flatten(), reduction="none")
-        out.append(loss.view(xb.shape).double().cpu())
+        out.append(loss.view(yb.shape).double().cpu())
     return torch.cat(out)
 
 
-def length_generalization(model: torch.nn.Module, span: np.ndarray, lengths: Sequence[int], *,
-                          batch_tokens: int = 8192) -> dict[str, Any]:
-    """Perplexity of `model` on the same span at every length, and loss by position.
+def length_generalization(model: torch.nn.Module, span: np.ndarray, lengths: Sequence[int],
+                          stride: int, *, batch_tokens: int = 8192) -> dict[str, Any]:
+    """Strided perplexity of `model` on the same targets at every length, and loss by
+    position.
 
-    Returns {"span_tokens": M, "results": [{length, multiple, tokens, loss, ppl, reason}],
-    "position_loss": {"length": T, "loss": [mean loss at position 0..T-1]}} where the
-    position curve is taken at the longest length the model can score.
+    Returns {"span_tokens", "stride", "results": [{length, multiple, tokens, loss, ppl, reason,
+    untrained, window_loss}], "position_loss": {"length": T, "loss": [...]}} where
+    window_loss is the mean loss of each scored window (the same windows at every length)
+    and the position curve is the mean loss at positions 0..T-1 of non-overlapping windows of
+    the longest length the model can score.
     """
     was_training = model.training
     model.eval()
     L = model.cfg.block_size
     name = model.cfg.pos
+    longest, n = span_geometry(span, lengths, stride)
+    untrained = getattr(model.pos, "untrained", lambda a, b: None)
     results: list[dict[str, Any]] = []
     position: dict[str, Any] | None = None
     try:
         for T in sorted({int(t) for t in lengths}):
-            row: dict[str, Any] = {"length": T, "multiple": T / L, "tokens": len(span) - 1,
-                                   "loss": None, "ppl": None, "reason": None}
-            if T > L and not model.pos.extrapolates:
-                row["reason"] = f"n/a, {name} positions stop at L"
-                results.append(row)
-                continue
-            x, y = windows_of(span, T)
+            row: dict[str, Any] = {"length": T, "multiple": T / L, "tokens": n * stride,
+                                   "loss": None, "ppl": None, "reason": None,
+                                   "untrained": None, "window_loss": []}
             try:
-                losses = token_losses(model, x, y, batch_tokens=batch_tokens)
+                if T > L and not model.pos.extrapolates:
+                    raise PositionLimitError("positions stop at L")
+                x, y = strided_windows(span, T, stride, longest)
+                losses = token_losses(model, x, y, batch_tokens=batch_tokens, last=stride)
             except PositionLimitError:
                 row["reason"] = f"n/a, {name} positions stop at L"
                 results.append(row)
                 continue
             mean = float(losses.mean())
-            row.update(loss=mean, ppl=math.exp(min(mean, 50.0)), tokens=int(losses.numel()))
+            row.update(loss=mean, ppl=math.exp(min(mean, 50.0)), tokens=int(losses.numel()),
+                       untrained=untrained(L, T),
+                       window_loss=[float(v) for v in losses.mean(1)])
             results.append(row)
-            position = {"length": T, "loss": [float(v) for v in losses.mean(0)]}
+        scorable = [r["length"] for r in results if r["loss"] is not None]
+        if scorable:
+            x, y = windows_of(span, max(scorable))
+            position = {"length": max(scorable), "loss": [float(v) for v in token_losses(
+                model, x, y, batch_tokens=batch_tokens).mean(0)]}
     finally:
         model.train(was_training)
-    return {"span_tokens": len(span) - 1, "results": results,
+    return {"span_tokens": n * stride, "stride": stride, "results": results,
             "position_loss": position or {"length": 0, "loss": []}}
 
 
-def unigram_ppl(train: np.ndarray, span: np.ndarray, vocab_size: int, *,
+# --- noise: bootstrap and binomial intervals ------------------------------------------------
+
+def paired_bootstrap(a: Sequence[float], b: Sequence[float], *, n_boot: int = 2000,
+                     seed: int = 0) -> dict[str, float]:
+    """Mean of a - b over paired items with a 95% percentile-bootstrap interval (Efron &
+    Tibshirani 1993; Koehn 2004 for paired comparisons of systems on the same test items)."""
+    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    if len(d) == 0:
+        raise ValueError("paired_bootstrap needs at least one pair")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(d), size=(n_boot, len(d)))
+    means = d[idx].mean(1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return {"diff": float(d.mean()), "lo": float(lo), "hi": float(hi)}
+
+
+def unpaired_bootstrap_median(a: Sequence[float], b: Sequence[float], *, n_boot: int = 2000,
+                              seed: int = 0) -> dict[str, float]:
+    """Median of a minus median of b with a 95% percentile-bootstrap interval, resampling each
+    sample on its own (for step times: intervals of two runs are not paired)."""
+    xa, xb = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    ma = np.median(xa[rng.integers(0, len(xa), size=(n_boot, len(xa)))], axis=1)
+    mb = np.median(xb[rng.integers(0, len(xb), size=(n_boot, len(xb)))], axis=1)
+    lo, hi = np.percentile(ma - mb, [2.5, 97.5])
+    return {"diff": float(np.median(xa) - np.median(xb)), "lo": float(lo), "hi": float(hi)}
+
+
+def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """95% Wilson score interval of a binomial proportion k/n (Wilson 1927)."""
+    if n == 0:
+        return 0.0, 1.0
+    p = k / n
+    den = 1 + z * z / n
+    mid = (p + z * z / (2 * n)) / den
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return max(0.0, mid - half), min(1.0, mid + half)
+
+
+def unigram_ppl(train: np.ndarray, targets: np.ndarray, vocab_size: int, *,
                 chunk: int = 1 << 24) -> float:
-    """Perplexity on the span's targets of a context-free model: training-token frequencies
-    (add-one smoothed). A trained model near this number has not learned to use context."""
+    """Perplexity on `targets` of a context-free model: training-token frequencies (add-one
+    smoothed). A trained model near this number has not learned to use context."""
     counts = np.zeros(vocab_size, dtype=np.float64)
     for i in range(0, len(train), chunk):
         counts += np.bincount(np.asarray(train[i: i + chunk], dtype=np.int64),
                               minlength=vocab_size)[:vocab_size]
     logp = np.log(counts + 1.0) - np.log(counts.sum() + vocab_size)
-    return float(np.exp(-logp[np.asarray(span[1:], dtype=np.int64)].mean()))
+    return float(np.exp(-logp[np.asarray(targets, dtype=np.int64)].mean()))
 
 
 # --- sampling with a sliding window ---------------------------------------------------------

@@ -113,6 +113,9 @@ def sample_text(model: GPT, tokenizer, prompt: str, *, max_new_tokens: int = 200
     """Prompt text -> generated continuations (prompt included), optionally streamed."""
     check_sampling(temperature, top_k, top_p, max_new_tokens)
     ids = prompt_ids(tokenizer, prompt)
+    note = tokenizer.prompt_warning(prompt)
+    if note and warn is not None:
+        warn(note)
     L = model.cfg.block_size
     if not model.pos.extrapolates and len(ids) > L and warn is not None:
         warn(f"warning: the prompt has {len(ids)} tokens; this {model.cfg.pos} model sees only "

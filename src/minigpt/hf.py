@@ -82,7 +82,13 @@ from .tokenizers import (
     WordTokenizer,
 )
 
-EXPORTABLE = {"learned": "GPT2LMHeadModel", "rope": "GPTNeoXForCausalLM"}
+def export_architecture(pos: str) -> str | None:
+    """The transformers class an encoding exports to exactly (the encoding says), or None."""
+    from .positional import REGISTRY
+
+    return REGISTRY[pos].hf_architecture if pos in REGISTRY else None
+
+
 IMPORTABLE = {"gpt2": "GPT2LMHeadModel", "gpt_neox": "GPTNeoXForCausalLM"}
 # `architectures` entries accepted per model_type (a headless base model has a tied head too)
 ACCEPTED = {"gpt2": {"GPT2LMHeadModel", "GPT2Model"},
@@ -587,10 +593,13 @@ def _check_out(out: Path, what: str) -> None:
 
 
 def refuse_unexportable(cfg: ModelConfig) -> None:
-    if cfg.pos not in EXPORTABLE:
+    if export_architecture(cfg.pos) is None:
+        from .positional import REGISTRY
+
+        ok = [f"{n!r} (as {c.hf_architecture})" for n, c in REGISTRY.items() if c.hf_architecture]
         raise HFError(f"a model with the {cfg.pos!r} encoding cannot be exported to Hugging "
-                      "Face: only the 'learned' (as GPT-2) and 'rope' (as GPT-NeoX) encodings "
-                      "have an exact transformers equivalent.")
+                      f"Face: only the {' and '.join(ok)} encodings have an exact "
+                      "transformers equivalent.")
 
 
 def build_hf_model(model: Any, tok: Tokenizer) -> Any:
@@ -600,7 +609,7 @@ def build_hf_model(model: Any, tok: Tokenizer) -> Any:
     refuse_unexportable(cfg)
     cls_name, kw = hf_config_kwargs(cfg, special_ids(tok))
     hf_cfg = getattr(transformers, cls_name)(**kw)
-    hf_model = getattr(transformers, EXPORTABLE[cfg.pos])(hf_cfg)
+    hf_model = getattr(transformers, export_architecture(cfg.pos))(hf_cfg)
     from .checkpoint import model_state
 
     state = to_hf_state({k: v.cpu() for k, v in model_state(model).items()}, cfg)
@@ -671,7 +680,7 @@ def export_hf(ckpt: str | Path, out: str | Path, which: str = "last") -> ExportR
     finally:
         if bar:
             hf_logging.enable_progress_bar()
-    return ExportResult(out, EXPORTABLE[cfg.model.pos], diff)
+    return ExportResult(out, export_architecture(cfg.model.pos), diff)
 
 
 def import_hf(src: str | Path, out: str | Path) -> ImportResult:

@@ -51,8 +51,8 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    path = Path(path)
+def _write_temp(path: Path, data: bytes) -> str:
+    """`data` in a synced temporary file beside `path`, with the umask's usual mode."""
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as e:
@@ -63,15 +63,69 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+    except BaseException as e:  # also a Ctrl-C that abandons the write
+        _unlink(tmp)
+        if isinstance(e, OSError):
+            raise MiniGPTError(f"writing {path} failed ({e.strerror}); the previous file is "
+                               "untouched.") from None
+        raise
+    return tmp
+
+
+def _unlink(tmp: str) -> None:
+    try:
+        os.unlink(tmp)
+    except OSError:
+        pass
+
+
+def _replace(tmp: str, path: Path) -> None:
+    try:
         os.replace(tmp, path)
     except OSError as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        _unlink(tmp)
         raise MiniGPTError(f"writing {path} failed ({e.strerror}); the previous file is untouched."
                            ) from None
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    path = Path(path)
+    _replace(_write_temp(path, data), path)
     _fsync_dir(path.parent)
+
+
+class StagedFiles:
+    """Files that must change together (a checkpoint): `write` puts each in a synced temporary
+    file now, `commit` renames them into place in the order written. Leaving the with-block
+    by an exception before `commit` (a Ctrl-C that abandons the save) deletes the temporaries
+    and leaves the previous files as they were."""
+
+    def __init__(self) -> None:
+        self._files: list[tuple[str, Path]] = []
+
+    def write(self, path: str | Path, data: bytes) -> None:
+        path = Path(path)
+        self._files.append((_write_temp(path, data), path))
+
+    def commit(self) -> None:
+        files, self._files = self._files, []
+        for i, (tmp, path) in enumerate(files):
+            try:
+                _replace(tmp, path)
+            except MiniGPTError:
+                for t, _ in files[i + 1:]:
+                    _unlink(t)
+                raise
+        for d in {path.parent for _, path in files}:
+            _fsync_dir(d)
+
+    def __enter__(self) -> "StagedFiles":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for tmp, _ in self._files:
+            _unlink(tmp)
+        self._files = []
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -131,6 +185,7 @@ def staged_dir(out: str | Path, last: tuple[str, ...] = ("config.json",)) -> Ite
         yield tmp
         for p in tmp.rglob("*"):
             if p.is_file():
+                os.chmod(p, 0o666 & ~_UMASK)  # some writers (safetensors) make files 0600
                 with open(p, "rb") as f:
                     os.fsync(f.fileno())
         os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes 0700

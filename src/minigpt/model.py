@@ -164,6 +164,8 @@ class GPT(nn.Module):
         for name, p in self.named_parameters():
             name_seed = (seed * 1_000_003 + zlib.crc32(name.encode())) % 2**62
             g = torch.Generator().manual_seed(name_seed)
+            if name.startswith("pos.") and self.pos.init_parameter(name[4:], p):
+                continue  # the encoding chose this value itself
             if name.endswith(".bias"):
                 p.zero_()
             elif name.startswith("ln_") or ".ln_" in name:  # LayerNorm gains

@@ -30,9 +30,13 @@ def loss_curve(history: list[dict[str, Any]], path: Path, title: str = "") -> Pa
     return save(fig, path, dpi=110)
 
 
-def save(fig: Any, path: Path, dpi: int = 100) -> Path:
-    """Lay out, write atomically (a crash never leaves half a PNG) and free a figure."""
-    fig.tight_layout()
-    atomic_savefig(fig, path, dpi=dpi)
-    plt.close(fig)
+def save(fig: Any, path: Path, dpi: int = 100, *, tight: bool = True) -> Path:
+    """Lay out (unless the figure placed its parts itself), write atomically (a crash never
+    leaves half a PNG) and free a figure, also when writing fails."""
+    try:
+        if tight:
+            fig.tight_layout()
+        atomic_savefig(fig, path, dpi=dpi)
+    finally:
+        plt.close(fig)
     return path

@@ -40,9 +40,15 @@ class PositionLimitError(MiniGPTError):
 
 
 class PositionalEncoding(nn.Module):
+    """The interface, and everything the rest of the program knows about an encoding."""
+
     name: ClassVar[str] = ""
+    description: ClassVar[str] = ""  # one line, for --help and the docs
     extrapolates: ClassVar[bool] = True  # defined (and meaningful) past block_size?
     where: ClassVar[str] = "nowhere"
+    picture: ClassVar[str | None] = None  # what `minigpt viz` draws: table | rotary | bias
+    picture_needs_checkpoint: ClassVar[bool] = False  # the picture shows trained values
+    hf_architecture: ClassVar[str | None] = None  # the transformers class it exports to exactly
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -72,12 +78,27 @@ class PositionalEncoding(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    def init_parameter(self, name: str, p: torch.Tensor) -> bool:
+        """Give parameter `name` (relative to this module) its initial value and return True,
+        or return False to let the model draw it like any other weight (std 0.02)."""
+        return False
+
+    def bias_reach(self) -> int | None:
+        """The distance past which `bias` stops changing (None: it never stops, or no bias)."""
+        return None
+
+    def untrained(self, trained_len: int, eval_len: int) -> str | None:
+        """Which of this encoding's parameters are used at `eval_len` tokens but never get a
+        gradient in training at `trained_len` tokens (None when there are none)."""
+        return None
+
 
 @register
 class NoPE(PositionalEncoding):
     """No positional information at all: the causal mask is the only cue (Kazemnejad 2023)."""
 
     name = "nope"
+    description = "no positional information: the causal mask is the only cue"
 
 
 @register
@@ -85,12 +106,21 @@ class Learned(PositionalEncoding):
     """A trained vector per absolute position, added to the token embedding (GPT-2)."""
 
     name = "learned"
+    description = "a trained vector per position added to the token embedding (GPT-2)"
     extrapolates = False
     where = "added to token embeddings"
+    picture = "table"
+    picture_needs_checkpoint = True
+    hf_architecture = "GPT2LMHeadModel"
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__(cfg)
         self.wpe = nn.Embedding(cfg.block_size, cfg.d_model)
+
+    def untrained(self, trained_len: int, eval_len: int) -> str | None:
+        if eval_len > trained_len:
+            return f"learned positions {trained_len}-{eval_len - 1} never received a gradient"
+        return None
 
     def prepare(self, n: int, device: torch.device) -> None:
         if n > self.cfg.block_size:
@@ -117,23 +147,39 @@ def sinusoid_table(positions: torch.Tensor, d: int) -> torch.Tensor:
     return pe.to(torch.float32)
 
 
+TOKEN_EMBED_STD = 0.02  # GPT-2's init of the token embedding (model.GPT.init_weights)
+TABLE_RMS = math.sqrt(0.5)  # rms of a sin/cos table over positions and dimensions
+
+
 @register
 class Sinusoidal(PositionalEncoding):
     """Fixed sin/cos waves of geometric wavelengths, added to the token embedding.
 
-    The table is the closed form above, added at scale 1/sqrt(d_model) (the "scaled
-    sinusoidal" of x-transformers): Vaswani et al. instead multiply the token embeddings by
-    sqrt(d_model); at GPT-2's embedding init (std 0.02) an unscaled table, of amplitude 1 in
-    every dimension, drowns the token identity and the model stalls at unigram perplexity.
+    The table is the closed form above times one learned scalar `scale`, as x-transformers'
+    `ScaledSinusoidalEmbedding`. What matters is the strength of the position signal against
+    the token signal: Vaswani et al. multiply the embeddings by sqrt(d_model), which with
+    their init gives token rms 1 against table rms 0.71, a ratio of about 0.7. `scale`
+    starts where rms(scale * table) / rms(token embedding) = `sinusoidal_ratio` (0.7 by
+    default), whatever d_model is, and training may change it.
     """
 
     name = "sinusoidal"
+    description = "fixed sin/cos waves added to the token embedding (Vaswani et al.)"
     where = "added to token embeddings"
+    picture = "table"
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__(cfg)
         self.register_buffer("pe", sinusoid_table(torch.arange(cfg.block_size), cfg.d_model),
                              persistent=False)
+        self.scale = nn.Parameter(torch.tensor(self.initial_scale()))
+
+    def initial_scale(self) -> float:
+        return self.cfg.sinusoidal_ratio * TOKEN_EMBED_STD / TABLE_RMS
+
+    def init_parameter(self, name: str, p: torch.Tensor) -> bool:
+        p.fill_(self.initial_scale())
+        return True
 
     def prepare(self, n: int, device: torch.device) -> None:
         if n > self.pe.shape[0]:
@@ -141,7 +187,7 @@ class Sinusoidal(PositionalEncoding):
             self.pe = sinusoid_table(torch.arange(n), self.cfg.d_model).to(self.pe.device)
 
     def embed(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        return x + (self.pe[pos] * self.cfg.d_model**-0.5).to(x.dtype)
+        return x + (self.pe[pos] * self.scale).to(x.dtype)  # (B, T, C) + (T, C)
 
     def table(self, n: int | None = None) -> torch.Tensor:
         n = n or self.cfg.block_size
@@ -163,7 +209,10 @@ class Rotary(PositionalEncoding):
     """
 
     name = "rope"
+    description = "rotary: queries and keys rotated by position (Su et al.)"
     where = "rotates queries and keys"
+    picture = "rotary"
+    hf_architecture = "GPTNeoXForCausalLM"
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__(cfg)
@@ -207,7 +256,9 @@ class ALiBi(PositionalEncoding):
     """Attention with Linear Biases: score(i, j) -= slope_h * (i - j)."""
 
     name = "alibi"
+    description = "a linear distance penalty on attention scores (Press et al.)"
     where = "biases attention scores"
+    picture = "bias"
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__(cfg)
@@ -241,11 +292,30 @@ class T5Bias(PositionalEncoding):
     """T5's learned scalar bias per head and relative-distance bucket (Raffel et al. 2020)."""
 
     name = "t5"
+    description = "a learned bias per head and distance bucket (Raffel et al.)"
     where = "biases attention scores"
+    picture = "bias"
+    picture_needs_checkpoint = True
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__(cfg)
         self.rel_bias = nn.Embedding(cfg.t5_num_buckets, cfg.n_head)
+
+    def bias_reach(self) -> int | None:
+        return self.cfg.t5_max_distance
+
+    def buckets_used(self, length: int) -> set[int]:
+        """The buckets that the distances 0 .. length-1 fall into."""
+        n = torch.arange(length)
+        return set(t5_bucket(-n, self.cfg.t5_num_buckets, self.cfg.t5_max_distance).tolist())
+
+    def untrained(self, trained_len: int, eval_len: int) -> str | None:
+        never = sorted(self.buckets_used(eval_len) - self.buckets_used(trained_len))
+        if not never:
+            return None
+        return (f"t5 buckets {never[0]}-{never[-1]} (distances past the trained "
+                f"{trained_len} tokens, t5_max_distance {self.cfg.t5_max_distance}) never "
+                "received a gradient")
 
     def bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
         rel = k_pos[None, :] - q_pos[:, None]  # (Tq, Tk)

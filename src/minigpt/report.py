@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import html
+import math
 from pathlib import Path
 from typing import Any
 
@@ -21,18 +22,92 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import numpy as np
 
 from .io import atomic_write_text
 from .plots import save
 
 FLAT, STEEP, IMPROVES = 1.10, 2.0, 0.98
 NEAR_UNIGRAM = 0.9  # ppl at L at least this fraction of the unigram baseline: not learned
-PLOTS = {
+LM_PLOTS = {
     "loss_curves.png": "Training and validation loss against step and against wall time",
     "length_ppl.png": "Validation perplexity against evaluation length (same tokens)",
     "position_loss.png": "Loss against position inside the window at the longest length",
-    "cost.png": "Training time, throughput and parameter counts",
+    "cost.png": "Steady-state step time, throughput and parameter counts",
 }
+TASK_PLOTS = {
+    "accuracy.png": "Exact-match accuracy against instance length",
+    "loss_curves.png": LM_PLOTS["loss_curves.png"],
+    "cost.png": LM_PLOTS["cost.png"],
+}
+PLOTS = {**LM_PLOTS, **TASK_PLOTS}
+
+
+def plots_for(results: dict[str, Any]) -> dict[str, str]:
+    return TASK_PLOTS if _is_task(results) else LM_PLOTS
+
+
+def _is_task(results: dict[str, Any]) -> bool:
+    return results["study"].get("task", "lm") != "lm"
+
+
+# --- noise ----------------------------------------------------------------------------------
+
+def _items(results: dict[str, Any], pos: str, metric: str, length: int | None) -> list[Any]:
+    """Per seed: the per-item values behind one number of one encoding (window losses,
+    per-instance hits or step-time samples), and the number itself."""
+    out = []
+    for r in results["runs"]:
+        if r["pos"] != pos:
+            continue
+        if metric == "step":
+            st = r["training"]["step_time_ms"]
+            out.append((st["samples"], st["median"]))
+            continue
+        key, value = (("length_generalization", "loss") if metric == "loss"
+                      else ("task_accuracy", "accuracy"))
+        row = next((x for x in r[key]["results"] if x["length"] == length), None)
+        if row is None or row[value] is None:
+            return []
+        out.append((row["window_loss" if metric == "loss" else "per_instance"], row[value]))
+    return out
+
+
+def differs(results: dict[str, Any], a: str, b: str, metric: str,
+            length: int | None = None) -> bool:
+    """Whether encodings a and b differ in `metric` beyond the measured noise: with two or
+    more seeds, by more than twice the standard error of the difference of seed means; with
+    one seed, when the 95% bootstrap interval of the difference excludes 0 (paired over the
+    same evaluation windows or instances). Step times of one seed come from runs made one
+    after another, so the difference of their medians must also exceed the larger
+    interquartile range of the two: within-run intervals do not see drift between runs."""
+    from .evaluation import paired_bootstrap, unpaired_bootstrap_median
+
+    ia, ib = _items(results, a, metric, length), _items(results, b, metric, length)
+    if not ia or not ib:
+        return False
+    if len(ia) > 1 and len(ib) > 1:
+        va = np.array([v for _, v in ia], dtype=float)
+        vb = np.array([v for _, v in ib], dtype=float)
+        se = math.sqrt(va.var(ddof=1) / len(va) + vb.var(ddof=1) / len(vb))
+        return abs(va.mean() - vb.mean()) > 2 * se and va.mean() != vb.mean()
+    xa, xb = ia[0][0], ib[0][0]
+    if not xa or not xb:
+        return False
+    if metric == "step":  # runs at different times: the spread must be exceeded, too
+        qa, qb = np.percentile(xa, [25, 75]), np.percentile(xb, [25, 75])
+        ci = unpaired_bootstrap_median(xa, xb)
+        spread = max(qa[1] - qa[0], qb[1] - qb[0])
+        return (ci["lo"] > 0 or ci["hi"] < 0) and abs(ci["diff"]) > spread
+    ci = paired_bootstrap(xa, xb)
+    return ci["lo"] > 0 or ci["hi"] < 0
+
+
+def _noise_words(results: dict[str, Any]) -> str:
+    n = len(results["study"]["seeds"])
+    if n > 1:
+        return f"beyond twice the standard error over {n} seeds"
+    return "beyond a 95% paired bootstrap interval"
 
 
 # --- the summary ----------------------------------------------------------------------------
@@ -42,13 +117,6 @@ def _ppl_at(agg: dict[str, Any], length: int) -> float | None:
         if row["length"] == length:
             return row["ppl"]["mean"]
     return None
-
-
-def _std_at(agg: dict[str, Any], length: int) -> float:
-    for row in agg["length_ppl"]:
-        if row["length"] == length:
-            return row["ppl"]["std"] or 0.0
-    return 0.0
 
 
 PLURAL = {"improves": "improve", "stays flat": "stay flat", "degrades": "degrade",
@@ -78,33 +146,60 @@ def _mult(length: int, L: int) -> str:
     return f"{m:g}L" if abs(m - round(m)) < 1e-9 or m < 1 else f"{length} tokens"
 
 
+def _ranking(results: dict[str, Any], scores: list[tuple[str, float]], metric: str,
+             length: int | None, fmt: str) -> tuple[str, dict[str, Any]]:
+    """'X (v) is best; ahead of A (v) and B (v) beyond the noise; C (v) within noise' for
+    scores sorted best first."""
+    best, bv = scores[0]
+    ahead = [p for p, _ in scores[1:] if differs(results, best, p, metric, length)]
+    tied = [p for p, _ in scores[1:] if p not in ahead]
+    val = dict(scores)
+    s = f"{best} ({bv:{fmt}})"
+    if ahead:
+        s += f", ahead of {_join([f'{p} ({val[p]:{fmt}})' for p in ahead])} {_noise_words(results)}"
+    if tied:
+        s += (f"{';' if ahead else ','} {_join([f'{p} ({val[p]:{fmt}})' for p in tied])} "
+              f"{'is' if len(tied) == 1 else 'are'} within noise of it")
+    return s, {"best": best, "ahead_of": ahead, "within_noise": tied}
+
+
 def summarize(results: dict[str, Any]) -> dict[str, Any]:
-    """One paragraph of findings computed from the aggregates, and the findings as data."""
+    """One paragraph of findings computed from the numbers, and the findings as data."""
+    parts, findings = (_summarize_task if _is_task(results) else _summarize_lm)(results)
+    parts += _summarize_cost(results, findings)
+    untrained = sorted({row["untrained"] for a in results["aggregates"]
+                        for row in a.get("length_ppl", []) + a.get("accuracy", [])
+                        if row.get("untrained") and row.get("reason") is None})
+    findings["untrained"] = untrained
+    if untrained:
+        parts.append("Warning: some numbers use parameters that never received a gradient ("
+                     + "; ".join(untrained) + "), so they measure initial values.")
+    if len(results["study"]["seeds"]) == 1:
+        parts.append("With one seed, noise is judged within that seed (bootstrap over "
+                     "evaluation items); use --seeds 3 for seed-to-seed error bars.")
+    return {"text": " ".join(parts), "findings": findings}
+
+
+def _summarize_lm(results: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
     study, aggs = results["study"], results["aggregates"]
     L = study["block_size"]
     longest = max(study["lengths"])
-    nseeds = len(study["seeds"])
-    over = f" (mean over {nseeds} seeds)" if nseeds > 1 else ""
+    over = f" (mean over {len(study['seeds'])} seeds)" if len(study["seeds"]) > 1 else ""
     findings: dict[str, Any] = {"block_size": L, "longest_length": longest}
     parts: list[str] = []
 
     at_L = sorted(((a["pos"], _ppl_at(a, L)) for a in aggs if _ppl_at(a, L) is not None),
                   key=lambda x: x[1])
     findings["ranking_at_L"] = [[p, v] for p, v in at_L]
-    if at_L:
-        best, bv = at_L[0]
-        findings["best_at_L"] = best
-        s = (f"At the trained length L = {L}, {best} reaches the lowest validation "
-             f"perplexity{over} ({bv:.2f})")
-        if len(at_L) > 1:
-            rest = [f"{p} ({v:.2f})" for p, v in at_L[1:]]
-            s += f", ahead of {_join(rest)}"
-            if nseeds > 1:
-                by = {a["pos"]: a for a in aggs}
-                spread = max(_std_at(by[best], L), _std_at(by[at_L[1][0]], L))
-                if at_L[1][1] - bv <= spread:
-                    s += f"; the gap to {at_L[1][0]} is within the seed-to-seed spread"
-        parts.append(s + ".")
+    if len(at_L) == 1:
+        parts.append(f"At the trained length L = {L}, {at_L[0][0]} reaches a validation "
+                     f"perplexity of {at_L[0][1]:.2f}{over}.")
+        findings["best_at_L"] = at_L[0][0]
+    elif at_L:
+        s, f = _ranking(results, at_L, "loss", L, ".2f")
+        findings["best_at_L"], findings["at_L"] = f["best"], f
+        parts.append(f"At the trained length L = {L}, the lowest validation perplexity{over} is "
+                     f"{s}.")
 
     unigram = study.get("unigram_ppl")
     weak = [(p, v) for p, v in at_L if unigram and v >= NEAR_UNIGRAM * unigram]
@@ -118,57 +213,133 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
             f"{'it has' if len(weak) == 1 else 'they have'} not learned to use context within "
             "this training budget and the curve past L says nothing about extrapolation.")
 
-    past = {}
-    if longest > L:
-        for a in aggs:
-            base, far = _ppl_at(a, L), _ppl_at(a, longest)
-            if base is None or far is None or a["pos"] in findings["near_unigram"]:
-                continue
-            r = far / base
-            past[a["pos"]] = {"ratio": r, "verdict": verdict(r), "ppl": far}
-        findings["past_L"] = past
-        groups: dict[str, list[str]] = {}
-        for pos, v in sorted(past.items(), key=lambda kv: kv[1]["ratio"]):
-            groups.setdefault(v["verdict"], []).append(f"{pos} (x{v['ratio']:.2f})")
-        phrases = [f"{_join(names)} {v if len(names) == 1 else PLURAL[v]}"
-                   for v, names in groups.items()]
-        s = ""
-        if phrases:
-            s = (f"Scoring the same {study['eval_span_tokens']} validation tokens with windows "
-                 f"of up to {_mult(longest, L)} = {longest} tokens (in brackets: perplexity at "
-                 f"{_mult(longest, L)} divided by perplexity at L), {_join(phrases)}")
-        stuck = [a["pos"] for a in aggs if not a["extrapolates"]]
-        findings["cannot_extrapolate"] = stuck
-        if stuck:
-            whose = "their" if len(stuck) > 1 else "its"
-            tail = f"{_join(stuck)} cannot be evaluated past L ({whose} positions stop at L)"
-            s = f"{s}, while {tail}" if s else tail[0].upper() + tail[1:]
-        if s:
-            parts.append(s + ".")
-        far = sorted(((p, v["ppl"]) for p, v in past.items()), key=lambda x: x[1])
-        if far:
-            findings["best_at_longest"] = far[0][0]
-            parts.append(f"At {_mult(longest, L)} the best is {far[0][0]} ({far[0][1]:.2f}).")
-    else:
+    if longest <= L:
         parts.append("No length past L was evaluated.")
-
-    times = sorted((a["train_time_s"]["mean"], a["pos"]) for a in aggs
-                   if a["train_time_s"]["mean"] is not None)
-    counts = {a["pos"]: a["pos_params"]["mean"] for a in aggs}
-    if times:
-        findings["fastest"], findings["slowest"] = times[0][1], times[-1][1]
-        d = 0 if times[0][0] >= 10 else 1
-        s = (f"Training took {times[0][0]:.{d}f}-{times[-1][0]:.{d}f} s per run "
-             f"(fastest {times[0][1]}, slowest {times[-1][1]})")
-        lo, hi = min(counts.values()), max(counts.values())
-        if hi > lo:
-            s += (f"; the encodings add from {lo:,.0f} "
-                  f"({_join([p for p, v in counts.items() if v == lo])}) to {hi:,.0f} "
-                  f"({_join([p for p, v in counts.items() if v == hi])}) positional parameters")
+        return parts, findings
+    past = {}
+    for a in aggs:
+        base, far = _ppl_at(a, L), _ppl_at(a, longest)
+        if base is None or far is None or a["pos"] in findings["near_unigram"]:
+            continue
+        r = far / base
+        v = verdict(r)
+        if v != "stays flat" and not _self_differs(results, a["pos"], L, longest):
+            v = "stays flat"  # the change is within the noise of the measurement
+        past[a["pos"]] = {"ratio": r, "verdict": v, "ppl": far}
+    findings["past_L"] = past
+    groups: dict[str, list[str]] = {}
+    for pos, v in sorted(past.items(), key=lambda kv: kv[1]["ratio"]):
+        groups.setdefault(v["verdict"], []).append(f"{pos} (x{v['ratio']:.2f})")
+    phrases = [f"{_join(names)} {v if len(names) == 1 else PLURAL[v]}"
+               for v, names in groups.items()]
+    s = ""
+    if phrases:
+        s = (f"Scoring the same {study['eval_span_tokens']} validation tokens with a context "
+             f"budget of up to {_mult(longest, L)} = {longest} tokens (in brackets: perplexity "
+             f"at {_mult(longest, L)} divided by perplexity at L), {_join(phrases)}")
+    stuck = [a["pos"] for a in aggs if not a["extrapolates"]]
+    findings["cannot_extrapolate"] = stuck
+    if stuck:
+        whose = "their" if len(stuck) > 1 else "its"
+        tail = f"{_join(stuck)} cannot be evaluated past L ({whose} positions stop at L)"
+        s = f"{s}, while {tail}" if s else tail[0].upper() + tail[1:]
+    if s:
         parts.append(s + ".")
-    if nseeds == 1:
-        parts.append("With one seed these are single measurements; use --seeds 3 for error bars.")
-    return {"text": " ".join(parts), "findings": findings}
+    far = sorted(((p, v["ppl"]) for p, v in past.items()), key=lambda x: x[1])
+    if len(far) > 1:
+        s, f = _ranking(results, far, "loss", longest, ".2f")
+        findings["best_at_longest"], findings["at_longest"] = f["best"], f
+        parts.append(f"At {_mult(longest, L)} the lowest perplexity is {s}.")
+    elif far:
+        findings["best_at_longest"] = far[0][0]
+    return parts, findings
+
+
+def _self_differs(results: dict[str, Any], pos: str, L: int, longest: int) -> bool:
+    """Whether one encoding's loss at `longest` differs from its loss at L beyond noise
+    (paired over the same windows; seed spread with several seeds)."""
+    from .evaluation import paired_bootstrap
+
+    a, b = _items(results, pos, "loss", longest), _items(results, pos, "loss", L)
+    if not a or not b:
+        return False
+    if len(a) > 1:
+        d = np.array([x for _, x in a]) - np.array([y for _, y in b])
+        return abs(d.mean()) > 2 * d.std(ddof=1) / math.sqrt(len(d))
+    ci = paired_bootstrap(a[0][0], b[0][0])
+    return ci["lo"] > 0 or ci["hi"] < 0
+
+
+def _acc_at(agg: dict[str, Any], n: int) -> float | None:
+    return next((r["accuracy"]["mean"] for r in agg["accuracy"] if r["length"] == n), None)
+
+
+def _summarize_task(results: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
+    study, aggs = results["study"], results["aggregates"]
+    run0 = results["runs"][0]["task_accuracy"]
+    nmax, task = run0["max_train_length"], study["task"]
+    findings: dict[str, Any] = {"task": task, "max_train_length": nmax}
+    parts = [f"Trained on {task} instances of length 1-{nmax} (L = {study['block_size']} "
+             f"tokens), tested on {study['task_instances']} held-out instances per length."]
+    inside = [n for n in study["lengths"] if n <= nmax]
+    outside = [n for n in study["lengths"] if n > nmax]
+    for n in ([max(inside)] if inside else []) + outside:
+        scores = sorted(((a["pos"], _acc_at(a, n)) for a in aggs if _acc_at(a, n) is not None),
+                        key=lambda x: -x[1])
+        where = ("the longest trained length" if n <= nmax
+                 else f"{n / nmax:.2g}x the longest trained length")
+        if not scores:
+            continue
+        if all(v == 0 for _, v in scores):
+            if "all_zero_from" in findings:
+                continue
+            rest_zero = all(_acc_at(a, m) in (0, None) for a in aggs
+                            for m in study["lengths"] if m > n)
+            if rest_zero:
+                findings["all_zero_from"] = n
+                parts.append(f"From length {n} ({where}) on, every encoding that can be "
+                             "evaluated scores 0.")
+            else:
+                parts.append(f"At length {n} ({where}) every encoding scores 0.")
+            continue
+        if len(scores) == 1:
+            parts.append(f"At length {n} ({where}) {scores[0][0]} scores {scores[0][1]:.2f}.")
+            continue
+        s, f = _ranking(results, scores, "acc", n, ".2f")
+        findings.setdefault("at_length", {})[str(n)] = f
+        parts.append(f"At length {n} ({where}) the highest exact-match accuracy is {s}.")
+    stuck = [a["pos"] for a in aggs if not a["extrapolates"]]
+    if stuck and outside:
+        parts.append(f"{_join(stuck)} cannot be evaluated on examples longer than L.")
+    return parts, findings
+
+
+def _summarize_cost(results: dict[str, Any], findings: dict[str, Any]) -> list[str]:
+    aggs = results["aggregates"]
+    times = sorted((a["step_time_ms"]["mean"], a["pos"]) for a in aggs
+                   if a["step_time_ms"]["mean"] is not None)
+    counts = {a["pos"]: a["pos_params"]["mean"] for a in aggs}
+    parts = []
+    if len(times) == 1:
+        parts.append(f"A steady-state training step took {times[0][0]:.1f} ms (median).")
+    elif times:
+        (t0, fast), (t1, slow) = times[0], times[-1]
+        if differs(results, slow, fast, "step"):
+            findings["fastest"], findings["slowest"] = fast, slow
+            parts.append(f"A steady-state training step took {t0:.1f} ms ({fast}) to "
+                         f"{t1:.1f} ms ({slow}); {fast} is faster than {slow} "
+                         f"{_noise_words(results)}.")
+        else:
+            findings["fastest"] = findings["slowest"] = None
+            parts.append(f"A steady-state training step took {t0:.1f}-{t1:.1f} ms (median) for "
+                         "every encoding: within noise of each other.")
+    lo, hi = min(counts.values()), max(counts.values())
+    if hi > lo:
+        parts.append(f"The encodings add from {lo:,.0f} "
+                     f"({_join([p for p, v in counts.items() if v == lo])}) to {hi:,.0f} "
+                     f"({_join([p for p, v in counts.items() if v == hi])}) positional "
+                     "parameters.")
+    return parts
 
 
 # --- formatting -----------------------------------------------------------------------------
@@ -183,57 +354,89 @@ def fmt_stat(s: dict[str, Any], digits: int = 3, *, integer: bool = False) -> st
     return text + (f" ± {s['std']:.{digits}f}" if s["n"] > 1 else "")
 
 
+def _flag(row: dict[str, Any]) -> str:
+    return " (untrained parameters)" if row.get("untrained") and row.get("reason") is None else ""
+
+
+def _acc_cell(results: dict[str, Any], pos: str, row: dict[str, Any]) -> str:
+    if row["accuracy"]["mean"] is None:
+        return row["reason"] or "n/a"
+    if row["accuracy"]["n"] > 1:
+        return fmt_stat(row["accuracy"], 2) + _flag(row)
+    run = next(r for r in results["runs"] if r["pos"] == pos)
+    one = next(x for x in run["task_accuracy"]["results"] if x["length"] == row["length"])
+    return f"{one['accuracy']:.2f} [{one['ci_low']:.2f}, {one['ci_high']:.2f}]" + _flag(row)
+
+
 def tables(results: dict[str, Any]) -> dict[str, tuple[list[str], list[list[str]]]]:
     """Every table of the report as (header, rows) of strings, shared by md and html."""
     study, aggs = results["study"], results["aggregates"]
     L = study["block_size"]
     out: dict[str, tuple[list[str], list[list[str]]]] = {}
 
-    head = ["encoding"] + [f"{_mult(n, L)} ({n})" for n in study["lengths"]]
-    rows = []
-    for a in aggs:
-        row = [a["pos"]]
-        for c in a["length_ppl"]:
-            row.append(fmt_stat(c["ppl"], 2) if c["ppl"]["mean"] is not None
-                       else (c["reason"] or "n/a"))
-        rows.append(row)
-    if study.get("unigram_ppl"):
-        rows.append(["unigram baseline (no context)"]
-                    + [f"{study['unigram_ppl']:.2f}"] * len(study["lengths"]))
-    out["length"] = (head, rows)
+    if _is_task(results):
+        nmax = results["runs"][0]["task_accuracy"]["max_train_length"]
+        head = ["encoding"] + [f"{n} ({n / nmax:.2g}x)" for n in study["lengths"]]
+        out["accuracy"] = (head, [[a["pos"]] + [_acc_cell(results, a["pos"], c)
+                                                for c in a["accuracy"]] for a in aggs])
+    else:
+        head = ["encoding"] + [f"{_mult(n, L)} ({n})" for n in study["lengths"]]
+        rows = []
+        for a in aggs:
+            row = [a["pos"]]
+            for c in a["length_ppl"]:
+                row.append(fmt_stat(c["ppl"], 2) + _flag(c) if c["ppl"]["mean"] is not None
+                           else (c["reason"] or "n/a"))
+            rows.append(row)
+        if study.get("unigram_ppl"):
+            rows.append(["unigram baseline (no context)"]
+                        + [f"{study['unigram_ppl']:.2f}"] * len(study["lengths"]))
+        out["length"] = (head, rows)
 
-    head = ["encoding", "seeds", "final val loss", "val ppl", "train time (s)", "tokens/s",
-            "params", "positional params", "peak memory (MB)"]
+    head = ["encoding", "seeds", "final val loss", "val ppl", "step time (ms)", "train time (s)",
+            "tokens/s", "params", "positional params", "peak memory (MB)"]
     rows = []
     for a in aggs:
         rows.append([a["pos"], str(a["seeds"]), fmt_stat(a["final_val_loss"]),
-                     fmt_stat(a["final_val_ppl"], 2), fmt_stat(a["train_time_s"], 1),
-                     fmt_stat(a["tokens_per_s"], integer=True), fmt_stat(a["params"], integer=True),
-                     fmt_stat(a["pos_params"], integer=True), fmt_stat(a["peak_mem_mb"], 0)])
+                     fmt_stat(a["final_val_ppl"], 2), _step_cell(results, a),
+                     fmt_stat(a["train_time_s"], 1), fmt_stat(a["tokens_per_s"], integer=True),
+                     fmt_stat(a["params"], integer=True), fmt_stat(a["pos_params"], integer=True),
+                     fmt_stat(a["peak_mem_mb"], 0)])
     out["training"] = (head, rows)
 
-    head = ["encoding", "temperature", "held-out ppl at L", "distinct-1", "distinct-2",
-            "repeated 4-grams", "known words"]
-    rows = []
-    for a in aggs:
-        ppl = next((c["ppl"] for c in a["length_ppl"] if c["length"] == L), None)
-        for g in a["generation"]:
-            rows.append([a["pos"], f"{g['temperature']:g}", fmt_stat(ppl, 2) if ppl else "n/a",
-                         fmt_stat(g["distinct_1"]), fmt_stat(g["distinct_2"]),
-                         fmt_stat(g["repeated_4gram_share"]), fmt_stat(g["known_word_share"])])
-    out["generation"] = (head, rows)
+    if not _is_task(results):
+        head = ["encoding", "temperature", "held-out ppl at L", "distinct-1", "distinct-2",
+                "repeated 4-grams", "known words"]
+        rows = []
+        for a in aggs:
+            ppl = next((c["ppl"] for c in a["length_ppl"] if c["length"] == L), None)
+            for g in a["generation"]:
+                rows.append([a["pos"], f"{g['temperature']:g}",
+                             fmt_stat(ppl, 2) if ppl else "n/a",
+                             fmt_stat(g["distinct_1"]), fmt_stat(g["distinct_2"]),
+                             fmt_stat(g["repeated_4gram_share"]),
+                             fmt_stat(g["known_word_share"])])
+        out["generation"] = (head, rows)
 
     env = results["environment"]
     t = study["base_config"]["train"]
     m = study["base_config"]["model"]
+    if _is_task(results):
+        evaluation = (f"instance lengths {', '.join(map(str, study['lengths']))}; "
+                      f"{study['task_instances']} held-out instances each")
+        data = f"task {study['task']}"
+    else:
+        evaluation = (f"lengths {', '.join(map(str, study['lengths']))}; "
+                      f"{study['eval_span_tokens']} scored tokens, stride {study['eval_stride']}")
+        data = f"data {t['data']} ({t['tokenizer']})"
     rows = [["preset", study["preset"]], ["encodings", ", ".join(study["encodings"])],
             ["seeds", ", ".join(map(str, study["seeds"]))],
+            ["run order", ", ".join(study["run_order"])],
             ["model", (f"{m['n_layer']} layers, {m['n_head']} heads, d_model {m['d_model']}, "
                       f"L = {m['block_size']}, vocabulary {m['vocab_size']}")],
             ["training", (f"{t['max_steps']} steps of {t['batch_size']}x{t['grad_accum']} "
-                         f"windows, lr {t['lr']:g}, data {t['data']} ({t['tokenizer']})")],
-            ["evaluation", (f"lengths {', '.join(map(str, study['lengths']))}; span of "
-                           f"{study['eval_span_tokens']} tokens")],
+                         f"rows, lr {t['lr']:g}, {data}")],
+            ["evaluation", evaluation],
             ["environment", (f"python {env['python']}, torch {env['torch']}, minigpt "
                             f"{env['minigpt']}, {env['device']} ({env['device_name']}), "
                             f"{env['torch_threads']} threads, {env['cpu_count']} CPUs, training in "
@@ -241,6 +444,16 @@ def tables(results: dict[str, Any]) -> dict[str, tuple[list[str], list[list[str]
             ["created", results["created"]], ["fingerprint", study["fingerprint"]]]
     out["settings"] = (["setting", "value"], rows)
     return out
+
+
+def _step_cell(results: dict[str, Any], a: dict[str, Any]) -> str:
+    if a["step_time_ms"]["n"] > 1:
+        return fmt_stat(a["step_time_ms"], 1)
+    run = next(r for r in results["runs"] if r["pos"] == a["pos"])
+    st = run["training"]["step_time_ms"]
+    if st["median"] is None:
+        return "n/a"
+    return f"{st['median']:.1f} [{st['q1']:.1f}, {st['q3']:.1f}]"
 
 
 # --- plots ----------------------------------------------------------------------------------
@@ -368,17 +581,61 @@ def plot_position_loss(results: dict[str, Any], path: Path) -> Path:
     return save(fig, path)
 
 
+def plot_accuracy(results: dict[str, Any], path: Path) -> Path:
+    """Exact-match accuracy against instance length, the longest trained length marked."""
+    study = results["study"]
+    nmax = results["runs"][0]["task_accuracy"]["max_train_length"]
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    aggs = results["aggregates"]
+    for k, a in enumerate(aggs):
+        run = next(r for r in results["runs"] if r["pos"] == a["pos"])
+        dodge = 1 + 0.012 * (k - (len(aggs) - 1) / 2)  # tied points stay visible side by side
+        pts = []
+        for c, one in zip(a["accuracy"], run["task_accuracy"]["results"]):
+            m = c["accuracy"]["mean"]
+            if m is None:
+                continue
+            if a["seeds"] > 1:  # error bars: sample std over seeds
+                lo = hi = c["accuracy"]["std"] or 0.0
+            else:  # the 95% Wilson interval of the one seed
+                lo, hi = m - one["ci_low"], one["ci_high"] - m
+            pts.append((c["length"] * dodge, m, lo, hi))
+        if not pts:
+            continue
+        x, y, lo, hi = zip(*pts)
+        label = a["pos"] if a["extrapolates"] else f"{a['pos']} (n/a past L)"
+        ax.errorbar(x, y, yerr=[lo, hi], fmt="o-", color=_color(a["pos"]), capsize=3,
+                    label=label)
+    ax.axvline(nmax, color="gray", ls="--", lw=1)
+    ax.text(nmax, 1.02, " longest trained", va="bottom", color="gray", fontsize=8)
+    ax.set_ylim(-0.03, 1.08)
+    ax.set_xticks(study["lengths"], [str(n) for n in study["lengths"]])
+    ax.set_xlabel(f"instance length ({study['task']})")
+    ax.set_ylabel("exact-match accuracy (greedy)")
+    bars = "±1 std over seeds" if len(study["seeds"]) > 1 else "95% Wilson intervals"
+    ax.set_title(f"{study['task']}: accuracy by length ({bars})")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return save(fig, path)
+
+
 def plot_cost(results: dict[str, Any], path: Path) -> Path:
     aggs = results["aggregates"]
     names = [a["pos"] for a in aggs]
     colors = [_color(p) for p in names]
     fig, axes = plt.subplots(1, 4, figsize=(14, 3.8))
-    panels = [("train_time_s", "training time (s)"), ("tokens_per_s", "tokens/s (median)"),
+    panels = [("step_time_ms", "step time (ms, steady-state median)"),
+              ("tokens_per_s", "tokens/s (median)"),
               ("params", "parameters (total)"), ("pos_params", "positional parameters")]
     for ax, (key, title) in zip(axes, panels):
         vals = [a[key]["mean"] or 0.0 for a in aggs]
         errs = [a[key]["std"] or 0.0 for a in aggs]
-        ax.bar(names, vals, yerr=errs if any(errs) else None, color=colors, capsize=3)
+        if key == "step_time_ms" and all(a["seeds"] == 1 for a in aggs):
+            runs = {r["pos"]: r["training"]["step_time_ms"] for r in results["runs"]}
+            errs = [[max(0.0, v - (runs[n]["q1"] or v)) for v, n in zip(vals, names)],
+                    [max(0.0, (runs[n]["q3"] or v) - v) for v, n in zip(vals, names)]]
+            title += ", IQR"
+        ax.bar(names, vals, yerr=errs if np.any(errs) else None, color=colors, capsize=3)
         ax.set_title(title, fontsize=10)
         ax.tick_params(axis="x", rotation=30, labelsize=8)
         ax.grid(alpha=0.3, axis="y")
@@ -386,10 +643,10 @@ def plot_cost(results: dict[str, Any], path: Path) -> Path:
 
 
 def write_plots(results: dict[str, Any], out: Path) -> list[Path]:
-    return [plot_loss_curves(results, out / "loss_curves.png"),
-            plot_length_ppl(results, out / "length_ppl.png"),
-            plot_position_loss(results, out / "position_loss.png"),
-            plot_cost(results, out / "cost.png")]
+    draw = {"loss_curves.png": plot_loss_curves, "length_ppl.png": plot_length_ppl,
+            "position_loss.png": plot_position_loss, "cost.png": plot_cost,
+            "accuracy.png": plot_accuracy}
+    return [draw[name](results, out / name) for name in plots_for(results)]
 
 
 # --- markdown and html ----------------------------------------------------------------------
@@ -412,21 +669,48 @@ def html_table(head: list[str], rows: list[list[str]]) -> str:
 
 
 DEFINITIONS = [
-    ("Perplexity = exp(mean cross-entropy in nats per token). Length generalization scores one "
-    "fixed validation span cut into non-overlapping windows of each length, so every token is "
-    "scored once at every length and only the context before it changes. Evaluation and "
-    "sampling run in float32, whatever precision training used."),
+    ("Perplexity = exp(mean cross-entropy in nats per token). Length generalization scores the "
+    "same validation targets at every length with strided sliding windows: windows move by a "
+    "stride s <= L/2 and score only their last s tokens, so at length T every scored token has "
+    "T - s to T - 1 tokens of context (Press et al. 2022). Evaluation and sampling run in "
+    "float32, whatever precision training used."),
     (f"Past-L verdicts compare perplexity at the longest length with perplexity at L: ratio "
     f"< {IMPROVES} improves, <= {FLAT} stays flat, <= {STEEP} degrades, above that degrades "
-    f"steeply. An encoding whose perplexity at L is at least {NEAR_UNIGRAM:g} x the unigram "
-    "baseline (training-token frequencies, no context) has not learned to use context and gets "
-    "no verdict."),
+    "steeply; a change within the noise (paired bootstrap over the same windows, or the seed "
+    f"spread) stays flat. An encoding whose perplexity at L is at least {NEAR_UNIGRAM:g} x the "
+    "unigram baseline (training-token frequencies, no context) has not learned to use context "
+    "and gets no verdict."),
+    ("Noise: one encoding is called better or faster than another only when the difference "
+    "exceeds the measured noise: with several seeds, twice the standard error of the "
+    "difference of seed means; with one seed, a 95% bootstrap interval of the difference that "
+    "excludes zero (paired over the same evaluation windows or task instances; for step times, "
+    "over the steady-state log intervals of each run, and the difference must also exceed the "
+    "larger interquartile range). Otherwise the report says 'within noise'."),
+    ("Step time is the median milliseconds per optimizer step over log intervals of steady "
+    "training (the first interval of every start and intervals containing an evaluation left "
+    "out), with its interquartile range; the run order rotates by one encoding per seed."),
+    ("Untrained parameters: a number marked so was computed with parameters that never "
+    "received a gradient in training (e.g. T5 buckets only reached past the trained length), "
+    "so it measures their initial values."),
     ("Generation metrics are over the generated words only (prompt excluded): distinct-n = "
     "unique n-grams / all n-grams; repeated 4-grams = share of 4-gram occurrences that repeat "
     "an earlier one in the same sample; known words = share of generated words that occur in "
-    "the training text. Held-out ppl is the perplexity at L on the evaluation span."),
+    "the training text. Held-out ppl is the perplexity at L on the evaluation targets."),
     ("Peak memory on a CPU is the process's peak resident set size during the run (it includes "
     "the Python interpreter, PyTorch and the data); on CUDA it is the peak allocated memory."),
+]
+
+TASK_DEFINITIONS = [
+    ("Exact match: an instance is correct when greedy decoding reproduces its whole answer "
+    "(checked in one teacher-forced pass: at every answer position the most likely next "
+    "token, given the right answer so far, is the right one). The 95% interval is Wilson's "
+    "score interval for a proportion."),
+    ("Instance length is the string length (copy, reverse) or the number of digits of each "
+    "operand (add); training draws lengths from 1 to the longest whose whole example fits in L "
+    "tokens. Test instances are held out: their prompts hash to a reserved residue that "
+    "training never draws (Kazemnejad et al. 2023; Delétang et al. 2023; Zhou et al. 2024)."),
+    *DEFINITIONS[2:5],
+    DEFINITIONS[-1],
 ]
 
 
@@ -445,49 +729,56 @@ def _samples(results: dict[str, Any]) -> list[tuple[str, float, str]]:
     return out
 
 
+def _sections(results: dict[str, Any]) -> list[tuple[str, str, list[str]]]:
+    """(title, intro, [table key or png name, ...]) of the report's middle, in order."""
+    if _is_task(results):
+        return [("Exact-match accuracy by instance length",
+                 "Mean over seeds ± std, or one seed's accuracy with its 95% Wilson interval.",
+                 ["accuracy", "accuracy.png"]),
+                ("Training", "", ["training", "loss_curves.png", "cost.png"])]
+    return [("Length generalization (validation perplexity at each evaluation length)",
+             "The same validation targets at every length, strided windows.",
+             ["length", "length_ppl.png", "position_loss.png"]),
+            ("Training", "", ["training", "loss_curves.png", "cost.png"]),
+            ("Generation quality", "", ["generation"])]
+
+
+def _title(results: dict[str, Any]) -> str:
+    study = results["study"]
+    seeds = len(study["seeds"])
+    what = f"task {study['task']}" if _is_task(results) else "language modelling"
+    return (f"minigpt compare, preset `{study['preset']}`, {what}: "
+            f"{_n(len(study['encodings']), 'encoding')} x {_n(seeds, 'seed')}, trained at "
+            f"L = {study['block_size']} tokens. Tables show mean ± sample std over seeds where "
+            "there are several.")
+
+
+def _n(k: int, word: str) -> str:
+    return f"{k} {word}{'' if k == 1 else 's'}"
+
+
+def _definitions(results: dict[str, Any]) -> list[str]:
+    return TASK_DEFINITIONS if _is_task(results) else DEFINITIONS
+
+
 def render_markdown(results: dict[str, Any]) -> str:
     study = results["study"]
     t = tables(results)
-    seeds = len(study["seeds"])
-    lines = [
-        "# Positional encodings compared",
-        "",
-        (f"minigpt compare, preset `{study['preset']}`: {len(study['encodings'])} encodings x "
-        f"{seeds} seed{'s' if seeds > 1 else ''}, trained at L = {study['block_size']} "
-        f"tokens. Tables show mean ± sample std over seeds where there are several."),
-        "",
-        "## Summary",
-        "",
-        results["summary"]["text"],
-        "",
-        "## Length generalization (validation perplexity at each evaluation length)",
-        "",
-        md_table(*t["length"]),
-        "",
-        "![perplexity against length](length_ppl.png)",
-        "",
-        "![loss against position](position_loss.png)",
-        "",
-        "## Training",
-        "",
-        md_table(*t["training"]),
-        "",
-        "![loss curves](loss_curves.png)",
-        "",
-        "![training cost](cost.png)",
-        "",
-        "## Generation quality",
-        "",
-        md_table(*t["generation"]),
-        "",
-        f"Samples (first seed) from the prompt {study['prompt']!r}:",
-        "",
-    ]
-    for pos, temp, text in _samples(results):
+    lines = ["# Positional encodings compared", "", _title(results), "", "## Summary", "",
+             results["summary"]["text"], ""]
+    for title, intro, items in _sections(results):
+        lines += [f"## {title}", ""] + ([intro, ""] if intro else [])
+        for item in items:
+            lines += [f"![{PLOTS[item]}]({item})" if item.endswith(".png")
+                      else md_table(*t[item]), ""]
+    samples = _samples(results)
+    if samples:
+        lines += [f"Samples (first seed) from the prompt {study['prompt']!r}:", ""]
+    for pos, temp, text in samples:
         lines += [f"**{pos}**, temperature {temp:g}:", "", _fence(study["prompt"] + text), ""]
     lines += ["## What was held equal", ""]
     lines += [f"- {s}" for s in study["held_equal"]]
-    lines += ["", "## Definitions", ""] + [f"- {s}" for s in DEFINITIONS]
+    lines += ["", "## Definitions", ""] + [f"- {s}" for s in _definitions(results)]
     lines += ["", "## Settings and environment", "", md_table(*t["settings"]), "",
               ("Every run's checkpoint is in `runs/<encoding>-s<seed>/` (sample it with "
               "`minigpt sample --ckpt ...`); all numbers are in `results.json`."), ""]
@@ -519,12 +810,19 @@ def render_html(results: dict[str, Any], images: dict[str, bytes]) -> str:
         data = base64.b64encode(images[name]).decode("ascii")
         return f'<img src="data:image/png;base64,{data}" alt="{e(PLOTS[name])}">'
 
-    seeds = len(study["seeds"])
-    samples = []
-    for pos, temp, text in _samples(results):
-        samples.append(f"<details{' open' if temp == study['temperatures'][0] else ''}>"
-                       f"<summary><b>{e(pos)}</b>, temperature {temp:g}</summary>"
-                       f"<pre>{e(study['prompt'] + text)}</pre></details>")
+    middle = []
+    for title, intro, items in _sections(results):
+        middle.append(f"<h2>{e(title)}</h2>" + (f"<p>{e(intro)}</p>" if intro else ""))
+        middle += [img(i) if i.endswith(".png") else html_table(*t[i]) for i in items]
+    samples = _samples(results)
+    if samples:
+        middle.append(f"<p>Samples (first seed) from the prompt "
+                      f"<code>{e(repr(study['prompt']))}</code>:</p>")
+    for pos, temp, text in samples:
+        middle.append(f"<details{' open' if temp == study['temperatures'][0] else ''}>"
+                      f"<summary><b>{e(pos)}</b>, temperature {temp:g}</summary>"
+                      f"<pre>{e(study['prompt'] + text)}</pre></details>")
+    title = _title(results).replace(f"`{study['preset']}`", f"<code>{e(study['preset'])}</code>")
     parts = [
         "<!doctype html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -532,24 +830,14 @@ def render_html(results: dict[str, Any], images: dict[str, bytes]) -> str:
         "<title>minigpt: positional encodings compared</title>",
         f"<style>{CSS}</style></head><body><main>",
         "<h1>Positional encodings compared</h1>",
-        (f'<p class="meta">minigpt compare, preset <code>{e(study["preset"])}</code>: '
-        f"{len(study['encodings'])} encodings &times; {seeds} seed{'s' if seeds > 1 else ''}, "
-        f"trained at L = {study['block_size']} tokens; created {e(results['created'])}. "
-        "Tables show mean &plusmn; sample std over seeds where there are several.</p>"),
+        f'<p class="meta">{title} Created {e(results["created"])}.</p>',
         "<h2>Summary</h2>",
         f'<p id="summary">{e(results["summary"]["text"])}</p>',
-        "<h2>Length generalization</h2>",
-        "<p>Validation perplexity at each evaluation length (tokens in brackets).</p>",
-        html_table(*t["length"]), img("length_ppl.png"), img("position_loss.png"),
-        "<h2>Training</h2>", html_table(*t["training"]), img("loss_curves.png"),
-        img("cost.png"),
-        "<h2>Generation quality</h2>", html_table(*t["generation"]),
-        f"<p>Samples (first seed) from the prompt <code>{e(repr(study['prompt']))}</code>:</p>",
-        *samples,
+        *middle,
         "<h2>What was held equal</h2>",
         "<ul>" + "".join(f"<li>{e(s)}</li>" for s in study["held_equal"]) + "</ul>",
         "<h2>Definitions</h2>",
-        "<ul>" + "".join(f"<li>{e(s)}</li>" for s in DEFINITIONS) + "</ul>",
+        "<ul>" + "".join(f"<li>{e(s)}</li>" for s in _definitions(results)) + "</ul>",
         "<h2>Settings and environment</h2>", html_table(*t["settings"]),
         ("<p>Every run's checkpoint is in <code>runs/&lt;encoding&gt;-s&lt;seed&gt;/</code>; all "
         "numbers are in <code>results.json</code>.</p>"),
@@ -567,4 +855,3 @@ def write_report(results: dict[str, Any], out: str | Path) -> list[Path]:
     page = out / "report.html"
     atomic_write_text(page, render_html(results, {p.name: p.read_bytes() for p in pngs}))
     return [*pngs, md, page]
-

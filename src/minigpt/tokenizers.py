@@ -43,6 +43,10 @@ class Tokenizer:
     def check_text(self, text: str) -> None:
         """Raise a DataError if `text` (a prompt) cannot be encoded faithfully."""
 
+    def prompt_warning(self, text: str) -> str | None:
+        """A warning for a prompt that encodes, but not faithfully (None if it is fine)."""
+        return None
+
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [self.encode(t) for t in texts]
 
@@ -81,10 +85,11 @@ class CharTokenizer(Tokenizer):
         unknown = sorted({c for c in text if c not in self.stoi})
         if unknown:
             shown = ", ".join(repr(c) for c in unknown[:5])
-            raise DataError(
-                f"the char tokenizer does not know the character(s) {shown}; use only "
-                "characters that occur in the training text."
-            )
+            e = DataError(
+                f"the char tokenizer does not know the character(s) {shown} (it knows only "
+                "the characters of the text it was built from); use only those characters.")
+            e.unknown = unknown  # type: ignore[attr-defined]
+            raise e
 
     def encode(self, text: str) -> list[int]:
         return self.encode_array(text).tolist()
@@ -147,6 +152,15 @@ class WordTokenizer(Tokenizer):
         keep = [w for w, c in sorted(counts.items(), key=lambda wc: (-wc[1], wc[0]))
                 if c >= min_freq][: max(0, max_vocab - len(cls.specials))]
         return cls(keep)
+
+    def prompt_warning(self, text: str) -> str | None:
+        unknown = list(dict.fromkeys(w for w in self.split(text) if w not in self.stoi))
+        if not unknown:
+            return None
+        shown = ", ".join(repr(w) for w in unknown[:5])
+        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        return (f"warning: the word tokenizer does not know {shown}{more}; the model sees "
+                f"{'it' if len(unknown) == 1 else 'each'} as {UNK}.")
 
     def encode(self, text: str) -> list[int]:
         get, unk = self.stoi.get, self.unk_id

@@ -24,10 +24,10 @@ import torch
 import torch.distributed as dist
 
 from . import checkpoint
-from .config import RunConfig, TrainConfig
+from .config import RunConfig, TrainConfig, merge
 from .data import Dataset, prepare
-from .errors import CheckpointError, MiniGPTError
-from .io import atomic_write_text
+from .errors import CheckpointError, ConfigError, MiniGPTError, arg
+from .io import StagedFiles, atomic_write_text
 from .model import GPT
 
 
@@ -195,10 +195,16 @@ def estimate_loss(model: torch.nn.Module, data: Dataset, split: str, cfg: RunCon
 # --- the run -------------------------------------------------------------------------------
 
 class _StopFlag:
-    """SIGINT/SIGTERM ask the loop to stop after the current step; a second one aborts."""
+    """SIGINT/SIGTERM ask the loop to stop after the current step. A second one stops at once:
+    it aborts the step in progress, or abandons a checkpoint being written (its files are
+    staged, so the previous checkpoint stays whole). While a staged checkpoint is renamed
+    into place (milliseconds), a signal waits for it to finish."""
 
     def __init__(self) -> None:
         self.requested: str | None = None
+        self.saving = False
+        self.committing = False
+        self.abort_after_commit = False
         self._old: dict[int, Any] = {}
 
     def __enter__(self) -> "_StopFlag":
@@ -211,13 +217,47 @@ class _StopFlag:
 
     def _handle(self, signum: int, frame: Any) -> None:
         name = signal.Signals(signum).name
-        if self.requested == name:  # asked twice: stop now
-            raise KeyboardInterrupt
-        self.requested = self.requested or name
+        if self.requested is None:
+            self.requested = name
+            if self.saving:  # os.write: print() is not safe inside a signal handler
+                os.write(2, SAVING_NOTE.encode())
+            return
+        if self.committing:
+            self.abort_after_commit = True
+            return
+        raise KeyboardInterrupt
 
     def __exit__(self, *exc: Any) -> None:
         for sig, old in self._old.items():
             signal.signal(sig, old)
+
+
+SAVING_NOTE = "saving checkpoint, Ctrl-C again to abandon this save\n"
+# settings a resumed run may change; anything else would make it a different run
+RESUMABLE = ("max_steps", "device", "eval_interval", "log_interval", "compile", "sample_tokens",
+             "sample_temperatures", "sample_prompt")
+
+
+def resume_config(cfg: RunConfig, out: Path) -> tuple[RunConfig, dict[str, Any]]:
+    """The config a resume of `out` trains with, and its raw config.json: the saved config
+    with the settings in RESUMABLE taken from `cfg`. Any other setting of `cfg` must equal the
+    saved one (a `vocab_size` of 0 means "from the tokenizer"); each that differs is named
+    with its old and new value."""
+    saved, raw = checkpoint.read_config(out)
+    changed = []
+    for section in ("model", "train"):
+        old, new = getattr(saved, section).__dict__, getattr(cfg, section).__dict__
+        for k, v in new.items():
+            if k in RESUMABLE or old[k] == v or (k == "vocab_size" and v == 0):
+                continue
+            changed.append(f"{arg(k)} {old[k]!r} -> {v!r}")
+    if changed:
+        raise ConfigError(
+            f"cannot resume {out} with changed settings ({'; '.join(changed)}); only "
+            f"{', '.join(arg(k) for k in RESUMABLE)} may change, so drop the others, or start "
+            "a new run in another output directory.")
+    return merge(saved, None, {k: getattr(cfg.train, k) for k in RESUMABLE},
+                 where="resume"), raw
 
 
 def check_output(out: Path, resume: bool) -> None:
@@ -227,8 +267,8 @@ def check_output(out: Path, resume: bool) -> None:
             raise CheckpointError(f"cannot resume: {out} holds no run (config.json missing).")
         return
     if (out / "config.json").exists() or (out / checkpoint.STATE_FILE).exists():
-        raise MiniGPTError(f"{out} already holds a run; pass --resume to continue it or choose "
-                           "another --out.")
+        raise MiniGPTError(f"{out} already holds a run; pass {arg('resume', True)} to continue "
+                           f"it or choose another {arg('out')}.")
 
 
 def make_output(out: Path) -> None:
@@ -236,6 +276,18 @@ def make_output(out: Path) -> None:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise MiniGPTError(f"cannot create output directory {out}: {e.strerror}.") from None
+
+
+def init_model(cfg: RunConfig, rank: int = 0) -> GPT:
+    """The run's model at step 0, with the dropout stream seeded *after* it is built.
+
+    The weights come from per-name generators (GPT.init_weights), but nn defaults (such as
+    an encoding's extra nn.Embedding) draw from the global generator while the model is
+    built; seeding afterwards gives every encoding the same dropout masks for a seed.
+    """
+    model = GPT(cfg.model, seed=cfg.train.seed)
+    torch.manual_seed(cfg.train.seed + rank)  # dropout streams (one per DDP rank)
+    return model
 
 
 def load_dataset(cfg: RunConfig, tokenizer_path: Path | None = None,
@@ -266,13 +318,27 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, until: int |
           log=print) -> TrainResult:
     """Train (or resume) a model into the checkpoint directory `out`.
 
-    `init_from` starts from another checkpoint's weights and tokenizer (fine-tuning); its
-    model shapes must match `cfg.model`.
+    `resume=True` continues the run in `out`: `cfg` must equal its saved config except for
+    the settings in RESUMABLE (max_steps, device, ...), which it may change. A run with no
+    complete checkpoint yet starts again from step 0. `init_from` starts from another
+    checkpoint's weights and tokenizer (fine-tuning); its model shapes must match `cfg.model`.
+    `progress` shows a bar on a terminal or a line per log interval elsewhere; `log` gets the
+    header and the notes of the run.
     """
     out = Path(out)
-    tc = cfg.train
-    d, device = setup_distributed(tc.device)
+    d, device = setup_distributed(cfg.train.device)
     check_output(out, resume)  # every rank checks; only rank 0 writes, after the barrier
+    raw: dict[str, Any] = {}
+    if resume:
+        cfg, raw = resume_config(cfg, out)
+        if not (out / "tokenizer.json").exists():
+            raise CheckpointError(f"cannot resume: {out} was stopped before its first checkpoint "
+                                  f"and holds no tokenizer.json; delete {out} and start again.")
+        checkpoint.check_trainer_state(out, cfg)  # header only: nothing allocated if tampered
+        init_from = raw.get("init_from")  # used again only if nothing was saved yet
+    elif init_from is not None:
+        init_from = str(init_from)
+    tc = cfg.train
     tok_path = out / "tokenizer.json" if resume else None
     if init_from is not None and not resume:
         tok_path = Path(init_from) / "tokenizer.json"
@@ -285,24 +351,42 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, until: int |
         make_output(out)
     cfg.model.vocab_size = data.tokenizer.vocab_size
     cfg.model.__post_init__()  # re-validate with the vocabulary filled in
+    extra = {"init_from": init_from} if init_from is not None else None
 
-    torch.manual_seed(tc.seed + d.rank)  # dropout streams; weights use their own generators
-    model = GPT(cfg.model, seed=tc.seed).to(device)
-    if init_from is not None and not resume:
-        src, _, _, _ = checkpoint.load(init_from)
-        model.load_state_dict(src.state_dict())
+    model = init_model(cfg, d.rank).to(device)
     optimizer = make_optimizer(model, tc, device)
     step, best_val = 0, float("inf")
     history: list[dict[str, Any]] = []
+    restart = not resume
     if resume:
         state = checkpoint.load_trainer_state(out, model, optimizer, rank=d.rank)
         step, best_val = int(state["step"]), float(state["best_val"])
+        restart = bool(state.get("restart"))
         if d.main:
             history = _truncate_metrics(out / "metrics.jsonl", step)
+        if d.main and restart:
+            log(f"{out} has no complete checkpoint yet; training it again from step 0.")
+        elif d.main and raw.get("step") != step:  # stopped between the files of a checkpoint
+            checkpoint.save_weights(out / "model.safetensors", model, step)
+            checkpoint.write_config(out, cfg, step, extra)
     elif d.main:
         data.tokenizer.save(out / "tokenizer.json")  # before config.json marks a run here
-        checkpoint.write_config(out, cfg, 0)
+        checkpoint.write_config(out, cfg, 0, extra)
+    if restart and init_from is not None:
+        if not (Path(init_from) / "config.json").exists():
+            raise CheckpointError(f"{out} was started from {init_from}, which is gone; start "
+                                  "a new run.")
+        src, _, _, _ = checkpoint.load(init_from)
+        model.load_state_dict(src.state_dict())
     amp = autocast_dtype(tc, device)
+    tokens_per_step = tc.batch_size * cfg.model.block_size * tc.grad_accum * d.world
+    if d.main:
+        log(header(cfg, model, device, amp, d.world, data.tokenizer.kind))
+        if tc.tokenizer == "bpe" and init_from is None and data.tokenizer.vocab_size < \
+                tc.vocab_size_bpe:
+            log(f"note: BPE training on {tc.data} made {data.tokenizer.vocab_size} tokens, "
+                f"fewer than the {tc.vocab_size_bpe} asked for: the corpus has no more pairs "
+                "to merge.")
     train_model: torch.nn.Module = model
     if should_compile(tc, device, tc.max_steps - step):
         train_model = torch.compile(model)
@@ -315,14 +399,8 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, until: int |
     if d.main:
         writer = _tensorboard(out, step)
     metrics_fh = open(out / "metrics.jsonl", "a", encoding="utf-8") if d.main else None
-    tokens_per_step = tc.batch_size * cfg.model.block_size * tc.grad_accum * d.world
     stop_at = min(tc.max_steps, until) if until is not None else tc.max_steps
-    bar = None
-    if progress and d.main:
-        from tqdm import tqdm
-
-        bar = tqdm(total=tc.max_steps, initial=step, desc="train", unit="step",
-                   dynamic_ncols=True, file=sys.stderr)
+    console = Console(tc.max_steps, step, enabled=progress and d.main)
 
     def log_row(row: dict[str, Any]) -> None:
         history.append(row)
@@ -333,24 +411,42 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, until: int |
             for k, v in row.items():
                 if k != "step" and isinstance(v, (int, float)):
                     writer.add_scalar(k, v, row["step"])
+        console.row(row)
 
-    def save(step: int, val: float | None) -> None:
-        nonlocal best_val
+    saved_step: int | None = None if restart else step
+
+    def save(step: int, val: float | None, stop: _StopFlag) -> None:
+        """One checkpoint, all files or none: staged, then renamed into place together."""
+        nonlocal best_val, saved_step
         if val is not None and not math.isfinite(val):  # every rank stops together
             raise MiniGPTError(
                 f"the validation loss became {val} at step {step}; lower the learning rate "
-                "(--lr) or raise --warmup-steps. The last good checkpoint was kept.")
+                f"({arg('lr')}) or raise {arg('warmup_steps')}. The last good checkpoint was kept.")
         rng = rank_rng_states(d)  # a collective: every rank takes part
         if not d.main:
             return
         improved = val is not None and val < best_val
+        stop.saving = True
+        if stop.requested:
+            console.note(SAVING_NOTE.rstrip())
+        try:
+            with StagedFiles() as files:
+                if improved:
+                    checkpoint.save_weights(out / "best.safetensors", model, step, files)
+                checkpoint.save_trainer_state(
+                    out, model, optimizer, {"step": step, "best_val": val if improved
+                                            else best_val}, rank_rng=rng, files=files)
+                checkpoint.save_weights(out / "model.safetensors", model, step, files)
+                checkpoint.write_config(out, cfg, step, extra, files)
+                stop.committing = True
+                files.commit()
+        finally:
+            stop.saving = stop.committing = False
         if improved:
             best_val = val
-            checkpoint.save_weights(out / "best.safetensors", model, step)
-        checkpoint.save_weights(out / "model.safetensors", model, step)
-        checkpoint.write_config(out, cfg, step)
-        checkpoint.save_trainer_state(out, model, optimizer,
-                                      {"step": step, "best_val": best_val}, rank_rng=rng)
+        saved_step = step
+        if stop.abort_after_commit:
+            raise KeyboardInterrupt
 
     t_start = time.perf_counter()
     t_last, step_last = t_start, step
@@ -385,8 +481,8 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, until: int |
                 if check_now and not math.isfinite(float(loss_sum)):
                     raise MiniGPTError(
                         f"the training loss became {float(loss_sum / tc.grad_accum)} at step "
-                        f"{step + 1}; lower the learning rate (--lr) or raise --warmup-steps. "
-                        "The last good checkpoint was kept.")
+                        f"{step + 1}; lower the learning rate ({arg('lr')}) or raise "
+                        f"{arg('warmup_steps')}. The last good checkpoint was kept.")
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
@@ -399,10 +495,7 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, until: int |
                     log_row({"step": step, "train_loss": train_loss, "lr": lr,
                              "grad_norm": float(grad_norm), "tokens_per_s": tps,
                              "elapsed": now - t_start})
-                    if bar is not None:
-                        bar.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{tps:,.0f}")
-                if bar is not None:
-                    bar.update(1)
+                console.update(step)
                 evaluate = step % tc.eval_interval == 0 or step == tc.max_steps
                 stopping = any_rank(d, stop.requested is not None, device)
                 if evaluate or step == stop_at or stopping:
@@ -413,21 +506,26 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, until: int |
                         last_val = val
                         log_row({"step": step, "val_loss": val, "val_ppl": math.exp(min(val, 50)),
                                  "train_loss_eval": trn, "elapsed": time.perf_counter() - t_start})
-                    save(step, val)
+                    save(step, val, stop)
                 if stopping:
                     interrupted = stop.requested or "a signal on another rank"
                     break
+    except KeyboardInterrupt:
+        if d.main:
+            console.close()
+            kept = (f"the checkpoint of step {saved_step} is kept" if saved_step
+                    else "no checkpoint was saved yet")
+            log(f"stopped at once at step {step}; {kept}.")
+        raise
     finally:
-        if bar is not None:
-            bar.close()
+        console.close()
         if metrics_fh is not None:
             metrics_fh.close()
         if writer is not None:
             writer.close()
     elapsed = time.perf_counter() - t_start
     if d.main and interrupted:
-        log(f"stopped by {interrupted} at step {step}; the checkpoint is saved. Resume with: "
-            f"minigpt train --resume --out {out}")
+        log(f"stopped by {interrupted} at step {step}; the checkpoint is saved in {out}.")
     if d.main and not interrupted and step >= tc.max_steps:
         from .plots import loss_curve
 
@@ -440,6 +538,76 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, until: int |
                        tokens_per_s=tokens_per_step * steps_run / max(elapsed, 1e-9),
                        interrupted=bool(interrupted), params=model.num_params(),
                        pos_params=model.pos.num_params(), peak_mem_mb=peak, history=history)
+
+
+def header(cfg: RunConfig, model: GPT, device: torch.device, amp: torch.dtype | None,
+           world: int, tokenizer: str) -> str:
+    """One line: vocabulary, parameters (total, positional), device, dtype, tokens per step."""
+    tc, L = cfg.train, cfg.model.block_size
+    dtype = "bfloat16 autocast" if amp == torch.bfloat16 else "float32"
+    procs = f" x {world} processes" if world > 1 else ""
+    return (f"vocabulary {cfg.model.vocab_size} ({tokenizer}); {model.num_params():,} "
+            f"parameters ({model.pos.num_params():,} positional); device {device}, {dtype}; "
+            f"{tc.batch_size * L * tc.grad_accum * world:,} tokens per step ({tc.batch_size} "
+            f"x {L} tokens x {tc.grad_accum} accumulation{procs})")
+
+
+class Console:
+    """The console end of the metrics sink. On a terminal: a progress bar, with every
+    evaluation printed as a line above it. Elsewhere (a file, CI, nohup): no carriage
+    returns, one plain line per logged step and one per evaluation. Disabled: nothing."""
+
+    def __init__(self, total: int, initial: int, *, enabled: bool = True,
+                 stream: Any = None) -> None:
+        self.stream = stream or sys.stderr
+        self.enabled = enabled
+        self.total = total
+        self.bar = None
+        self.t0, self.step0 = time.perf_counter(), initial
+        if enabled and self.stream.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, desc="train", unit="step",
+                            dynamic_ncols=True, file=self.stream)
+
+    def _line(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.write(text, file=self.stream)
+        else:
+            print(text, file=self.stream, flush=True)
+
+    def row(self, row: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        step = row["step"]
+        if "val_loss" in row:
+            self._line(f"step {step}: train loss {row['train_loss_eval']:.4f}, val loss "
+                       f"{row['val_loss']:.4f}, val ppl {row['val_ppl']:.2f}")
+        elif self.bar is not None:
+            self.bar.set_postfix(loss=f"{row['train_loss']:.3f}",
+                                 tok_s=f"{row['tokens_per_s']:,.0f}")
+        else:
+            rate = (time.perf_counter() - self.t0) / max(step - self.step0, 1)
+            self._line(f"step {step}/{self.total}: loss {row['train_loss']:.4f}, "
+                       f"{row['tokens_per_s']:,.0f} tokens/s, ETA "
+                       f"{_fmt_eta(rate * (self.total - step))}")
+
+    def update(self, step: int) -> None:
+        if self.bar is not None:
+            self.bar.update(step - self.bar.n)
+
+    def note(self, text: str) -> None:
+        self._line(text)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _fmt_eta(s: float) -> str:
+    s = int(s)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
 def rank_rng_states(d: Dist) -> list[torch.Tensor] | None:

@@ -33,9 +33,8 @@ import matplotlib.pyplot as plt
 from . import positional
 from .config import ModelConfig, merge, preset
 from .errors import MiniGPTError
-from .io import atomic_savefig
+from .plots import save
 
-TRAINED = {"learned", "t5"}  # encodings with parameters: only a checkpoint shows them
 # model settings that describe an untrained encoding (and so make no sense with a checkpoint)
 OVERRIDES = ("block_size", "n_head", "d_model", "rope_base")
 DPI = 110
@@ -73,10 +72,9 @@ def draw(pos: str | None, ckpt: str | Path | None, out: str | Path, prompt: str 
     out.mkdir(parents=True, exist_ok=True)
 
     paths: list[Path] = []
-    drawers = {"learned": _draw_table, "sinusoidal": _draw_table, "rope": _draw_rope,
-               "alibi": _draw_bias, "t5": _draw_bias}
-    if src.pos in drawers:
-        paths += drawers[src.pos](src, out)
+    picture = type(src.module).picture  # the encoding says what kind of picture it has
+    if picture is not None:
+        paths += PICTURES[picture](src, out)
     elif idx is None and log is not None:
         what = ("adds no positional information, so there is nothing of the encoding to draw"
                 if type(src.module).where == "nowhere" else "has no picture of its own yet")
@@ -123,7 +121,7 @@ def _source(pos: str | None, ckpt: str | Path | None, preset_name: str | None,
     if pos is None:
         raise MiniGPTError("say what to draw: give --pos NAME for an untrained encoding or "
                            "--ckpt DIR for a trained model.")
-    if pos in TRAINED:
+    if positional.REGISTRY[pos].picture_needs_checkpoint:
         raise MiniGPTError(f"{pos} is a trained encoding, so there is nothing to draw without a "
                            f"checkpoint; give --ckpt DIR of a model trained with --pos {pos}.")
     if prompt is not None:
@@ -160,10 +158,7 @@ def _fmt(v: Any) -> str:
 # --- helpers ------------------------------------------------------------------------------
 
 def _save(fig: plt.Figure, path: Path) -> Path:
-    try:
-        return atomic_savefig(fig, path, dpi=DPI)  # a crash never leaves half a PNG
-    finally:
-        plt.close(fig)
+    return save(fig, path, dpi=DPI, tight=False)  # the figures here lay themselves out
 
 
 def _masked_cmap(name: str) -> matplotlib.colors.Colormap:
@@ -323,8 +318,9 @@ def _draw_bias(src: Source, out: Path) -> list[Path]:
     paths = [_save(fig, out / f"{name}_bias.png")]
 
     far = 2 * L
-    if name == "t5":
-        far = max(far, math.ceil(1.25 * src.cfg.t5_max_distance))
+    reach = src.module.bias_reach()  # past this distance the bias no longer changes
+    if reach is not None:
+        far = max(far, math.ceil(1.25 * reach))
     far = min(far, 8192)
     with torch.no_grad():
         row = src.module.bias(torch.tensor([far]), torch.arange(far + 1)).float().cpu()
@@ -335,9 +331,8 @@ def _draw_bias(src: Source, out: Path) -> list[Path]:
         lab = f"head {h}" + (f" (slope {float(slopes[h]):.3g})" if slopes is not None else "")
         ax.plot(d, by_dist[h], lw=1.2, label=lab)
     ax.axvline(L, color="k", ls="--", lw=0.8, label=f"trained context {L}")
-    if name == "t5":
-        ax.axvline(src.cfg.t5_max_distance, color="grey", ls=":", lw=0.8,
-                   label=f"t5_max_distance {src.cfg.t5_max_distance}")
+    if reach is not None:
+        ax.axvline(reach, color="grey", ls=":", lw=0.8, label=f"bias constant past {reach}")
     ax.set_xlabel("distance from query back to key (tokens)")
     ax.set_ylabel("bias added to the attention score")
     ax.set_title(f"{name}: bias against distance, per head\n{src.label}")
@@ -391,3 +386,7 @@ def _draw_attention(src: Source, idx: torch.Tensor, prompt: str, out: Path) -> l
                      f"prompt “{shown}” ({T} tokens{past})\n{src.label}")
         paths.append(_save(fig, out / f"{src.pos}_attention_layer{layer}.png"))
     return paths
+
+
+PICTURES: dict[str, Callable[[Source, Path], list[Path]]] = {
+    "table": _draw_table, "rotary": _draw_rope, "bias": _draw_bias}

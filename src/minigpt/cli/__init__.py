@@ -42,12 +42,18 @@ def build_parser() -> Parser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import os
+
+    # library noise a user cannot act on (transformers' advice to its own API users during
+    # bench --vs hf and export); a user's own TRANSFORMERS_VERBOSITY wins
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for "run it again" hints
     try:
         code = args.handler(args)
     except MiniGPTError as e:
-        print(f"minigpt {args.command}: error: {_rank()}{e}", file=sys.stderr)
+        print(f"minigpt {args.command}: error: {_rank()}{e.for_cli()}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"minigpt {args.command}: interrupted.", file=sys.stderr)

@@ -8,17 +8,27 @@ import argparse
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="measure training/sampling/eval speed",
                        description="Measure tokens/s and MFU; --vs hf runs HF GPT-2 alongside.")
-    p.add_argument("--preset", default="small", help="model shapes (default small)")
+    p.add_argument("--preset", default="small", metavar="NAME",
+                   help="model shapes: tiny, small, shakespeare-char or gpt2 (default: small)")
     p.add_argument("--vs", choices=["hf"], help="also run Hugging Face GPT2LMHeadModel")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
-    p.add_argument("--compile", default="off", choices=["off", "on"])
-    p.add_argument("--batch-size", type=int, help="training/eval batch (default: the preset's)")
-    p.add_argument("--vocab-size", type=int, default=65, help="vocabulary (default 65, chars)")
-    p.add_argument("--gen-tokens", type=int, default=256, help="new tokens per generation")
-    p.add_argument("--reps", type=int, default=7, help="timed repetitions per measure")
-    p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
-    p.add_argument("--out", default="bench.json", help="where to write the JSON results")
+    p.add_argument("--device", default="auto", metavar="DEVICE",
+                   help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                   help="autocast dtype, as train --dtype (default: auto)")
+    p.add_argument("--compile", default="off", choices=["off", "on"],
+                   help="torch.compile the models (default: off)")
+    p.add_argument("--batch-size", type=int, metavar="N",
+                   help="training/eval batch (default: the preset's)")
+    p.add_argument("--vocab-size", type=int, default=65, metavar="N",
+                   help="vocabulary size of the benchmark models (default: 65, shakespeare chars)")
+    p.add_argument("--gen-tokens", type=int, default=256, metavar="N",
+                   help="new tokens per generation (default: 256)")
+    p.add_argument("--reps", type=int, default=7, metavar="N",
+                   help="timed repetitions per measure (default: 7)")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="torch threads (default: torch's choice)")
+    p.add_argument("--out", default="bench.json", metavar="PATH",
+                   help="where to write the JSON results (default: bench.json)")
     p.set_defaults(handler=run)
 
 

@@ -11,10 +11,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Export a checkpoint as a transformers model directory: a 'learned' model "
                     "becomes GPT2LMHeadModel, a 'rope' model GPTNeoXForCausalLM, with its "
                     "tokenizer; the logits are checked to match. Needs minigpt[hf].")
-    p.add_argument("--ckpt", required=True, help="checkpoint directory")
-    p.add_argument("--to", choices=["hf"], default="hf", help="target format (hf)")
-    p.add_argument("--out", required=True, metavar="HF_DIR", help="directory to write")
-    p.add_argument("--which", choices=["last", "best"], default="last", help="which weights")
+    p.add_argument("--ckpt", required=True, metavar="PATH", help="checkpoint directory")
+    p.add_argument("--to", choices=["hf"], default="hf",
+                   help="target format: hf, a transformers model directory (default: hf)")
+    p.add_argument("--out", required=True, metavar="PATH", help="directory to write")
+    p.add_argument("--which", choices=["last", "best"], default="last",
+                   help="latest weights, or those with the best validation loss (default: last)")
     p.set_defaults(handler=run)
 
 

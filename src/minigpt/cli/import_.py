@@ -13,9 +13,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "minigpt checkpoint that `sample` and `train --init-from` accept. Reads "
                     "safetensors only and never downloads.")
     p.add_argument("--from", dest="source_format", choices=["hf"], default="hf",
-                   help="source format (hf)")
-    p.add_argument("src", metavar="HF_DIR", help="local Hugging Face model directory")
-    p.add_argument("--out", required=True, help="checkpoint directory to create")
+                   help="source format: hf (default: hf)")
+    p.add_argument("src", metavar="PATH", help="local Hugging Face model directory")
+    p.add_argument("--out", required=True, metavar="PATH", help="checkpoint directory to create")
     p.set_defaults(handler=run)
 
 

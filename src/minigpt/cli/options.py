@@ -1,5 +1,9 @@
 """Flags generated from the typed config dataclasses (litgpt-style), so every config field is
-a flag with no hand-written list; shared by `train` and `compare`."""
+a flag with no hand-written list; shared by `train` and `compare`.
+
+Help text, choices and metavars come from the fields' `setting(...)` metadata in config.py,
+and the defaults shown are the values of the preset the command starts from.
+"""
 
 from __future__ import annotations
 
@@ -8,23 +12,14 @@ import dataclasses
 import typing
 from typing import Any
 
-from ..config import ModelConfig, RunConfig, TrainConfig, field_types, load_toml, merge, preset
+from ..config import (ModelConfig, RunConfig, TrainConfig, choices, field_types, load_toml, merge,
+                      preset, preset_value, vocab_field)
 from ..errors import ConfigError
 
-# config fields that are not flags, and flags whose names differ from their fields
-SKIP = {"vocab_size"}
-RENAME = {"vocab_size_bpe": "vocab-size"}
-HELP = {
-    "pos": "positional encoding: learned, sinusoidal, rope, alibi, nope, t5",
-    "data": "'shakespeare' (embedded) or a UTF-8 .txt file or directory of them",
-    "tokenizer": "char, word or bpe",
-    "batching": "stream (random windows) or documents (one padded speech per row)",
-    "block_size": "context length L the model is trained at",
-    "vocab_size_bpe": "vocabulary size of the bpe tokenizer",
-    "device": "auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps",
-    "dtype": "auto (bf16 autocast on CUDA), float32 or bfloat16",
-    "compile": "torch.compile the model: off, on or auto",
-}
+# config fields that are not flags: the model's vocabulary comes from the tokenizer, and the
+# tokenizer's own vocabulary settings share one flag, --vocab-size
+SKIP = {"vocab_size", "vocab_size_bpe", "max_vocab"}
+METAVARS = {int: "N", float: "FLOAT", str: "TEXT"}
 
 
 def _parse_list(text: str) -> list[float]:
@@ -35,41 +30,68 @@ def _parse_list(text: str) -> list[float]:
             f"expected comma-separated numbers, got {text!r}") from None
 
 
-def add_config_flags(p: argparse.ArgumentParser, skip: set[str] = frozenset()) -> None:
-    """One flag per config field; defaults are None so only given flags override."""
-    for cls, title in ((ModelConfig, "model"), (TrainConfig, "training")):
-        g = p.add_argument_group(f"{title} settings (override preset and --config)")
-        defaults = {f.name: f for f in dataclasses.fields(cls)}
+def _show(value: Any) -> str:
+    if isinstance(value, list):
+        return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+    if isinstance(value, str):
+        return repr(value) if value == "" else value
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def add_config_flags(p: argparse.ArgumentParser, skip: set[str] = frozenset(),
+                     preset_name: str = "small", over: str = "--preset and --config") -> None:
+    """One flag per config field; defaults are None so only given flags override. The help
+    shows each setting's value in `preset_name`, the preset the command starts from."""
+    for cls, section, title in ((ModelConfig, "model", "model"),
+                                (TrainConfig, "train", "training")):
+        g = p.add_argument_group(f"{title} settings (defaults: the {preset_name} preset; flags "
+                                 f"override {over})")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
         for name, typ in field_types(cls).items():
             if name in SKIP or name in skip:
                 continue
-            flag = "--" + RENAME.get(name, name.replace("_", "-"))
-            f = defaults[name]
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            helptext = f"{HELP.get(name, name.replace('_', ' '))} (default {default})"
-            kw: dict[str, Any] = dict(dest=f"cfg_{name}", default=None, help=helptext)
+            meta = fields[name].metadata
+            default = meta.get("default_text") or _show(preset_value(preset_name, section, name))
+            kw: dict[str, Any] = dict(dest=f"cfg_{name}", default=None,
+                                      help=f"{meta['help']} (default: {default})")
+            flag = "--" + name.replace("_", "-")
             if typ is bool:
                 g.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
             elif typing.get_origin(typ) is list:
-                g.add_argument(flag, type=_parse_list, metavar="X,Y", **kw)
+                g.add_argument(flag, type=_parse_list, metavar=meta["metavar"], **kw)
+            elif choices(cls, name):
+                g.add_argument(flag, type=typ, choices=choices(cls, name), **kw)
             else:
-                g.add_argument(flag, type=typ, **kw)
+                g.add_argument(flag, type=typ, metavar=meta["metavar"] or METAVARS[typ], **kw)
+            if name == "tokenizer":
+                sizes = {t: _show(preset_value(preset_name, "train", vocab_field(t)))
+                         for t in ("bpe", "word")}
+                g.add_argument("--vocab-size", type=int, metavar="N", dest="vocab_size_flag",
+                               help=f"bpe: target vocabulary size (default: {sizes['bpe']}); "
+                                    f"word: keep at most N words (default: {sizes['word']}); "
+                                    "the char tokenizer has none")
 
 
-def overrides(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The model and train settings given explicitly on the command line."""
+def overrides(args: argparse.Namespace, base: RunConfig
+              ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The model and train settings given explicitly on the command line; `base` is the config
+    they apply to (its tokenizer says what --vocab-size means)."""
     m_fields = field_types(ModelConfig)
     model, train = {}, {}
     for k, v in vars(args).items():
         if k.startswith("cfg_") and v is not None:
             name = k[4:]
             (model if name in m_fields else train)[name] = v
+    if getattr(args, "vocab_size_flag", None) is not None:
+        train[vocab_field(train.get("tokenizer", base.train.tokenizer))] = args.vocab_size_flag
     return model, train
 
 
-def build_config(args: argparse.Namespace, default_preset: str = "small") -> RunConfig:
-    """preset < --config FILE.toml < flags."""
-    cfg = preset(args.preset or default_preset)
+def build_config(args: argparse.Namespace, default_preset: str = "small",
+                 base: RunConfig | None = None) -> RunConfig:
+    """preset < --config FILE.toml < flags; `base` stands in for the preset when none is given
+    (a resumed run starts from its saved config)."""
+    cfg = preset(args.preset) if args.preset else base or preset(default_preset)
     if getattr(args, "config", None):
         file = load_toml(args.config)
         if not isinstance(file, dict):
@@ -81,7 +103,7 @@ def build_config(args: argparse.Namespace, default_preset: str = "small") -> Run
         if unknown:
             raise ConfigError(f"config file {args.config} has unknown section(s) "
                               f"{', '.join(sorted(unknown))}; use [model] and [train].")
-    model, train = overrides(args)
+    model, train = overrides(args, cfg)
     return merge(cfg, model, train, where="command line")
 
 

@@ -11,9 +11,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Draw a positional encoding (untrained from a preset, or from a "
                     "checkpoint) and, with --prompt, a checkpoint's attention maps; writes "
                     "PNGs into --out and prints their paths, one per line.")
+    from ..positional import REGISTRY
+
+    trained = [n for n, c in REGISTRY.items() if c.picture_needs_checkpoint]
     p.add_argument("--pos", metavar="NAME",
-                   help="learned, sinusoidal, rope, alibi, nope or t5 (learned and t5 need "
-                        "--ckpt; taken from the checkpoint when omitted)")
+                   help=f"{', '.join(REGISTRY)} ({' and '.join(trained)} need --ckpt; taken "
+                        "from the checkpoint when omitted)")
     p.add_argument("--ckpt", metavar="DIR", help="checkpoint directory of a trained model")
     p.add_argument("--out", metavar="DIR", required=True,
                    help="directory for the PNGs (created if missing)")

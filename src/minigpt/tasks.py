@@ -1,0 +1,278 @@
+"""Algorithmic tasks that show whether a model *uses* context past its trained length.
+
+Perplexity on text cannot tell "uses the longer context" from "ignores it gracefully". The
+established probe (Kazemnejad et al. 2023, "The impact of positional encoding on length
+generalization in transformers"; Delétang et al. 2023; Zhou et al. 2024) trains on short
+instances of a task whose answer needs the whole input, and tests on longer ones, scoring
+exact match. Instances are generated on the fly from a seed (no files):
+
+    copy     s|s.          a random string over 10 letters, a separator, the string again
+    reverse  s|r.          the same with the string reversed
+    add      a+b=c.        n-digit numbers, every number written least-significant digit
+                           first (the order in which carries are produced, Zhou et al. 2024);
+                           c has n + 1 digits
+
+The instance length n is the string length (copy, reverse) or the digit count (add). Training
+draws n uniformly from 1 to the longest n whose whole example fits in L tokens; tests use
+longer n up to 4x that. Training batches hold one example per row, right-padded, with the
+loss on the answer and the final "." only. A test instance counts as correct when greedy
+decoding reproduces the whole answer: that is the case exactly when, fed the right answer
+so far, the model's most likely next token is the right one at every answer position, so one
+teacher-forced forward pass scores it.
+
+Held out by construction: an instance whose prompt hashes (crc32) to 0 mod 8 is a test or
+validation instance and never a training one, so no test instance was seen in training.
+"""
+
+from __future__ import annotations
+
+import random
+import zlib
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from .data import IGNORE_INDEX
+from .errors import ConfigError, MiniGPTError
+from .tokenizers import CharTokenizer
+
+LETTERS = "abcdefghij"
+DIGITS = "0123456789"
+SEP, EOS, PLUS, EQ = "|", ".", "+", "="
+VOCAB = sorted(set(LETTERS + DIGITS + SEP + EOS + PLUS + EQ))
+HELD_OUT = 8  # one prompt hash in HELD_OUT is reserved for validation and test
+
+
+class Task:
+    """A generator of (prompt, answer) pairs of a given instance length."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+
+    def instance(self, rng: random.Random, n: int) -> tuple[str, str]:
+        raise NotImplementedError
+
+    def example_tokens(self, n: int) -> int:
+        """Tokens of a whole example of length n: prompt + answer + the final '.'."""
+        raise NotImplementedError
+
+    def max_train_length(self, L: int) -> int:
+        """The longest instance whose whole example fits in L tokens."""
+        n = 0
+        while self.example_tokens(n + 1) <= L:
+            n += 1
+        return n
+
+
+class Copy(Task):
+    name = "copy"
+    description = "a random string over 10 letters, '|', the same string again"
+
+    def instance(self, rng: random.Random, n: int) -> tuple[str, str]:
+        s = "".join(rng.choice(LETTERS) for _ in range(n))
+        return s + SEP, s
+
+    def example_tokens(self, n: int) -> int:
+        return 2 * n + 2
+
+
+class Reverse(Copy):
+    name = "reverse"
+    description = "a random string over 10 letters, '|', the string reversed"
+
+    def instance(self, rng: random.Random, n: int) -> tuple[str, str]:
+        s = "".join(rng.choice(LETTERS) for _ in range(n))
+        return s + SEP, s[::-1]
+
+
+class Add(Task):
+    name = "add"
+    description = ("a + b = c with n-digit numbers, every number written least-significant "
+                   "digit first, c with n + 1 digits")
+
+    def instance(self, rng: random.Random, n: int) -> tuple[str, str]:
+        a = [rng.randrange(10) for _ in range(n)]  # least-significant digit first
+        b = [rng.randrange(10) for _ in range(n)]
+        c, carry = [], 0
+        for x, y in zip(a, b):
+            carry, digit = divmod(x + y + carry, 10)
+            c.append(digit)
+        c.append(carry)
+        digits = "".join
+        return (f"{digits(map(str, a))}{PLUS}{digits(map(str, b))}{EQ}",
+                digits(map(str, c)))
+
+    def example_tokens(self, n: int) -> int:
+        return 3 * n + 4
+
+
+TASKS: dict[str, type[Task]] = {t.name: t for t in (Copy, Reverse, Add)}
+LM = "lm"  # the language-modelling study (no algorithmic task)
+
+
+def get_task(name: str) -> Task:
+    if name not in TASKS:
+        raise ConfigError(f"unknown task {name!r}; choose lm or one of {', '.join(TASKS)}.")
+    return TASKS[name]()
+
+
+def held_out(prompt: str) -> bool:
+    return zlib.crc32(prompt.encode()) % HELD_OUT == 0
+
+
+def draw(task: Task, rng: random.Random, n: int, heldout: bool) -> tuple[str, str]:
+    """One instance of length n from the training part or the held-out part."""
+    for _ in range(10_000):
+        prompt, answer = task.instance(rng, n)
+        if held_out(prompt) == heldout:
+            return prompt, answer
+    raise MiniGPTError(f"could not draw a {'held-out' if heldout else 'training'} "
+                       f"{task.name} instance of length {n}.")  # pragma: no cover
+
+
+def test_lengths(task: Task, L: int, spec: str | None = None) -> list[int]:
+    """Instance lengths to test: by default 0.5, 1, 1.5, 2, 3 and 4 times the longest trained
+    instance; or a comma-separated list of multiples ('1x,2x') or plain lengths ('8,16')."""
+    nmax = task.max_train_length(L)
+    if nmax < 1:
+        raise ConfigError(f"block_size {L} is too short for any {task.name} example "
+                          f"({task.example_tokens(1)} tokens at length 1).")
+    items = (spec or "0.5x,1x,1.5x,2x,3x,4x").split(",")
+    out = set()
+    for item in (i.strip() for i in items if i.strip()):
+        try:
+            n = round(float(item[:-1]) * nmax) if item.lower().endswith("x") else int(item)
+            if n < 1 or n > 100_000:
+                raise ValueError
+        except ValueError:
+            raise ConfigError(f"--lengths: {item!r} is neither a multiple of the longest "
+                              f"trained instance ({nmax}) like 2x nor a positive instance "
+                              "length.") from None
+        out.add(n)
+    return sorted(out)
+
+
+@dataclass
+class TaskDataset:
+    """The training interface of data.Dataset (`batch`, `check_block`, `tokenizer`) for a
+    task: batches are a pure function of (seed, split, step, micro, rank)."""
+
+    task: Task
+    block_size: int
+    tokenizer: CharTokenizer
+
+    @classmethod
+    def build(cls, name: str, block_size: int) -> "TaskDataset":
+        return cls(get_task(name), block_size, CharTokenizer(VOCAB))
+
+    @property
+    def max_train_length(self) -> int:
+        return self.task.max_train_length(self.block_size)
+
+    def check_block(self, block_size: int) -> None:
+        if self.task.max_train_length(block_size) < 1:
+            raise ConfigError(f"block_size {block_size} is too short for any {self.task.name} "
+                              "example.")
+
+    def encode_example(self, prompt: str, answer: str) -> tuple[list[int], list[int]]:
+        """x, y of one example; y is IGNORE_INDEX on the prompt (only the answer is scored)."""
+        ids = self.tokenizer.encode(prompt + answer + EOS)
+        x, y = ids[:-1], list(ids[1:])
+        y[: len(prompt) - 1] = [IGNORE_INDEX] * (len(prompt) - 1)
+        return x, y
+
+    def batch(self, split: str, *, step: int, micro: int, batch_size: int, block_size: int,
+              seed: int, mode: str = "documents", rank: int = 0, world: int = 1
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        nmax = self.task.max_train_length(block_size)
+        rows = []
+        for r in range(rank * batch_size, (rank + 1) * batch_size):
+            rng = random.Random(f"{seed}/{split}/{step}/{micro}/{r}")
+            n = rng.randint(1, nmax)
+            rows.append(self.encode_example(*draw(self.task, rng, n, split != "train")))
+        return _pad(rows, self.tokenizer.pad_id)
+
+
+def _pad(rows: list[tuple[list[int], list[int]]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(x) for x, _ in rows)
+    x = np.full((len(rows), width), pad, dtype=np.int64)
+    y = np.full((len(rows), width), IGNORE_INDEX, dtype=np.int64)
+    for i, (xi, yi) in enumerate(rows):  # right padding: causal attention never sees it
+        x[i, : len(xi)], y[i, : len(yi)] = xi, yi
+    return torch.from_numpy(x), torch.from_numpy(y)
+
+
+def test_set(data: TaskDataset, n: int, count: int, seed: int) -> list[tuple[str, str]]:
+    """`count` held-out instances of length n, the same for every model of a study."""
+    rng = random.Random(f"{seed}/test/{data.task.name}/{n}")
+    return [draw(data.task, rng, n, True) for _ in range(count)]
+
+
+@torch.no_grad()
+def exact_match(model: torch.nn.Module, data: TaskDataset, instances: list[tuple[str, str]],
+                *, batch_tokens: int = 16384) -> list[int]:
+    """1 where greedy decoding reproduces the whole answer, else 0, per instance."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out: list[int] = []
+    try:
+        width = len(data.encode_example(*instances[0])[0])
+        rows = max(1, batch_tokens // width)
+        for i in range(0, len(instances), rows):
+            x, y = _pad([data.encode_example(*inst) for inst in instances[i: i + rows]],
+                        data.tokenizer.pad_id)
+            logits, _ = model(x.to(device))  # (B, T, V)
+            y = y.to(device)
+            scored = y != IGNORE_INDEX
+            scored &= y != data.tokenizer.stoi[EOS]  # the answer only, not the final '.'
+            right = (logits.argmax(-1) == y) | ~scored
+            out += right.all(1).long().tolist()
+    finally:
+        model.train(was_training)
+    return out
+
+
+def evaluate_task(model: torch.nn.Module, data: TaskDataset, lengths: list[int],
+                  instances: int, seed: int) -> dict[str, Any]:
+    """Exact-match accuracy with a 95% Wilson interval at every test length."""
+    from .evaluation import wilson_interval
+    from .positional import PositionLimitError
+
+    L = model.cfg.block_size
+    untrained = getattr(model.pos, "untrained", lambda a, b: None)
+    results = []
+    for n in lengths:
+        tokens = data.task.example_tokens(n)
+        row: dict[str, Any] = {"length": n, "tokens": tokens, "multiple": n / data.max_train_length,
+                               "n": instances, "correct": None, "accuracy": None,
+                               "ci_low": None, "ci_high": None, "reason": None,
+                               "untrained": None, "per_instance": []}
+        try:
+            if tokens - 1 > L and not model.pos.extrapolates:
+                raise PositionLimitError("positions stop at L")
+            hits = exact_match(model, data, test_set(data, n, instances, seed))
+        except PositionLimitError:
+            row["reason"] = f"n/a, {model.cfg.pos} positions stop at L"
+            results.append(row)
+            continue
+        k = sum(hits)
+        lo, hi = wilson_interval(k, len(hits))
+        row.update(correct=k, accuracy=k / len(hits), ci_low=lo, ci_high=hi,
+                   untrained=untrained(L, tokens - 1), per_instance=hits)
+        results.append(row)
+    return {"task": data.task.name, "max_train_length": data.max_train_length,
+            "results": results}
+
+
+def describe(name: str, L: int) -> str:
+    task = get_task(name)
+    nmax = task.max_train_length(L)
+    return (f"{name}: {task.description}; trained on lengths 1-{nmax} "
+            f"({task.example_tokens(nmax)} tokens at most, L = {L})")
+
+
+__all__ = ["TASKS", "LM", "TaskDataset", "evaluate_task", "test_lengths", "get_task",
+           "describe"]

@@ -1,0 +1,88 @@
+"""The README and docs/: every command shown parses with the real argument parser, every
+Python block compiles, every link to a page resolves, and the results.json page is the one
+generated from RESULTS_SCHEMA."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from minigpt.cli import build_parser
+from minigpt.results_schema import RESULTS_SCHEMA, schema_markdown
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.M | re.S)
+
+
+def blocks(page: Path, lang: str) -> list[str]:
+    return [body for kind, body in FENCE.findall(page.read_text(encoding="utf-8"))
+            if kind == lang]
+
+
+def commands(page: Path) -> list[list[str]]:
+    """The `minigpt` argument lists of the shell blocks of a page (torchrun launches
+    included); lines with a `...` placeholder are left out."""
+    out = []
+    for body in blocks(page, "bash"):
+        for line in body.replace("\\\n", " ").splitlines():
+            words = shlex.split(line, comments=True)
+            while words and re.fullmatch(r"[A-Z_]+=\S*", words[0]):
+                words = words[1:]  # OMP_NUM_THREADS=1 torchrun ...
+            if not words or "..." in words:
+                continue
+            if words[0] == "minigpt":
+                out.append(words[1:])
+            elif words[0] == "torchrun":
+                at = next(i for i, w in enumerate(words)
+                          if w == "minigpt" and words[i - 1] == "-m" or w == "$(which minigpt)")
+                out.append(words[at + 1:])
+    return out
+
+
+ALL = [(p.relative_to(ROOT).as_posix(), c) for p in PAGES for c in commands(p)]
+
+
+def test_the_docs_show_commands_of_every_sub_command():
+    shown = {c[0] for _, c in ALL}
+    assert {"train", "sample", "compare", "viz", "bench", "export", "import"} <= shown
+    assert len(ALL) >= 30
+
+
+@pytest.mark.parametrize("page,argv", ALL, ids=[f"{p}:{' '.join(c)[:60]}" for p, c in ALL])
+def test_every_command_shown_parses(page, argv, capsys):
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit:
+        pytest.fail(f"{page}: `minigpt {shlex.join(argv)}` does not parse: "
+                    f"{capsys.readouterr().err.strip()}")
+    assert args.handler is not None
+
+
+def test_the_readme_starts_with_the_two_commands_and_links_to_real_pages():
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    first = blocks(ROOT / "README.md", "bash")[0].splitlines()
+    assert [line.split("#")[0].strip() for line in first] == ["make demo", "make test"]
+    assert 8_000 <= len(text.encode()) <= 12_500  # an index, not a wall
+    for page in PAGES:
+        for link in re.findall(r"\]\(((?:\.\./|docs/)?[\w./-]+\.md)(?:#[\w-]+)?\)",
+                               page.read_text(encoding="utf-8")):
+            assert (page.parent / link).resolve().exists(), f"{page.name} links to {link}"
+
+
+def test_python_blocks_compile():
+    for page in PAGES:
+        for body in blocks(page, "python"):
+            compile(body, str(page), "exec")
+
+
+def test_results_schema_page_is_generated_from_the_schema():
+    page = (ROOT / "docs" / "results-schema.md").read_text(encoding="utf-8")
+    assert page == schema_markdown(RESULTS_SCHEMA), \
+        "docs/results-schema.md is stale: python -m minigpt.results_schema > docs/results-schema.md"
+    for field in ("runs[].training.final_val_loss", "aggregates[].length_ppl[].ppl.mean",
+                  "study.verification.shared_init_identical"):
+        assert f"`{field}`" in page

@@ -1,0 +1,191 @@
+"""Algorithmic tasks: correct instances, pure and held-out batches, exact match that equals
+greedy decoding, and a tiny task study end to end (results.json, report, browser)."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import subprocess
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from conftest import chromium, run_cli
+from test_compare import CHECK_SCRIPT, PNG
+
+from minigpt import compare, results_schema, tasks
+from minigpt.config import merge, preset
+from minigpt.data import IGNORE_INDEX
+from minigpt.errors import ConfigError
+from minigpt.generation import generate
+from minigpt.model import GPT
+
+
+def test_instances_say_what_the_docs_say() -> None:
+    rng = random.Random(0)
+    for _ in range(50):
+        p, a = tasks.Copy().instance(rng, 7)
+        assert p.endswith("|") and a == p[:-1] and set(a) <= set(tasks.LETTERS)
+        p, a = tasks.Reverse().instance(rng, 7)
+        assert a == p[:-1][::-1]
+        p, a = tasks.Add().instance(rng, 5)
+        x, y = p[:-1].split("+")
+        assert len(x) == len(y) == 5 and len(a) == 6
+        assert int(a[::-1]) == int(x[::-1]) + int(y[::-1])  # every number least-significant first
+    assert tasks.Add().instance(random.Random(1), 3) == ("291+417=", "6090")  # 192+714 = 906
+    for name, L, nmax in (("copy", 64, 31), ("reverse", 64, 31), ("add", 64, 20), ("copy", 32, 15)):
+        t = tasks.get_task(name)
+        assert t.max_train_length(L) == nmax
+        assert t.example_tokens(nmax) <= L < t.example_tokens(nmax + 1)
+    assert tasks.test_lengths(tasks.Copy(), 64) == [16, 31, 46, 62, 93, 124]  # up to 4x
+    assert tasks.test_lengths(tasks.Copy(), 64, "1x,8") == [8, 31]
+    for bad in ("0", "x", "-1x"):
+        with pytest.raises(ConfigError, match="--lengths"):
+            tasks.test_lengths(tasks.Copy(), 64, bad)
+    with pytest.raises(ConfigError, match="unknown task"):
+        tasks.get_task("sort")
+
+
+def test_batches_are_pure_held_out_and_score_the_answer_only() -> None:
+    data = tasks.TaskDataset.build("copy", 32)
+    kw = dict(micro=0, batch_size=64, block_size=32, seed=3)
+    x1, y1 = data.batch("train", step=4, **kw)
+    x2, y2 = data.batch("train", step=4, **kw)
+    assert torch.equal(x1, x2) and torch.equal(y1, y2)  # a pure function of seed and step
+    assert not torch.equal(x1, data.batch("train", step=5, **kw)[0])
+    assert x1.shape[1] <= 32  # every example fits in L
+    sep, eos = data.tokenizer.stoi["|"], data.tokenizer.stoi["."]
+    for split, held in (("train", False), ("val", True)):
+        x, y = data.batch(split, step=1, **kw)
+        for xi, yi in zip(x.tolist(), y.tolist()):
+            k = xi.index(sep)  # the prompt is x[:k + 1]
+            prompt = data.tokenizer.decode(xi[: k + 1])
+            assert tasks.held_out(prompt) is held  # test prompts never appear in training
+            scored = [t for t in yi if t != IGNORE_INDEX]
+            answer = data.tokenizer.decode(scored[:-1])
+            assert scored[-1] == eos and answer == prompt[:-1]  # the answer and '.', no prompt
+            assert all(t == IGNORE_INDEX for t in yi[:k])
+    # DDP ranks get disjoint rows of the same global batch
+    def texts(x: torch.Tensor) -> list[str]:
+        return [data.tokenizer.decode(row) for row in x.tolist()]
+
+    full = data.batch("train", step=2, micro=0, batch_size=8, block_size=32, seed=3)[0]
+    r1 = data.batch("train", step=2, micro=0, batch_size=4, block_size=32, seed=3, rank=1,
+                    world=2)[0]
+    assert texts(r1) == texts(full)[4:]
+
+
+def test_exact_match_is_greedy_decoding() -> None:
+    """An instance counts as correct exactly when greedy generation reproduces its answer:
+    answers made by greedy generation all count, and changing one answer token makes each
+    instance count as wrong."""
+    data = tasks.TaskDataset.build("reverse", 32)
+    cfg = merge(preset("tiny"), {"pos": "rope", "vocab_size": data.tokenizer.vocab_size,
+                                 "block_size": 32}, {})
+    model = GPT(cfg.model, seed=4).eval()
+    rng = random.Random(9)
+    made, broken = [], []
+    for n in (3, 6, 9):
+        for _ in range(4):
+            prompt, answer = data.task.instance(rng, n)
+            idx = torch.tensor([data.tokenizer.encode(prompt)])
+            out = generate(model, idx, len(answer), temperature=0.0)
+            greedy = data.tokenizer.decode(out[0, idx.shape[1]:].tolist())
+            made.append((prompt, greedy))
+            pos = rng.randrange(len(greedy))
+            other = next(c for c in data.tokenizer.chars if c != greedy[pos])
+            broken.append((prompt, greedy[:pos] + other + greedy[pos + 1:]))
+    for group in (made[:4], made[4:8], made[8:]):  # instances of one length are batched
+        assert tasks.exact_match(model, data, group) == [1] * 4
+    for group in (broken[:4], broken[4:8], broken[8:]):
+        assert tasks.exact_match(model, data, group) == [0] * 4
+
+
+def test_evaluate_task_reports_na_past_L_for_learned_and_flags_untrained() -> None:
+    data = tasks.TaskDataset.build("copy", 32)
+    res = {}
+    for pos, extra in (("learned", {}), ("t5", {"t5_max_distance": 64}), ("alibi", {})):
+        cfg = merge(preset("tiny"), {"pos": pos, "vocab_size": data.tokenizer.vocab_size,
+                                     "block_size": 32, **extra}, {})
+        res[pos] = {r["length"]: r for r in tasks.evaluate_task(
+            GPT(cfg.model, seed=1), data, [8, 15, 30], 20, seed=1)["results"]}
+    assert res["learned"][15]["accuracy"] is not None
+    assert res["learned"][30]["accuracy"] is None and "stop at L" in res["learned"][30]["reason"]
+    assert res["t5"][8]["untrained"] is None
+    assert res["t5"][30]["untrained"].startswith("t5 buckets")  # 62-token examples, max 64
+    assert all(len(r["per_instance"]) == 20 for r in res["alibi"].values())
+    lo, hi = res["alibi"][8]["ci_low"], res["alibi"][8]["ci_high"]
+    assert 0 <= lo <= res["alibi"][8]["accuracy"] <= hi <= 1
+
+
+TINY_TASK = ["--task", "copy", "--pos", "learned,rope", "--block-size", "16", "--n-layer", "1",
+             "--n-head", "2", "--d-model", "16", "--batch-size", "8", "--max-steps", "6",
+             "--eval-interval", "3", "--eval-iters", "1", "--log-interval", "1",
+             "--task-instances", "12", "--seeds", "2", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def task_study(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+    out = tmp_path_factory.mktemp("task") / "out"
+    proc = run_cli("compare", *TINY_TASK, "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    return SimpleNamespace(out=out, proc=proc)
+
+
+def test_task_study_outputs(task_study: SimpleNamespace) -> None:
+    out = task_study.out
+    results = json.loads((out / "results.json").read_text())
+    assert results_schema.validate(results, results_schema.RESULTS_SCHEMA) == []
+    assert results["schema_version"] == 2 and results["study"]["task"] == "copy"
+    assert results["study"]["lengths"] == [4, 7, 10, 14, 21, 28]  # nmax 7 for L = 16
+    # the run order rotates per seed, so no encoding always trains last
+    assert results["study"]["run_order"] == ["learned-s1337", "rope-s1337", "rope-s1338",
+                                             "learned-s1338"]
+    for run in results["runs"]:
+        acc = {r["length"]: r for r in run["task_accuracy"]["results"]}
+        assert all(r["n"] == 12 for r in acc.values())
+        if run["pos"] == "learned":
+            assert acc[28]["accuracy"] is None and acc[7]["accuracy"] is not None
+        else:
+            assert all(r["accuracy"] is not None for r in acc.values())
+        assert run["training"]["step_time_ms"]["n"] >= 1
+    # both seeds see the same test instances, so their per-instance results are comparable
+    agg = {a["pos"]: a for a in results["aggregates"]}
+    assert agg["rope"]["accuracy"][0]["accuracy"]["n"] == 2
+    for name in ("accuracy.png", "loss_curves.png", "cost.png"):
+        assert (out / name).read_bytes()[:8] == PNG
+    assert not (out / "length_ppl.png").exists()
+    md = (out / "report.md").read_text()
+    assert "## Exact-match accuracy by instance length" in md and "Trained on copy" in md
+    assert "n/a, learned positions stop at L" in md
+
+
+def test_task_report_opens_in_a_headless_browser(task_study: SimpleNamespace,
+                                                 tmp_path: Path) -> None:
+    browser = chromium()
+    if browser is None:
+        pytest.skip("chromium not found; run `bash scripts/ensure-chromium.sh` (as root)")
+    page = (task_study.out / "report.html").read_text(encoding="utf-8")
+    probe = tmp_path / "probe.html"
+    probe.write_text(page.replace("</body>", CHECK_SCRIPT + "</body>"), encoding="utf-8")
+    proc = subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+         "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
+         "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()],
+        check=False, capture_output=True, text=True, timeout=90)
+    m = re.search(r'<pre id="result">(.*?)</pre>', proc.stdout, re.DOTALL)
+    assert m, f"no result from the browser: rc={proc.returncode} {proc.stderr[-800:]}"
+    result = json.loads(m.group(1).replace("&quot;", '"'))
+    assert len(result["images"]) == 3 and all(result["images"]), result
+    assert result["summaryVisible"], result
+
+
+def test_task_study_settings() -> None:
+    s = compare.make_study("quick", task="add", encodings="rope,alibi")
+    assert s.is_task and s.base.train.batching == "documents" and s.base.train.sample_tokens == 0
+    assert s.lengths == [10, 20, 30, 40, 60, 80]  # up to 4x the longest trained (20 digits)
+    assert s.fingerprint() != compare.make_study("quick", task="copy",
+                                                 encodings="rope,alibi").fingerprint()
+    assert "task_instances" in s.settings() and "eval_tokens" not in s.settings()
