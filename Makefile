@@ -13,7 +13,7 @@ $(PY):
 # Stamp files: reinstall only when pyproject.toml changes.
 $(VENV)/.installed: $(PY) pyproject.toml
 	$(PY) -m pip install -q $(TORCH_PIN)
-	$(PY) -m pip install -q -e .
+	$(PY) -m pip install -q -e '.[serve]'
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
@@ -25,6 +25,7 @@ install-test: $(VENV)/.installed-test
 
 demo: install
 	$(VENV)/bin/minigpt compare --preset quick --out runs/demo
+	@echo "Play with the models in a browser: $(VENV)/bin/minigpt serve --study runs/demo"
 
 test: install-test
 	bash scripts/ensure-chromium.sh || true

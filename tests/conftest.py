@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -90,3 +91,12 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 120
     return subprocess.run([sys.executable, "-m", "minigpt", *map(str, args)], cwd=cwd,
                           capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def chromium() -> str | None:
+    """The system Chromium (scripts/ensure-chromium.sh installs it), or None."""
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None

@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import SMALL_TEXT, run_cli
+from conftest import SMALL_TEXT, chromium, run_cli
 from torch import nn
 
 from minigpt import compare, evaluation, results_schema
@@ -327,14 +327,6 @@ def test_changed_settings_refused_without_force(study: SimpleNamespace, tmp_path
     assert results["study"]["lengths"] == [16, 32]
 
 
-def _chromium() -> str | None:
-    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
-        path = shutil.which(name)
-        if path:
-            return path
-    return None
-
-
 CHECK_SCRIPT = """
 <script>
 window.addEventListener("load", function () {
@@ -353,7 +345,7 @@ window.addEventListener("load", function () {
 
 def test_report_html_opens_in_a_headless_browser(study: SimpleNamespace, tmp_path: Path
                                                  ) -> None:
-    browser = _chromium()
+    browser = chromium()
     if browser is None:
         pytest.skip("chromium not found; run `bash scripts/ensure-chromium.sh` (as root) or "
                     "install Chromium to check report.html in a real browser")

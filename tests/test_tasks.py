@@ -12,8 +12,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import run_cli
-from test_compare import CHECK_SCRIPT, PNG, _chromium
+from conftest import chromium, run_cli
+from test_compare import CHECK_SCRIPT, PNG
 
 from minigpt import compare, results_schema, tasks
 from minigpt.config import merge, preset
@@ -164,7 +164,7 @@ def test_task_study_outputs(task_study: SimpleNamespace) -> None:
 
 def test_task_report_opens_in_a_headless_browser(task_study: SimpleNamespace,
                                                  tmp_path: Path) -> None:
-    browser = _chromium()
+    browser = chromium()
     if browser is None:
         pytest.skip("chromium not found; run `bash scripts/ensure-chromium.sh` (as root)")
     page = (task_study.out / "report.html").read_text(encoding="utf-8")

@@ -65,8 +65,13 @@ def next_token(logits: torch.Tensor, temperature: float, top_k: int | None, top_
 def generate(model: GPT, idx: torch.Tensor, max_new_tokens: int, *, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None,
              generator: torch.Generator | None = None, use_cache: bool = True,
-             on_token: Callable[[torch.Tensor], None] | None = None) -> torch.Tensor:
+             on_token: Callable[[torch.Tensor], None] | None = None,
+             on_step: Callable[[torch.Tensor, torch.Tensor], None] | None = None) -> torch.Tensor:
     """idx (B, T) prompt ids -> (B, T + max_new_tokens) ids.
+
+    `on_token(ids)` is called with each step's (B, 1) chosen ids; `on_step(ids, logits)` also
+    gets the (B, V) logits they were drawn from (the model's own, before temperature and
+    filters). Either may raise to stop generation early.
 
     A model whose encoding cannot extrapolate (learned) sees at most its last block_size
     tokens: when the window is full the cache is rebuilt from the last block_size tokens.
@@ -96,6 +101,8 @@ def generate(model: GPT, idx: torch.Tensor, max_new_tokens: int, *, temperature:
         idx = torch.cat((idx, nxt), dim=1)
         if on_token is not None:
             on_token(nxt)
+        if on_step is not None:
+            on_step(nxt, logits[:, -1, :])
     return idx
 
 
@@ -105,10 +112,7 @@ def sample_text(model: GPT, tokenizer, prompt: str, *, max_new_tokens: int = 200
                 use_cache: bool = True, warn: Callable[[str], None] | None = None) -> list[str]:
     """Prompt text -> generated continuations (prompt included), optionally streamed."""
     check_sampling(temperature, top_k, top_p, max_new_tokens)
-    tokenizer.check_text(prompt)
-    ids = tokenizer.encode(prompt)
-    if not ids:
-        ids = [_default_start(tokenizer)]
+    ids = prompt_ids(tokenizer, prompt)
     note = tokenizer.prompt_warning(prompt)
     if note and warn is not None:
         warn(note)
@@ -141,6 +145,12 @@ def sample_text(model: GPT, tokenizer, prompt: str, *, max_new_tokens: int = 200
     return out
 
 
+def prompt_ids(tokenizer, prompt: str) -> list[int]:
+    """The ids generation starts from: the prompt's, or one neutral token for an empty one."""
+    tokenizer.check_text(prompt)
+    return tokenizer.encode(prompt) or [_default_start(tokenizer)]
+
+
 def _default_start(tokenizer) -> int:
     """A neutral first token for an empty prompt: newline if known, else id 0."""
     try:
@@ -150,17 +160,29 @@ def _default_start(tokenizer) -> int:
         return 0
 
 
-class _StreamDecoder:
-    """Writes each new token's text as soon as it is complete (BPE bytes may straddle)."""
+class TextStream:
+    """Turns generated ids, one at a time, into the text each one completes.
+
+    Decoding the whole sequence (not token by token) keeps tokenizers that join words with
+    spaces right; BPE bytes may straddle tokens, so a token that ends inside a UTF-8
+    character adds "" and the next one adds the whole character.
+    """
 
     def __init__(self, tokenizer) -> None:
         self.tok, self.ids, self.done = tokenizer, [], ""
 
-    def push(self, nxt: torch.Tensor) -> None:
-        self.ids.append(int(nxt[0, 0]))
+    def push(self, token_id: int) -> str:
+        self.ids.append(token_id)
         text = self.tok.decode(self.ids)
         if text.endswith("\ufffd"):
-            return  # an incomplete UTF-8 sequence: wait for the next byte
-        sys.stdout.write(text[len(self.done):])
+            return ""  # an incomplete UTF-8 sequence: wait for the next byte
+        new, self.done = text[len(self.done):], text
+        return new
+
+
+class _StreamDecoder(TextStream):
+    """Writes each new token's text to stdout as soon as it is complete."""
+
+    def push(self, nxt: torch.Tensor) -> None:  # type: ignore[override]
+        sys.stdout.write(super().push(int(nxt[0, 0])))
         sys.stdout.flush()
-        self.done = text

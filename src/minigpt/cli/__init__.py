@@ -13,7 +13,7 @@ import sys
 from ..errors import MiniGPTError
 
 # sub-command modules, in the order `minigpt --help` lists them
-COMMANDS = ["train", "sample", "compare", "viz", "bench", "export", "import_"]
+COMMANDS = ["train", "sample", "compare", "viz", "serve", "bench", "export", "import_"]
 
 
 class Parser(argparse.ArgumentParser):
