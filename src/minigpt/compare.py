@@ -783,8 +783,11 @@ def evaluate_run(model: Any, tok: Any, cfg: RunConfig, run_dir: Path, name: str,
     gen = []
     t = cfg.train
     if t.sample_tokens:
+        from .inference import sampling_model
+
+        sampler, _ = sampling_model(model, "auto")  # the weights `minigpt sample` uses
         for temp in t.sample_temperatures:
-            text = evaluation.sample_windowed(model, tok, prompt, max_new_tokens=t.sample_tokens,
+            text = evaluation.sample_windowed(sampler, tok, prompt, max_new_tokens=t.sample_tokens,
                                               temperature=temp, seed=t.seed)
             gen.append({"temperature": temp, "text": text,
                         **evaluation.generation_metrics(text, words)})

@@ -29,8 +29,9 @@ class KVCache:
     def __init__(self, cfg: ModelConfig, batch: int, max_len: int, device: torch.device,
                  dtype: torch.dtype) -> None:
         shape = (cfg.n_layer, batch, cfg.n_head, max_len, cfg.head_size)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        # empty: attention reads only the first `length` positions, all written before
+        self.k = torch.empty(shape, device=device, dtype=dtype)
+        self.v = torch.empty(shape, device=device, dtype=dtype)
         self.length = 0  # tokens already stored
         self.max_len = max_len
 
@@ -82,10 +83,12 @@ class CausalSelfAttention(nn.Module):
         if ctx.cache is not None:
             k, v = ctx.cache.update(layer, k, v)  # (B, nh, Tk, hs) with Tk = past + T
         fp32_attention = (q.dtype == torch.bfloat16 and q.device.type == "cpu"
-                          and torch.is_grad_enabled())
+                          and (torch.is_grad_enabled() or ctx.cache is not None))
         if fp32_attention:
-            # bf16 training on a CPU: the matmuls gain, but the CPU flash-attention backward
-            # is several times slower in bf16 than in fp32, so attention runs in fp32
+            # bf16 on a CPU: the matmuls gain, but the CPU flash-attention backward is several
+            # times slower in bf16 than in fp32, and so is one query against a cache (86 vs
+            # 16 us per layer at 6 heads x 128 keys), so attention runs in fp32 (the cache is
+            # kept in fp32 on CPUs, see new_cache)
             q, k, v = q.float(), k.float(), v.float()
         with torch.autocast("cpu", enabled=False) if fp32_attention else nullcontext():
             if self.capture:
@@ -216,8 +219,10 @@ class GPT(nn.Module):
         return logits, loss
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:
+        """A cache in the weights' dtype; in fp32 on CPUs, where attention runs in fp32."""
         w = self.tok_emb.weight
-        return KVCache(self.cfg, batch, max_len, w.device, w.dtype)
+        dtype = torch.float32 if w.device.type == "cpu" else w.dtype
+        return KVCache(self.cfg, batch, max_len, w.device, dtype)
 
     @torch.no_grad()
     def attention_maps(self, idx: torch.Tensor) -> list[torch.Tensor]:

@@ -7,14 +7,19 @@ import argparse
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="measure training/sampling/eval speed",
-                       description="Measure tokens/s and MFU; --vs hf runs HF GPT-2 alongside.")
+                       description="Measure tokens/s and MFU, and sampling against the "
+                       "weight-streaming limit; --vs hf runs HF GPT-2 alongside.")
     p.add_argument("--preset", default="small", help="model shapes (default small)")
     p.add_argument("--vs", choices=["hf"], help="also run Hugging Face GPT2LMHeadModel")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
     p.add_argument("--compile", default="off", choices=["off", "on"])
     p.add_argument("--batch-size", type=int, help="training/eval batch (default: the preset's)")
-    p.add_argument("--vocab-size", type=int, default=65, help="vocabulary (default 65, chars)")
+    p.add_argument("--vocab-size", type=int,
+                   help="vocabulary (default: 50257 for gpt2, whose tokenizer is BPE; else 65)")
+    p.add_argument("--sampling-only", action="store_true",
+                   help="skip the training and evaluation rows and the no-cache generation "
+                        "rows (for big shapes such as --preset gpt2)")
     p.add_argument("--gen-tokens", type=int, default=256, help="new tokens per generation")
     p.add_argument("--reps", type=int, default=7, help="timed repetitions per measure")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
@@ -28,7 +33,8 @@ def run(args: argparse.Namespace) -> int:
     res = bench(args.out, preset_name=args.preset, vs_hf=args.vs == "hf",
                 device_name=args.device, dtype=args.dtype, compile_mode=args.compile,
                 batch_size=args.batch_size, vocab_size=args.vocab_size,
-                gen_tokens=args.gen_tokens, reps=args.reps, threads=args.threads)
+                gen_tokens=args.gen_tokens, reps=args.reps, threads=args.threads,
+                sampling_only=args.sampling_only)
     print(format_table(res))
     print(f"wrote {args.out}")
     return 0
