@@ -32,15 +32,18 @@ class KVCache:
         # empty: attention reads only the first `length` positions, all written before
         self.k = torch.empty(shape, device=device, dtype=dtype)
         self.v = torch.empty(shape, device=device, dtype=dtype)
+        self._k, self._v = self.k.unbind(0), self.v.unbind(0)  # per-layer views, made once
         self.length = 0  # tokens already stored
         self.max_len = max_len
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor
                ) -> tuple[torch.Tensor, torch.Tensor]:
-        start, end = self.length, self.length + k.shape[2]
-        self.k[layer, :, :, start:end] = k
-        self.v[layer, :, :, start:end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        """Write (B, nh, T, hs) keys and values after the stored ones; return all of them."""
+        start, T = self.length, k.shape[2]
+        ck, cv = self._k[layer], self._v[layer]  # (B, nh, max_len, hs)
+        ck.narrow(2, start, T).copy_(k)
+        cv.narrow(2, start, T).copy_(v)
+        return ck.narrow(2, 0, start + T), cv.narrow(2, 0, start + T)
 
 
 @dataclass
@@ -74,11 +77,9 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, ctx: AttnContext, layer: int) -> torch.Tensor:
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)
-        # (B, T, C) -> (B, nh, T, hs)
-        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        # (B, T, 3C) -> 3 x (B, nh, T, hs), as views
+        q, k, v = self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head).permute(
+            2, 0, 3, 1, 4).unbind(0)
         q, k = ctx.rotate(q, k, ctx.pos)
         if ctx.cache is not None:
             k, v = ctx.cache.update(layer, k, v)  # (B, nh, Tk, hs) with Tk = past + T
@@ -98,7 +99,8 @@ class CausalSelfAttention(nn.Module):
                     q, k, v, attn_mask=ctx.mask_as(q.dtype), is_causal=ctx.is_causal,
                     dropout_p=self.dropout if self.training else 0.0)
         y = y.to(x.dtype).transpose(1, 2).contiguous().view(B, T, C)  # (B, nh, T, hs) -> (B, T, C)
-        return self.resid_drop(self.c_proj(y))
+        y = self.c_proj(y)
+        return self.resid_drop(y) if self.training else y  # eval: skip the no-op call
 
     def _explicit(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: AttnContext
                   ) -> torch.Tensor:
@@ -125,7 +127,8 @@ class MLP(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.c_proj(F.gelu(self.c_fc(x), approximate=self.approximate)))
+        y = self.c_proj(F.gelu(self.c_fc(x), approximate=self.approximate))
+        return self.drop(y) if self.training else y
 
 
 class Block(nn.Module):
