@@ -256,6 +256,7 @@ def run_bench(preset_name: str = "small", *, vs_hf: bool = False, device_name: s
                                   if hf else {})}
     res["default_sampler"] = "bf16" if default.dtype == torch.bfloat16 else "fp32"
     res["generate_tokens_per_s"] = {}
+    res["generate_reps"] = gen_reps = max(1, min(3, reps))
     timed_rows = rows + ([hf] if hf else []) + limits
     for b in (1, 8):
         for use_cache in (True, False) if not sampling_only else (True,):
@@ -264,7 +265,7 @@ def run_bench(preset_name: str = "small", *, vs_hf: bool = False, device_name: s
             rates = _median_rates(
                 timed_rows if use_cache else rows + ([hf] if hf else []), "generate",
                 lambda b=b, n=n, c=use_cache: (*batch(b, 1)(), n, c),
-                b * n, 1, max(1, min(3, reps)), device)
+                b * n, 1, gen_reps, device)
             res["generate_tokens_per_s"][key] = {"new_tokens": n, **rates}
             if use_cache:  # every sampler row against the limit of its own weights
                 res["generate_tokens_per_s"][key]["percent_of_limit"] = {
@@ -332,7 +333,8 @@ def format_table(res: dict[str, Any]) -> str:
                  "alone, tok/s")
     for name, desc in res["samplers"].items():
         lines.append(f"  {name}: {desc}")
-    tail = f"{res['threads']} threads; medians of {res['reps']} alternating timings"
+    tail = (f"{res['threads']} threads; medians of {res['reps']} alternating timings "
+            f"({res['generate_reps']} for generation)")
     if "peak_flops" in res:
         tail = f"matmul peak ({res['dtype']}): {res['peak_flops'] / 1e9:,.0f} GFLOP/s; " + tail
     lines.append(tail)
