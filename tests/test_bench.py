@@ -1,4 +1,4 @@
-"""`minigpt bench`: the table and bench.json hold every measure, for both contenders."""
+"""`minigpt bench`: the table and bench.json hold every measure, for every contender."""
 
 from __future__ import annotations
 
@@ -24,16 +24,42 @@ def test_bench_vs_hf_writes_every_measure(tmp_path):
     assert 0 < res["train_mfu"]["minigpt"] < 1
     gen = res["generate_tokens_per_s"]
     assert set(gen) == {"batch1_cache", "batch1_nocache", "batch8_cache", "batch8_nocache"}
-    assert all(g["minigpt"] > 0 and g["hf"] > 0 and g["minigpt_bf16"] > 0 and g["new_tokens"] == 4
+    rows = {"fp32", "bf16", "int8", "hf"}
+    assert all(rows <= set(g) and all(g[r] > 0 for r in rows) and g["new_tokens"] == 4
                for g in gen.values())
+    for k in ("batch1_cache", "batch8_cache"):  # every sampler row against its own limit
+        g = gen[k]
+        assert {"fp32_limit", "bf16_limit", "int8_limit"} <= set(g)
+        assert set(g["percent_of_limit"]) == rows
+        assert g["percent_of_limit"]["int8"] == 100 * g["int8"] / g["int8_limit"]
+        assert g["percent_of_limit"]["hf"] == 100 * g["hf"] / g["fp32_limit"]
+    assert res["default_sampler"] in ("fp32", "bf16")
+    assert "int8 weights (torch._weight_int8pack_mm)" in res["samplers"]["int8"]
     ratios = res["ratio_vs_hf"]
-    assert {"batch1_cache", "batch1_cache_bf16", "eval"} <= set(ratios)
+    assert {"batch1_cache_default", "batch1_cache_int8", "batch1_cache_bf16", "eval"} <= set(ratios)
     assert ratios["train"] == res["train_tokens_per_s"]["minigpt"] / res["train_tokens_per_s"]["hf"]
-    for line in ("train tokens/s", "train MFU", "eval tokens/s", "generate batch1_cache"):
+    assert ratios["batch1_cache_int8"] == gen["batch1_cache"]["int8"] / gen["batch1_cache"]["hf"]
+    for line in ("train tokens/s", "train MFU", "eval tokens/s", "batch1_cache (4 new)",
+                 "% limit", "int8: int8 weights"):
         assert line in r.stdout
+    # the limit column of the batch-1 int8 row prints the measured limit
+    int8_line = next(ln for ln in r.stdout.splitlines() if ln.strip().startswith("int8 "))
+    assert f"{gen['batch1_cache']['int8_limit']:,.0f}" in int8_line
     assert "1 threads" in r.stdout
     # transformers' advice to its own API users is not shown (loss_type, attention_mask)
     assert "[transformers]" not in r.stderr and "attention_mask" not in r.stderr + r.stdout
+
+
+def test_bench_sampling_only_skips_training_rows(tmp_path):
+    out = tmp_path / "bench.json"
+    r = run_cli("bench", "--preset", "tiny", "--sampling-only", "--reps", "1", "--gen-tokens",
+                "3", "--threads", "1", "--out", out)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(out.read_text())
+    assert res["sampling_only"] and "train_tokens_per_s" not in res
+    assert set(res["generate_tokens_per_s"]) == {"batch1_cache", "batch8_cache"}
+    assert "train tokens/s" not in r.stdout and "% limit" in r.stdout
+    assert "ratio_vs_hf" not in res and "hf" not in res["generate_tokens_per_s"]["batch1_cache"]
 
 
 def test_flops_per_token_formula():

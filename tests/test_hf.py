@@ -143,7 +143,7 @@ def test_export_rope_is_gpt_neox_and_matches_past_block_size(trained, root, caps
     assert hft.pad_token == "<pad>" and hft.eos_token == "<eos>"
     prompt = tok.encode("FIRST CITIZEN:\n")
     theirs = hf_greedy(m, prompt, 24)  # well past block_size 16
-    mine = generate(ours, torch.tensor([prompt]), 24, temperature=0)[0].tolist()
+    mine = generate(ours, torch.tensor([prompt]), 24, temperature=0, dtype="float32")[0].tolist()
     assert mine == theirs
 
 
@@ -238,7 +238,8 @@ def test_import_gpt2_exactly_then_sample_finetune_and_export_back(root, capsys):
     text = SMALL_TEXT[:300]
     assert tok.encode(text) == hft(text)["input_ids"]
     prompt = tok.encode("Speak, speak.")
-    assert generate(ours, torch.tensor([prompt]), 12, temperature=0)[0].tolist() == \
+    assert generate(ours, torch.tensor([prompt]), 12, temperature=0,
+                    dtype="float32")[0].tolist() == \
         hf_greedy(m, prompt, 12)
     assert main(["sample", "--ckpt", str(ck), "--prompt", "Speak", "--temperature", "0",
                  "--max-new-tokens", "5"]) == 0

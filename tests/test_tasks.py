@@ -91,7 +91,7 @@ def test_exact_match_is_greedy_decoding() -> None:
         for _ in range(4):
             prompt, answer = data.task.instance(rng, n)
             idx = torch.tensor([data.tokenizer.encode(prompt)])
-            out = generate(model, idx, len(answer), temperature=0.0)
+            out = generate(model, idx, len(answer), temperature=0.0, dtype="float32")
             greedy = data.tokenizer.decode(out[0, idx.shape[1]:].tolist())
             made.append((prompt, greedy))
             pos = rng.randrange(len(greedy))

@@ -25,8 +25,10 @@ from .config import ModelConfig, RunConfig, merge, preset
 from .errors import MiniGPTError
 from .generation import generate
 from .files import atomic_write_json
+from .inference import Int8Linear, sampling_model
 from .model import GPT
-from .training import autocast, autocast_dtype, make_optimizer, resolve_device
+from .runtime import autocast, autocast_dtype, resolve_device
+from .training import make_optimizer
 
 
 def sync(device: torch.device) -> None:
@@ -90,26 +92,60 @@ def ours(cfg: RunConfig, device: torch.device) -> tuple[Contender, GPT]:
     model = GPT(cfg.model, seed=0).to(device)
     opt = make_optimizer(model, cfg.train, device)
     fwd_model = torch.compile(model) if cfg.train.compile == "on" else model
-
-    def gen(x: torch.Tensor, n: int, use_cache: bool) -> torch.Tensor:
-        # no autocast: it would re-cast every weight for every token
-        return generate(model, x, n, temperature=0, use_cache=use_cache)
-
     model.train()
     return _contender("minigpt", lambda x: fwd_model(x, x)[1], opt,
-                      autocast_dtype(cfg.train, device), device, gen), model
+                      autocast_dtype(cfg.train, device), device, _no_gen), model
 
 
-def bf16_sampler(model: GPT) -> Contender:
-    """The same weights stored in bf16 (`minigpt sample --dtype bfloat16`): generation only."""
-    import copy
+def _no_gen(x: torch.Tensor, n: int, use_cache: bool) -> torch.Tensor:
+    return x
 
-    m16 = copy.deepcopy(model).to(torch.bfloat16).eval()
 
-    def gen(x: torch.Tensor, n: int, use_cache: bool) -> torch.Tensor:
-        return generate(m16, x, n, temperature=0, use_cache=use_cache)
+def _no_step(x: torch.Tensor) -> None:
+    return None
 
-    return Contender("minigpt_bf16", lambda x: None, lambda x: None, gen)
+
+# the sampler rows: weights as `minigpt sample --dtype D [--quantize int8]` uses them
+SAMPLERS = {"fp32": ("float32", None), "bf16": ("bfloat16", None), "int8": ("auto", "int8")}
+
+
+def samplers(model: GPT) -> tuple[list[Contender], list[Contender], dict[str, str]]:
+    """A generation contender per sampler row, and its weight-streaming limit.
+
+    The limit runs the sampler's own linear layers (the same weights and kernels) one
+    after the other on a (B, d) input and nothing else: the speed of a decoder that spent
+    no time outside its matrix products. Both are timed alternately with the other rows.
+    """
+    rows, limits, what = [], [], {}
+    for name, (dtype, quantize) in SAMPLERS.items():
+        m, info = sampling_model(model, dtype, quantize)
+        what[name] = info.describe()
+
+        def gen(x: torch.Tensor, n: int, use_cache: bool, dtype: str = dtype,
+                quantize: str | None = quantize) -> torch.Tensor:
+            return generate(model, x, n, temperature=0, use_cache=use_cache, dtype=dtype,
+                            quantize=quantize)
+
+        rows.append(Contender(name, _no_step, _no_step, gen))
+        limits.append(Contender(f"{name}_limit", _no_step, _no_step, _linear_chain(m)))
+    return rows, limits, what
+
+
+def _linear_chain(model: torch.nn.Module) -> Callable[[torch.Tensor, int, bool], torch.Tensor]:
+    layers = [m for m in model.modules() if isinstance(m, (torch.nn.Linear, Int8Linear))]
+    w = model.tok_emb.weight
+
+    @torch.no_grad()
+    def chain(x: torch.Tensor, n: int, use_cache: bool) -> torch.Tensor:
+        B = x.shape[0]
+        inputs = {m.in_features: torch.randn(B, m.in_features, device=w.device, dtype=w.dtype)
+                  for m in layers}  # (B, d_in) per width
+        for _ in range(n):
+            for m in layers:
+                m(inputs[m.in_features])
+        return x
+
+    return chain
 
 
 def hugging_face(cfg: RunConfig, device: torch.device, n_positions: int) -> Contender:
@@ -157,17 +193,20 @@ def _median_rates(contenders: list[Contender], fn_name: str, make_args: Callable
 
 def run_bench(preset_name: str = "small", *, vs_hf: bool = False, device_name: str = "auto",
               dtype: str = "auto", compile_mode: str = "off", batch_size: int | None = None,
-              vocab_size: int = 65, gen_tokens: int = 256, reps: int = 7,
-              threads: int | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+              vocab_size: int | None = None, gen_tokens: int = 256, reps: int = 7,
+              threads: int | None = None, sampling_only: bool = False,
+              log: Callable[[str], None] = print) -> dict[str, Any]:
     if threads is not None:
         if threads < 1:
             raise MiniGPTError(f"--threads must be at least 1, got {threads}.")
         torch.set_num_threads(threads)
+    base = preset(preset_name)
+    if vocab_size is None:  # the preset's own vocabulary: GPT-2's 50257 BPE ids, else chars
+        vocab_size = base.train.vocab_size_bpe if base.train.tokenizer == "bpe" else 65
     if vocab_size < 1:
         raise MiniGPTError(f"--vocab-size must be at least 1, got {vocab_size}.")
     if gen_tokens < 1 or reps < 1:
         raise MiniGPTError("--gen-tokens and --reps must be at least 1.")
-    base = preset(preset_name)
     train_o: dict[str, Any] = {"dtype": dtype, "compile": compile_mode, "device": device_name}
     if batch_size is not None:
         train_o["batch_size"] = batch_size
@@ -180,81 +219,126 @@ def run_bench(preset_name: str = "small", *, vs_hf: bool = False, device_name: s
     log(f"minigpt bench: preset {preset_name} ({m.n_layer} layers, {m.n_head} heads, "
         f"{m.d_model} wide, context {m.block_size}, vocab {m.vocab_size}, batch "
         f"{tc.batch_size}) on {device.type}, {str(dt).replace('torch.', '')}, "
-        f"{torch.get_num_threads()} threads, compile {compile_mode}")
-    peak = matmul_peak(device, dt)
+        f"{torch.get_num_threads()} threads, compile {compile_mode}"
+        f"{', sampling only' if sampling_only else ''}")
     mine, model = ours(cfg, device)
     if not model.pos.extrapolates:  # stay inside the trained context: no sliding window
         gen_tokens = min(gen_tokens, m.block_size - 1)
-    contenders = [mine]
-    if vs_hf:
-        contenders.append(hugging_face(cfg, device, m.block_size))
+    hf = hugging_face(cfg, device, m.block_size) if vs_hf else None
+    contenders = [mine] + ([hf] if hf else [])
     B, T = tc.batch_size, m.block_size
     g = torch.Generator().manual_seed(0)
 
     def batch(b: int, t: int) -> Callable[[], tuple]:
         return lambda: (torch.randint(0, m.vocab_size, (b, t), generator=g).to(device),)
 
-    res: dict[str, Any] = {"schema": "minigpt-bench/1", "preset": preset_name,
+    res: dict[str, Any] = {"schema": "minigpt-bench/2", "preset": preset_name,
                            "shapes": {"n_layer": m.n_layer, "n_head": m.n_head,
                                       "d_model": m.d_model, "block_size": T,
                                       "vocab_size": m.vocab_size, "batch_size": B},
                            "device": device.type, "dtype": str(dt).replace("torch.", ""),
                            "threads": torch.get_num_threads(), "compile": compile_mode,
-                           "reps": reps, "peak_flops": peak,
+                           "reps": reps, "sampling_only": sampling_only,
                            "versions": {"minigpt": __version__, "torch": torch.__version__,
                                         "python": platform.python_version()}}
-    train = _median_rates(contenders, "train_step", batch(B, T), B * T, 2, reps, device)
-    fpt = flops_per_token(m, model.num_params() - model.pos.num_params())
-    res["train_tokens_per_s"] = train
-    res["train_mfu"] = {k: v * fpt / peak for k, v in train.items()}
-    res["eval_tokens_per_s"] = _median_rates(contenders, "forward", batch(B, T), B * T, 1,
-                                             reps, device)
+    if not sampling_only:
+        peak = matmul_peak(device, dt)
+        res["peak_flops"] = peak
+        train = _median_rates(contenders, "train_step", batch(B, T), B * T, 2, reps, device)
+        fpt = flops_per_token(m, model.num_params() - model.pos.num_params())
+        res["train_tokens_per_s"] = train
+        res["train_mfu"] = {k: v * fpt / peak for k, v in train.items()}
+        res["eval_tokens_per_s"] = _median_rates(contenders, "forward", batch(B, T), B * T, 1,
+                                                 reps, device)
+    model.eval()
+    rows, limits, what = samplers(model)
+    default = sampling_model(model, "auto")[1]
+    res["samplers"] = {**what, **({"hf": "Hugging Face GPT2LMHeadModel.generate, float32"}
+                                  if hf else {})}
+    res["default_sampler"] = "bf16" if default.dtype == torch.bfloat16 else "fp32"
     res["generate_tokens_per_s"] = {}
-    samplers = [mine, bf16_sampler(model), *contenders[1:]]
+    res["generate_reps"] = gen_reps = max(1, min(3, reps))
+    timed_rows = rows + ([hf] if hf else []) + limits
     for b in (1, 8):
-        for use_cache in (True, False):
+        for use_cache in (True, False) if not sampling_only else (True,):
             n = gen_tokens if use_cache else min(gen_tokens, 64)
             key = f"batch{b}_{'cache' if use_cache else 'nocache'}"
             rates = _median_rates(
-                samplers, "generate", lambda b=b, n=n, c=use_cache: (*batch(b, 1)(), n, c),
-                b * n, 1, max(1, min(3, reps)), device)
+                timed_rows if use_cache else rows + ([hf] if hf else []), "generate",
+                lambda b=b, n=n, c=use_cache: (*batch(b, 1)(), n, c),
+                b * n, 1, gen_reps, device)
             res["generate_tokens_per_s"][key] = {"new_tokens": n, **rates}
-    if vs_hf:
-        res["ratio_vs_hf"] = {
-            "train": train["minigpt"] / train["hf"],
-            "eval": res["eval_tokens_per_s"]["minigpt"] / res["eval_tokens_per_s"]["hf"],
-            **{k: v["minigpt"] / v["hf"] for k, v in res["generate_tokens_per_s"].items()},
-            **{f"{k}_bf16": v["minigpt_bf16"] / v["hf"]
-               for k, v in res["generate_tokens_per_s"].items()}}
+            if use_cache:  # every sampler row against the limit of its own weights
+                res["generate_tokens_per_s"][key]["percent_of_limit"] = {
+                    r: 100 * rates[r] / rates[f"{_limit_of(r)}_limit"]
+                    for r in rates if not r.endswith("_limit")}
+    if hf:
+        ratios: dict[str, float] = {}
+        if not sampling_only:
+            ratios["train"] = res["train_tokens_per_s"]["minigpt"] / res["train_tokens_per_s"]["hf"]
+            ratios["eval"] = (res["eval_tokens_per_s"]["minigpt"]
+                              / res["eval_tokens_per_s"]["hf"])
+        for k, v in res["generate_tokens_per_s"].items():
+            for r in SAMPLERS:
+                ratios[f"{k}_{r}"] = v[r] / v["hf"]
+            ratios[f"{k}_default"] = v[res["default_sampler"]] / v["hf"]
+        res["ratio_vs_hf"] = ratios
     return res
 
 
+def _limit_of(row: str) -> str:
+    """Which weights a row streams: HF runs the float32 weights."""
+    return "fp32" if row == "hf" else row
+
+
 def format_table(res: dict[str, Any]) -> str:
-    names = ["minigpt"] + (["hf"] if "ratio_vs_hf" in res else [])
-    head = f"{'measure':34s}" + "".join(f"{n:>14s}" for n in names)
-    if "ratio_vs_hf" in res:
-        head += f"{'ratio':>10s}"
-    lines = [head, "-" * len(head)]
+    has_hf = "ratio_vs_hf" in res
+    lines = []
+    if "train_tokens_per_s" in res:
+        names = ["minigpt"] + (["hf"] if has_hf else [])
+        head = f"{'measure':34s}" + "".join(f"{n:>14s}" for n in names)
+        if has_hf:
+            head += f"{'ratio':>10s}"
+        lines += [head, "-" * len(head)]
 
-    def row(label: str, vals: dict[str, float], ratio: float | None, fmt: str = "{:,.0f}"
-            ) -> None:
-        line = f"{label:34s}" + "".join(f"{fmt.format(vals[n]):>14s}" for n in names)
-        if ratio is not None:
-            line += f"{ratio:>9.2f}x"
-        lines.append(line)
+        def row(label: str, vals: dict[str, float], ratio: float | None,
+                fmt: str = "{:,.0f}") -> None:
+            line = f"{label:34s}" + "".join(f"{fmt.format(vals[n]):>14s}" for n in names)
+            if ratio is not None:
+                line += f"{ratio:>9.2f}x"
+            lines.append(line)
 
+        r = res.get("ratio_vs_hf", {})
+        row("train tokens/s", res["train_tokens_per_s"], r.get("train"))
+        row("train MFU", res["train_mfu"], None, "{:.1%}")
+        row("eval tokens/s", res["eval_tokens_per_s"], r.get("eval"))
+        lines.append("")
+    head = (f"{'generate (greedy)':22s}{'sampler':>8s}{'tok/s':>10s}{'limit':>10s}"
+            f"{'% limit':>9s}" + (f"{'vs hf':>8s}" if has_hf else ""))
+    lines += [head, "-" * len(head)]
     r = res.get("ratio_vs_hf", {})
-    row("train tokens/s", res["train_tokens_per_s"], r.get("train"))
-    row("train MFU", res["train_mfu"], None, "{:.1%}")
-    row("eval tokens/s", res["eval_tokens_per_s"], r.get("eval"))
     for k, v in res["generate_tokens_per_s"].items():
-        row(f"generate {k} ({v['new_tokens']} new) tok/s", v, r.get(k))
-        line = f"{'  same, bf16 weights':34s}{v['minigpt_bf16']:>14,.0f}"
-        if k + "_bf16" in r:
-            line += f"{'':>14s}{r[k + '_bf16']:>9.2f}x"
-        lines.append(line)
-    lines.append(f"matmul peak ({res['dtype']}): {res['peak_flops'] / 1e9:,.0f} GFLOP/s; "
-                 f"{res['threads']} threads; medians of {res['reps']} alternating timings")
+        label = f"{k} ({v['new_tokens']} new)"
+        for name in [*SAMPLERS, *(["hf"] if has_hf else [])]:
+            mark = "*" if name == res["default_sampler"] else " "
+            pct = v.get("percent_of_limit", {}).get(name)
+            lim = v.get(f"{_limit_of(name)}_limit")
+            line = (f"{label:22s}{name + mark:>8s}{v[name]:>10,.0f}"
+                    f"{(f'{lim:,.0f}' if lim else '-'):>10s}"
+                    f"{(f'{pct:.0f}%' if pct is not None else '-'):>9s}")
+            if has_hf and name != "hf":
+                line += f"{r[f'{k}_{name}']:>7.2f}x"
+            lines.append(line)
+            label = ""
+    lines.append("* the default (`--dtype auto`); limit: the same weights' matrix products "
+                 "alone, tok/s")
+    for name, desc in res["samplers"].items():
+        lines.append(f"  {name}: {desc}")
+    tail = (f"{res['threads']} threads; medians of {res['reps']} alternating timings "
+            f"({res['generate_reps']} for generation)")
+    if "peak_flops" in res:
+        tail = f"matmul peak ({res['dtype']}): {res['peak_flops'] / 1e9:,.0f} GFLOP/s; " + tail
+    lines.append(tail)
     return "\n".join(lines)
 
 

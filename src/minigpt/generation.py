@@ -14,6 +14,7 @@ from collections.abc import Callable
 import torch
 
 from .errors import MiniGPTError
+from .inference import sampling_model
 from .model import GPT
 
 
@@ -66,7 +67,8 @@ def generate(model: GPT, idx: torch.Tensor, max_new_tokens: int, *, temperature:
              top_k: int | None = None, top_p: float | None = None,
              generator: torch.Generator | None = None, use_cache: bool = True,
              on_token: Callable[[torch.Tensor], None] | None = None,
-             on_step: Callable[[torch.Tensor, torch.Tensor], None] | None = None) -> torch.Tensor:
+             on_step: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
+             dtype: str = "auto", quantize: str | None = None) -> torch.Tensor:
     """idx (B, T) prompt ids -> (B, T + max_new_tokens) ids.
 
     `on_token(ids)` is called with each step's (B, 1) chosen ids; `on_step(ids, logits)` also
@@ -76,8 +78,13 @@ def generate(model: GPT, idx: torch.Tensor, max_new_tokens: int, *, temperature:
     A model whose encoding cannot extrapolate (learned) sees at most its last block_size
     tokens: when the window is full the cache is rebuilt from the last block_size tokens.
     Extrapolating encodings keep the whole sequence in the cache.
+
+    `dtype` ("auto", "float32", "bfloat16") and `quantize` (None or "int8") choose the
+    weights the tokens are computed with (see `minigpt.inference`); `model` itself is left
+    as it is. "float32" reproduces the float32 model exactly.
     """
     check_sampling(temperature, top_k, top_p, max_new_tokens)
+    model, _ = sampling_model(model, dtype, quantize)
     model.eval()
     L = model.cfg.block_size
     window = None if model.pos.extrapolates else L
@@ -109,8 +116,11 @@ def generate(model: GPT, idx: torch.Tensor, max_new_tokens: int, *, temperature:
 def sample_text(model: GPT, tokenizer, prompt: str, *, max_new_tokens: int = 200,
                 temperature: float = 0.8, top_k: int | None = None, top_p: float | None = None,
                 seed: int = 0, num_samples: int = 1, stream: bool = False,
-                use_cache: bool = True, warn: Callable[[str], None] | None = None) -> list[str]:
-    """Prompt text -> generated continuations (prompt included), optionally streamed."""
+                use_cache: bool = True, warn: Callable[[str], None] | None = None,
+                dtype: str = "auto", quantize: str | None = None) -> list[str]:
+    """Prompt text -> generated continuations (prompt included), optionally streamed.
+
+    `dtype` and `quantize` as for `generate`."""
     check_sampling(temperature, top_k, top_p, max_new_tokens)
     ids = prompt_ids(tokenizer, prompt)
     note = tokenizer.prompt_warning(prompt)
@@ -135,7 +145,8 @@ def sample_text(model: GPT, tokenizer, prompt: str, *, max_new_tokens: int = 200
         else:
             on_token = None
         y = generate(model, x, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                     generator=gen, use_cache=use_cache, on_token=on_token)
+                     generator=gen, use_cache=use_cache, on_token=on_token, dtype=dtype,
+                     quantize=quantize)
         new_ids = y[0, y.shape[1] - max_new_tokens:].tolist()
         text = prompt + tokenizer.decode(new_ids)
         if stream:

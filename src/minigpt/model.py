@@ -28,17 +28,21 @@ class KVCache:
     def __init__(self, cfg: ModelConfig, batch: int, max_len: int, device: torch.device,
                  dtype: torch.dtype) -> None:
         shape = (cfg.n_layer, batch, cfg.n_head, max_len, cfg.head_size)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        # empty: attention reads only the first `length` positions, all written before
+        self.k = torch.empty(shape, device=device, dtype=dtype)
+        self.v = torch.empty(shape, device=device, dtype=dtype)
+        self._k, self._v = self.k.unbind(0), self.v.unbind(0)  # per-layer views, made once
         self.length = 0  # tokens already stored
         self.max_len = max_len
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor
                ) -> tuple[torch.Tensor, torch.Tensor]:
-        start, end = self.length, self.length + k.shape[2]
-        self.k[layer, :, :, start:end] = k
-        self.v[layer, :, :, start:end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        """Write (B, nh, T, hs) keys and values after the stored ones; return all of them."""
+        start, T = self.length, k.shape[2]
+        ck, cv = self._k[layer], self._v[layer]  # (B, nh, max_len, hs)
+        ck.narrow(2, start, T).copy_(k)
+        cv.narrow(2, start, T).copy_(v)
+        return ck.narrow(2, 0, start + T), cv.narrow(2, 0, start + T)
 
 
 @dataclass
@@ -72,19 +76,19 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, ctx: AttnContext, layer: int) -> torch.Tensor:
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)
-        # (B, T, C) -> (B, nh, T, hs)
-        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        # (B, T, 3C) -> 3 x (B, nh, T, hs), as views
+        q, k, v = self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head).permute(
+            2, 0, 3, 1, 4).unbind(0)
         q, k = ctx.rotate(q, k, ctx.pos)
         if ctx.cache is not None:
             k, v = ctx.cache.update(layer, k, v)  # (B, nh, Tk, hs) with Tk = past + T
         fp32_attention = (q.dtype == torch.bfloat16 and q.device.type == "cpu"
-                          and torch.is_grad_enabled())
+                          and (torch.is_grad_enabled() or ctx.cache is not None))
         if fp32_attention:
-            # bf16 training on a CPU: the matmuls gain, but the CPU flash-attention backward
-            # is several times slower in bf16 than in fp32, so attention runs in fp32
+            # bf16 on a CPU: the matmuls gain, but the CPU flash-attention backward is several
+            # times slower in bf16 than in fp32, and so is one query against a cache (86 vs
+            # 16 us per layer at 6 heads x 128 keys), so attention runs in fp32 (the cache is
+            # kept in fp32 on CPUs, see new_cache)
             q, k, v = q.float(), k.float(), v.float()
         with torch.autocast("cpu", enabled=False) if fp32_attention else nullcontext():
             if self.capture:
@@ -94,7 +98,8 @@ class CausalSelfAttention(nn.Module):
                     q, k, v, attn_mask=ctx.mask_as(q.dtype), is_causal=ctx.is_causal,
                     dropout_p=self.dropout if self.training else 0.0)
         y = y.to(x.dtype).transpose(1, 2).contiguous().view(B, T, C)  # (B, nh, T, hs) -> (B, T, C)
-        return self.resid_drop(self.c_proj(y))
+        y = self.c_proj(y)
+        return self.resid_drop(y) if self.training else y  # eval: skip the no-op call
 
     def _explicit(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: AttnContext
                   ) -> torch.Tensor:
@@ -121,7 +126,8 @@ class MLP(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.c_proj(F.gelu(self.c_fc(x), approximate=self.approximate)))
+        y = self.c_proj(F.gelu(self.c_fc(x), approximate=self.approximate))
+        return self.drop(y) if self.training else y
 
 
 class Block(nn.Module):
@@ -217,8 +223,10 @@ class GPT(nn.Module):
         return logits, loss
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:
+        """A cache in the weights' dtype; in fp32 on CPUs, where attention runs in fp32."""
         w = self.tok_emb.weight
-        return KVCache(self.cfg, batch, max_len, w.device, w.dtype)
+        dtype = torch.float32 if w.device.type == "cpu" else w.dtype
+        return KVCache(self.cfg, batch, max_len, w.device, dtype)
 
     @torch.no_grad()
     def attention_maps(self, idx: torch.Tensor) -> list[torch.Tensor]:

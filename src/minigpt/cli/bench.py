@@ -7,7 +7,8 @@ import argparse
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="measure training/sampling/eval speed",
-                       description="Measure tokens/s and MFU; --vs hf runs HF GPT-2 alongside.")
+                       description="Measure tokens/s and MFU, and sampling against the "
+                       "weight-streaming limit; --vs hf runs HF GPT-2 alongside.")
     p.add_argument("--preset", default="small", metavar="NAME",
                    help="model shapes: tiny, small, shakespeare-char or gpt2 (default: small)")
     p.add_argument("--vs", choices=["hf"], help="also run Hugging Face GPT2LMHeadModel")
@@ -19,8 +20,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="torch.compile the models (default: off)")
     p.add_argument("--batch-size", type=int, metavar="N",
                    help="training/eval batch (default: the preset's)")
-    p.add_argument("--vocab-size", type=int, default=65, metavar="N",
-                   help="vocabulary size of the benchmark models (default: 65, shakespeare chars)")
+    p.add_argument("--vocab-size", type=int, metavar="N",
+                   help="vocabulary size of the benchmark models (default: 50257 for gpt2, "
+                        "whose tokenizer is BPE; else 65, shakespeare chars)")
+    p.add_argument("--sampling-only", action="store_true",
+                   help="skip the training and evaluation rows and the no-cache generation "
+                        "rows (for big shapes such as --preset gpt2)")
     p.add_argument("--gen-tokens", type=int, default=256, metavar="N",
                    help="new tokens per generation (default: 256)")
     p.add_argument("--reps", type=int, default=7, metavar="N",
@@ -38,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
     res = bench(args.out, preset_name=args.preset, vs_hf=args.vs == "hf",
                 device_name=args.device, dtype=args.dtype, compile_mode=args.compile,
                 batch_size=args.batch_size, vocab_size=args.vocab_size,
-                gen_tokens=args.gen_tokens, reps=args.reps, threads=args.threads)
+                gen_tokens=args.gen_tokens, reps=args.reps, threads=args.threads,
+                sampling_only=args.sampling_only)
     print(format_table(res))
     print(f"wrote {args.out}")
     return 0

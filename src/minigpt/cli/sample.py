@@ -32,10 +32,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-cache", action="store_true",
                    help="recompute the whole window for every token instead of using the "
                         "key/value cache (slower; for checking)")
-    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
-                   help="weights for sampling: float32 (exact) or bfloat16 (half the "
-                        "memory traffic; faster on CPUs with native bf16 and on GPUs) "
-                        "(default: float32)")
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
+                   help="weights for sampling: auto (bfloat16 on CPUs with native bf16 and on "
+                        "GPUs that support it, else float32), float32 (exact) or bfloat16 "
+                        "(default: auto)")
+    p.add_argument("--quantize", choices=["none", "int8"], default="none",
+                   help="int8: weight-only int8 linear layers with one scale per output "
+                        "channel (about half the bytes of bf16 per token) (default: none)")
     p.set_defaults(handler=run)
 
 
@@ -43,19 +46,19 @@ def run(args: argparse.Namespace) -> int:
     from ..checkpoint import load
     from ..errors import MiniGPTError
     from ..generation import check_sampling, sample_text
-    from ..training import resolve_device
+    from ..inference import sampling_model
+    from ..runtime import resolve_device
 
     check_sampling(args.temperature, args.top_k, args.top_p, args.max_new_tokens)
     if args.num_samples < 1:
         raise MiniGPTError(f"--num-samples must be at least 1, got {args.num_samples}.")
     model, tok, _, _ = load(args.ckpt, which=args.which, device=resolve_device(args.device))
-    if args.dtype == "bfloat16":
-        import torch
-
-        model.to(torch.bfloat16)
     tok.check_text(args.prompt)
+    _, info = sampling_model(model, args.dtype, args.quantize)  # built once, reused below
+    print(f"sampling with {info.describe()}", file=sys.stderr)
     sample_text(model, tok, args.prompt, max_new_tokens=args.max_new_tokens,
                 temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                 num_samples=args.num_samples, stream=True, use_cache=not args.no_cache,
-                warn=lambda m: print(m, file=sys.stderr))
+                warn=lambda m: print(m, file=sys.stderr), dtype=args.dtype,
+                quantize=args.quantize)
     return 0
