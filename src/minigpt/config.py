@@ -65,7 +65,7 @@ class ModelConfig:
                                    default_text="block_size, so every bucket is trained")
     sinusoidal_ratio: float = setting(0.7, "sinusoidal only: position-signal rms / token-"
                                       "embedding rms at init (Vaswani et al. ~0.7); the scale "
-                                      "is learned", metavar="RATIO")
+                                      "is learned")
 
     def __post_init__(self) -> None:
         if self.d_ff == 0:
