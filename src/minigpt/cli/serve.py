@@ -12,13 +12,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "compares checkpoints side by side and shows their attention and "
                     "encoding. Needs pip install 'minigpt[serve]'. See docs/serve.md.")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--ckpt", action="append", metavar="DIR",
+    src.add_argument("--ckpt", action="append", metavar="PATH",
                      help="checkpoint directory (repeat for several)")
-    src.add_argument("--study", metavar="DIR", help="every run of a `minigpt compare` output")
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address to listen on (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free)")
-    p.add_argument("--which", choices=["last", "best"], default="last", help="which weights")
+    src.add_argument("--study", metavar="PATH", help="every run of a `minigpt compare` output")
+    p.add_argument("--host", default="127.0.0.1", metavar="TEXT",
+                   help="address to listen on (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8000, metavar="N",
+                   help="port (default: 8000; 0: any free port)")
+    p.add_argument("--which", choices=["last", "best"], default="last",
+                   help="latest weights, or those with the best validation loss (default: last)")
     p.add_argument("--max-prompt-chars", type=int, default=2000, metavar="N",
                    help="longest prompt a request may send (default 2000)")
     p.add_argument("--max-new-tokens", type=int, default=500, metavar="N",
