@@ -160,6 +160,10 @@ def test_task_study_outputs(task_study: SimpleNamespace) -> None:
     md = (out / "report.md").read_text()
     assert "## Exact-match accuracy by instance length" in md and "Trained on copy" in md
     assert "n/a, learned positions stop at L" in md
+    # 6 steps teach nothing: the summary says so instead of reading the zeros past L
+    assert all(r["accuracy"] in (0, None) for run in results["runs"]
+               for r in run["task_accuracy"]["results"])
+    assert "No encoding learned the task" in results["summary"]["text"]
 
 
 def test_task_report_opens_in_a_headless_browser(task_study: SimpleNamespace,

@@ -299,6 +299,15 @@ def _summarize_task(results: dict[str, Any]) -> tuple[list[str], dict[str, Any]]
              f"tokens), tested on {study['task_instances']} held-out instances per length."]
     inside = [n for n in study["lengths"] if n <= nmax]
     outside = [n for n in study["lengths"] if n > nmax]
+    unlearned = [a["pos"] for a in aggs if inside and all(_acc_at(a, n) == 0 for n in inside)]
+    findings["not_learned"] = unlearned
+    if unlearned:
+        who = ("No encoding learned" if len(unlearned) == len(aggs)
+               else f"{_join(unlearned)} did not learn")
+        parts.append(f"{who} the task within this training "
+                     "budget (0 at every tested length up to the longest trained), so "
+                     f"{'their' if len(unlearned) > 1 else 'its'} zeros past it say nothing "
+                     "about length generalization.")
     for n in ([max(inside)] if inside else []) + outside:
         scores = sorted(((a["pos"], _acc_at(a, n)) for a in aggs if _acc_at(a, n) is not None),
                         key=lambda x: -x[1])
