@@ -7,6 +7,7 @@ optional extra `minigpt[serve]` (starlette, uvicorn); importing this package doe
 
 from __future__ import annotations
 
+import signal
 import socket
 from collections.abc import Callable
 from pathlib import Path
@@ -36,7 +37,10 @@ def serve(ckpts: list[str | Path], *, host: str = "127.0.0.1", port: int = 8000,
         log(f"minigpt serve: http://{shown}:{addr[1]}/ serving {names}; Ctrl-C to stop.")
         config = uvicorn.Config(build_app(engine), log_level="warning", access_log=False,
                                 timeout_graceful_shutdown=5, lifespan="off")
-        PlaygroundServer(config, engine).run(sockets=[sock])
+        server = PlaygroundServer(config, engine)
+        server.run(sockets=[sock])
+        if server.stopped_by == signal.SIGINT:  # uvicorn does not always re-raise Ctrl-C
+            raise KeyboardInterrupt
     finally:
         sock.close()
         if engine is not None:

@@ -182,6 +182,11 @@ class PlaygroundServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, engine: Engine) -> None:
         super().__init__(config)
         self.engine = engine
+        self.stopped_by: int | None = None  # the signal that stopped the server, if any
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        self.stopped_by = self.stopped_by or sig
+        super().handle_exit(sig, frame)
 
     async def shutdown(self, sockets: Any = None) -> None:
         self.engine.stop_all()
