@@ -349,8 +349,16 @@ def test_report_html_opens_in_a_headless_browser(study: SimpleNamespace, tmp_pat
     if browser is None:
         pytest.skip("chromium not found; run `bash scripts/ensure-chromium.sh` (as root) or "
                     "install Chromium to check report.html in a real browser")
-    page = (study.out / "report.html").read_text(encoding="utf-8")
+    result = report_in_browser(browser, study.out / "report.html", tmp_path)
+    assert len(result["images"]) == 4 and all(result["images"]), result
+    assert result["summaryVisible"], result
+
+
+def report_in_browser(browser: str, report: Path, tmp_path: Path) -> dict:
+    """Open a report in headless Chromium and return what CHECK_SCRIPT saw: whether every
+    image decoded and whether the summary is visible."""
     probe = tmp_path / "probe.html"
+    page = report.read_text(encoding="utf-8")
     probe.write_text(page.replace("</body>", CHECK_SCRIPT + "</body>"), encoding="utf-8")
     proc = subprocess.run(
         [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
@@ -360,9 +368,7 @@ def test_report_html_opens_in_a_headless_browser(study: SimpleNamespace, tmp_pat
         check=False, capture_output=True, text=True, timeout=90)
     m = re.search(r'<pre id="result">(.*?)</pre>', proc.stdout, re.DOTALL)
     assert m, f"no result from the browser: rc={proc.returncode} {proc.stderr[-800:]}"
-    result = json.loads(m.group(1).replace("&quot;", '"'))
-    assert len(result["images"]) == 4 and all(result["images"]), result
-    assert result["summaryVisible"], result
+    return json.loads(m.group(1).replace("&quot;", '"'))
 
 
 # --- honest numbers: step times and noise ---------------------------------------------------

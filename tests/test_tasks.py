@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import json
 import random
-import re
-import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 from conftest import chromium, run_cli
-from test_compare import CHECK_SCRIPT, PNG
+from test_compare import PNG, report_in_browser
 
 from minigpt import compare, results_schema, tasks
 from minigpt.config import merge, preset
@@ -171,17 +169,7 @@ def test_task_report_opens_in_a_headless_browser(task_study: SimpleNamespace,
     browser = chromium()
     if browser is None:
         pytest.skip("chromium not found; run `bash scripts/ensure-chromium.sh` (as root)")
-    page = (task_study.out / "report.html").read_text(encoding="utf-8")
-    probe = tmp_path / "probe.html"
-    probe.write_text(page.replace("</body>", CHECK_SCRIPT + "</body>"), encoding="utf-8")
-    proc = subprocess.run(
-        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-         "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
-         "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()],
-        check=False, capture_output=True, text=True, timeout=90)
-    m = re.search(r'<pre id="result">(.*?)</pre>', proc.stdout, re.DOTALL)
-    assert m, f"no result from the browser: rc={proc.returncode} {proc.stderr[-800:]}"
-    result = json.loads(m.group(1).replace("&quot;", '"'))
+    result = report_in_browser(browser, task_study.out / "report.html", tmp_path)
     assert len(result["images"]) == 3 and all(result["images"]), result
     assert result["summaryVisible"], result
 
