@@ -196,6 +196,49 @@ def run_bench(preset_name: str = "small", *, vs_hf: bool = False, device_name: s
               vocab_size: int | None = None, gen_tokens: int = 256, reps: int = 7,
               threads: int | None = None, sampling_only: bool = False,
               log: Callable[[str], None] = print) -> dict[str, Any]:
+    cfg = _bench_config(preset_name, dtype, compile_mode, device_name, batch_size, vocab_size,
+                        gen_tokens, reps, threads)
+    device = resolve_device(device_name)
+    torch.manual_seed(0)
+    m, tc = cfg.model, cfg.train
+    dt = autocast_dtype(tc, device) or torch.float32
+    log(f"minigpt bench: preset {preset_name} ({m.n_layer} layers, {m.n_head} heads, "
+        f"{m.d_model} wide, context {m.block_size}, vocab {m.vocab_size}, batch "
+        f"{tc.batch_size}) on {device.type}, {str(dt).replace('torch.', '')}, "
+        f"{torch.get_num_threads()} threads, compile {compile_mode}"
+        f"{', sampling only' if sampling_only else ''}")
+    mine, model = ours(cfg, device)
+    if not model.pos.extrapolates:  # stay inside the trained context: no sliding window
+        gen_tokens = min(gen_tokens, m.block_size - 1)
+    hf = hugging_face(cfg, device, m.block_size) if vs_hf else None
+    g = torch.Generator().manual_seed(0)
+
+    def batch(b: int, t: int) -> Callable[[], tuple]:
+        return lambda: (torch.randint(0, m.vocab_size, (b, t), generator=g).to(device),)
+
+    res: dict[str, Any] = {"schema": "minigpt-bench/2", "preset": preset_name,
+                           "shapes": {"n_layer": m.n_layer, "n_head": m.n_head,
+                                      "d_model": m.d_model, "block_size": m.block_size,
+                                      "vocab_size": m.vocab_size, "batch_size": tc.batch_size},
+                           "device": device.type, "dtype": str(dt).replace("torch.", ""),
+                           "threads": torch.get_num_threads(), "compile": compile_mode,
+                           "reps": reps, "sampling_only": sampling_only,
+                           "versions": {"minigpt": __version__, "torch": torch.__version__,
+                                        "python": platform.python_version()}}
+    if not sampling_only:
+        res |= _training_rows([mine] + ([hf] if hf else []), model, batch, cfg, device, dt,
+                              reps)
+    model.eval()
+    res |= _generation_rows(model, hf, batch, gen_tokens, reps, sampling_only, device)
+    if hf:
+        res["ratio_vs_hf"] = _ratios_vs_hf(res, sampling_only)
+    return res
+
+
+def _bench_config(preset_name: str, dtype: str, compile_mode: str, device_name: str,
+                  batch_size: int | None, vocab_size: int | None, gen_tokens: int, reps: int,
+                  threads: int | None) -> Any:
+    """The checked settings of a bench run as a RunConfig (and the thread count applied)."""
     if threads is not None:
         if threads < 1:
             raise MiniGPTError(f"--threads must be at least 1, got {threads}.")
@@ -210,80 +253,63 @@ def run_bench(preset_name: str = "small", *, vs_hf: bool = False, device_name: s
     train_o: dict[str, Any] = {"dtype": dtype, "compile": compile_mode, "device": device_name}
     if batch_size is not None:
         train_o["batch_size"] = batch_size
-    cfg = merge(base, {"vocab_size": vocab_size, "dropout": 0.0}, train_o, where="bench")
-    device = resolve_device(device_name)
-    torch.manual_seed(0)
-    m, tc = cfg.model, cfg.train
-    amp = autocast_dtype(tc, device)
-    dt = amp or torch.float32
-    log(f"minigpt bench: preset {preset_name} ({m.n_layer} layers, {m.n_head} heads, "
-        f"{m.d_model} wide, context {m.block_size}, vocab {m.vocab_size}, batch "
-        f"{tc.batch_size}) on {device.type}, {str(dt).replace('torch.', '')}, "
-        f"{torch.get_num_threads()} threads, compile {compile_mode}"
-        f"{', sampling only' if sampling_only else ''}")
-    mine, model = ours(cfg, device)
-    if not model.pos.extrapolates:  # stay inside the trained context: no sliding window
-        gen_tokens = min(gen_tokens, m.block_size - 1)
-    hf = hugging_face(cfg, device, m.block_size) if vs_hf else None
-    contenders = [mine] + ([hf] if hf else [])
-    B, T = tc.batch_size, m.block_size
-    g = torch.Generator().manual_seed(0)
+    return merge(base, {"vocab_size": vocab_size, "dropout": 0.0}, train_o, where="bench")
 
-    def batch(b: int, t: int) -> Callable[[], tuple]:
-        return lambda: (torch.randint(0, m.vocab_size, (b, t), generator=g).to(device),)
 
-    res: dict[str, Any] = {"schema": "minigpt-bench/2", "preset": preset_name,
-                           "shapes": {"n_layer": m.n_layer, "n_head": m.n_head,
-                                      "d_model": m.d_model, "block_size": T,
-                                      "vocab_size": m.vocab_size, "batch_size": B},
-                           "device": device.type, "dtype": str(dt).replace("torch.", ""),
-                           "threads": torch.get_num_threads(), "compile": compile_mode,
-                           "reps": reps, "sampling_only": sampling_only,
-                           "versions": {"minigpt": __version__, "torch": torch.__version__,
-                                        "python": platform.python_version()}}
-    if not sampling_only:
-        peak = matmul_peak(device, dt)
-        res["peak_flops"] = peak
-        train = _median_rates(contenders, "train_step", batch(B, T), B * T, 2, reps, device)
-        fpt = flops_per_token(m, model.num_params() - model.pos.num_params())
-        res["train_tokens_per_s"] = train
-        res["train_mfu"] = {k: v * fpt / peak for k, v in train.items()}
-        res["eval_tokens_per_s"] = _median_rates(contenders, "forward", batch(B, T), B * T, 1,
-                                                 reps, device)
-    model.eval()
+def _training_rows(contenders: list, model: Any, batch: Callable, cfg: Any, device: Any,
+                   dt: torch.dtype, reps: int) -> dict[str, Any]:
+    """Training and evaluation tokens/s of every contender, and training MFU."""
+    m, B = cfg.model, cfg.train.batch_size
+    T = m.block_size
+    peak = matmul_peak(device, dt)
+    train = _median_rates(contenders, "train_step", batch(B, T), B * T, 2, reps, device)
+    fpt = flops_per_token(m, model.num_params() - model.pos.num_params())
+    return {"peak_flops": peak, "train_tokens_per_s": train,
+            "train_mfu": {k: v * fpt / peak for k, v in train.items()},
+            "eval_tokens_per_s": _median_rates(contenders, "forward", batch(B, T), B * T, 1,
+                                               reps, device)}
+
+
+def _generation_rows(model: Any, hf: Any, batch: Callable, gen_tokens: int, reps: int,
+                     sampling_only: bool, device: Any) -> dict[str, Any]:
+    """Generation tokens/s of every sampler (and HF), each against the weight-streaming
+    limit of its own weights."""
     rows, limits, what = samplers(model)
     default = sampling_model(model, "auto")[1]
-    res["samplers"] = {**what, **({"hf": "Hugging Face GPT2LMHeadModel.generate, float32"}
-                                  if hf else {})}
-    res["default_sampler"] = "bf16" if default.dtype == torch.bfloat16 else "fp32"
-    res["generate_tokens_per_s"] = {}
-    res["generate_reps"] = gen_reps = max(1, min(3, reps))
-    timed_rows = rows + ([hf] if hf else []) + limits
+    gen_reps = max(1, min(3, reps))
+    others = [hf] if hf else []
+    out: dict[str, Any] = {
+        "samplers": {**what, **({"hf": "Hugging Face GPT2LMHeadModel.generate, float32"}
+                                if hf else {})},
+        "default_sampler": "bf16" if default.dtype == torch.bfloat16 else "fp32",
+        "generate_tokens_per_s": {}, "generate_reps": gen_reps}
     for b in (1, 8):
         for use_cache in (True, False) if not sampling_only else (True,):
             n = gen_tokens if use_cache else min(gen_tokens, 64)
             key = f"batch{b}_{'cache' if use_cache else 'nocache'}"
             rates = _median_rates(
-                timed_rows if use_cache else rows + ([hf] if hf else []), "generate",
+                rows + others + (limits if use_cache else []), "generate",
                 lambda b=b, n=n, c=use_cache: (*batch(b, 1)(), n, c),
                 b * n, 1, gen_reps, device)
-            res["generate_tokens_per_s"][key] = {"new_tokens": n, **rates}
+            out["generate_tokens_per_s"][key] = {"new_tokens": n, **rates}
             if use_cache:  # every sampler row against the limit of its own weights
-                res["generate_tokens_per_s"][key]["percent_of_limit"] = {
+                out["generate_tokens_per_s"][key]["percent_of_limit"] = {
                     r: 100 * rates[r] / rates[f"{_limit_of(r)}_limit"]
                     for r in rates if not r.endswith("_limit")}
-    if hf:
-        ratios: dict[str, float] = {}
-        if not sampling_only:
-            ratios["train"] = res["train_tokens_per_s"]["minigpt"] / res["train_tokens_per_s"]["hf"]
-            ratios["eval"] = (res["eval_tokens_per_s"]["minigpt"]
-                              / res["eval_tokens_per_s"]["hf"])
-        for k, v in res["generate_tokens_per_s"].items():
-            for r in SAMPLERS:
-                ratios[f"{k}_{r}"] = v[r] / v["hf"]
-            ratios[f"{k}_default"] = v[res["default_sampler"]] / v["hf"]
-        res["ratio_vs_hf"] = ratios
-    return res
+    return out
+
+
+def _ratios_vs_hf(res: dict[str, Any], sampling_only: bool) -> dict[str, float]:
+    ratios: dict[str, float] = {}
+    if not sampling_only:
+        for k in ("train", "eval"):
+            rates = res[f"{k}_tokens_per_s"]
+            ratios[k] = rates["minigpt"] / rates["hf"]
+    for k, v in res["generate_tokens_per_s"].items():
+        for r in SAMPLERS:
+            ratios[f"{k}_{r}"] = v[r] / v["hf"]
+        ratios[f"{k}_default"] = v[res["default_sampler"]] / v["hf"]
+    return ratios
 
 
 def _limit_of(row: str) -> str:

@@ -87,18 +87,48 @@ def sse(event: dict[str, Any]) -> str:
     return f"data: {json.dumps(event, ensure_ascii=False)}\n\n"
 
 
+def models_payload(engine: Engine) -> dict[str, Any]:
+    """The loaded models, the request limits and the page's default knobs."""
+    lim = engine.limits
+    return {"models": [e.info() for e in engine.entries.values()],
+            "limits": {"max_prompt_chars": lim.max_prompt_chars,
+                       "max_new_tokens": lim.max_new_tokens, "max_jobs": lim.max_jobs},
+            "defaults": {"temperature": 0.8, "top_k": None, "top_p": None,
+                         "max_new_tokens": min(200, lim.max_new_tokens), "seed": 0}}
+
+
+def event_response(outbox: Outbox, job: Any) -> StreamingResponse:
+    """A job's events as server-sent events; the job is cancelled when the stream ends,
+    finished or abandoned by the browser (stop button, closed tab)."""
+
+    async def events():
+        try:
+            while True:
+                batch = await outbox.get_all()  # whatever arrived: one write
+                if not batch:
+                    continue
+                yield "".join(sse(ev) for ev in batch)
+                if any(ev["type"] in ("done", "error") for ev in batch):
+                    return
+                if batch[-1]["type"] == "token":
+                    # at most one write per FLUSH_S: a fast model's tokens go out in
+                    # batches, leaving the CPU to the model (a page repaints at 60 Hz)
+                    await asyncio.sleep(FLUSH_S)
+        finally:
+            job.cancel()
+
+    # no-cache, not no-store: Chromium fails a fully read no-store fetch stream with
+    # ERR_ABORTED (playwright issue 42742)
+    return StreamingResponse(events(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
 def build_app(engine: Engine) -> Starlette:
     async def index(request: Request) -> Response:
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-store"})
 
     async def models(request: Request) -> Response:
-        lim = engine.limits
-        return JSONResponse({
-            "models": [e.info() for e in engine.entries.values()],
-            "limits": {"max_prompt_chars": lim.max_prompt_chars,
-                       "max_new_tokens": lim.max_new_tokens, "max_jobs": lim.max_jobs},
-            "defaults": {"temperature": 0.8, "top_k": None, "top_p": None,
-                         "max_new_tokens": min(200, lim.max_new_tokens), "seed": 0}})
+        return JSONResponse(models_payload(engine))
 
     async def generate(request: Request) -> Response:
         try:
@@ -116,26 +146,7 @@ def build_app(engine: Engine) -> Starlette:
         except MiniGPTError as e:
             return error(str(e))
 
-        async def events():
-            try:
-                while True:
-                    batch = await outbox.get_all()  # whatever arrived: one write
-                    if not batch:
-                        continue
-                    yield "".join(sse(ev) for ev in batch)
-                    if any(ev["type"] in ("done", "error") for ev in batch):
-                        return
-                    if batch[-1]["type"] == "token":
-                        # at most one write per FLUSH_S: a fast model's tokens go out in
-                        # batches, leaving the CPU to the model (a page repaints at 60 Hz)
-                        await asyncio.sleep(FLUSH_S)
-            finally:  # finished, or the browser went away (stop button, closed tab)
-                job.cancel()
-
-        # no-cache, not no-store: Chromium fails a fully read no-store fetch stream with
-        # ERR_ABORTED (playwright issue 42742)
-        return StreamingResponse(events(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return event_response(outbox, job)
 
     async def attention(request: Request) -> Response:
         try:
