@@ -76,8 +76,8 @@ def test_sample_bad_inputs(ckpt, tmp_path):
     before = snapshot(ckpt)
     base = ["sample", "--ckpt", ckpt, "--max-new-tokens", "5"]
     cases = [
-        (["--top-p", "0"], "top_p must be in (0, 1]"),
-        (["--top-p", "1.5"], "top_p must be in (0, 1]"),
+        (["--top-p", "0"], "--top-p must be in (0, 1]"),
+        (["--top-p", "1.5"], "--top-p must be in (0, 1]"),
         (["--temperature", "-0.5"], "temperature"),
         (["--prompt", "Zebra€"], "does not know the character"),
         (["--num-samples", "0"], "num-samples"),

@@ -9,7 +9,7 @@ import torch
 
 from minigpt.config import ModelConfig
 from minigpt.errors import MiniGPTError
-from minigpt.generation import filter_logits, generate, sample_text
+from minigpt.generation import filter_logits, generate, sample_text, stream_text
 from minigpt.model import GPT
 from minigpt.tokenizers import CharTokenizer
 
@@ -107,3 +107,51 @@ def test_unknown_prompt_character_is_a_clear_error():
     model, tok = _model_and_tok()
     with pytest.raises(MiniGPTError, match="does not know the character"):
         sample_text(model, tok, "xyz")
+
+
+def test_stream_text_yields_the_text_sample_text_returns_and_prints_nothing(capsys):
+    model, tok = _model_and_tok()
+    kw = dict(max_new_tokens=25, temperature=1.0, top_k=5, seed=3, num_samples=3)
+    pieces = stream_text(model, tok, "abc", **kw)
+    joined = ["", "", ""]
+    for i, text in pieces:
+        joined[i] += text
+    assert joined == sample_text(model, tok, "abc", **kw)
+    assert all(t.startswith("abc") and len(t) > 20 for t in joined) and len(set(joined)) == 3
+    assert capsys.readouterr() == ("", "")  # the library yields; only the CLI prints
+
+
+def test_stream_text_checks_everything_before_the_first_piece():
+    model, tok = _model_and_tok()
+    for bad, match in (({"temperature": -1}, "temperature"), ({"num_samples": 0}, "num_samples"),
+                       ({"top_k": -2}, "top_k")):
+        with pytest.raises(MiniGPTError, match=match):
+            stream_text(model, tok, "abc", **bad)  # raises on the call, not on iteration
+
+
+def test_generation_leaves_the_callers_training_mode_alone():
+    model, tok = _model_and_tok()
+    model.train()
+    generate(model, torch.tensor([[1, 2]]), 3, dtype="float32")
+    sample_text(model, tok, "ab", max_new_tokens=3, dtype="float32")
+    assert model.training
+    assert all(m.training for m in model.modules())
+
+
+@pytest.mark.parametrize("pos", ["rope", "alibi", "learned"])
+def test_window_limits_what_the_model_sees(pos):
+    """With `window` every model sees only its last `window` tokens: cached and uncached
+    agree, and the tokens equal those of a loop that re-runs the last `window` ids."""
+    model, _ = _model_and_tok(pos, block=12)
+    prompt = torch.tensor([[1, 2, 3, 4, 5, 6, 7]])
+    outs = [generate(model, prompt, 15, temperature=1.0, window=6, dtype="float32",
+                     generator=torch.Generator().manual_seed(9), use_cache=c)
+            for c in (True, False)]
+    assert torch.equal(outs[0], outs[1])
+    g, idx = torch.Generator().manual_seed(9), prompt[:, -6:]
+    with torch.no_grad():
+        for _ in range(15):
+            logits, _ = model(idx[:, -6:], last_only=True)
+            nxt = torch.multinomial(logits[:, -1].float().softmax(-1), 1, generator=g)
+            idx = torch.cat((idx, nxt), 1)
+    assert torch.equal(outs[0], idx)

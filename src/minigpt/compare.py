@@ -526,10 +526,6 @@ class LMEvaluation:
                                               self.study.eval_stride)
         gen = []
         t = cfg.train
-        if t.sample_tokens:
-            from .inference import sampling_model
-
-            model, _ = sampling_model(model, "auto")  # the weights `minigpt sample` uses
         for temp in (t.sample_temperatures if t.sample_tokens else []):
             text = evaluation.sample_windowed(model, tok, self.prompt,
                                               max_new_tokens=t.sample_tokens,

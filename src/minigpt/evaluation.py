@@ -230,32 +230,25 @@ def unigram_ppl(train: np.ndarray, targets: np.ndarray, vocab_size: int, *,
 @torch.no_grad()
 def sample_windowed(model: torch.nn.Module, tokenizer: Any, prompt: str, *, max_new_tokens: int,
                     temperature: float, seed: int, window: int | None = None) -> str:
-    """Generate `max_new_tokens` after `prompt`; return only the generated text.
+    """Generate `max_new_tokens` after `prompt` with the weights `minigpt sample` uses;
+    return only the generated text.
 
     Every model sees at most its last `window` tokens (default: its block_size L), so the
     samples of all encodings are compared inside the context they were trained on; how an
     encoding copes with longer contexts is what `length_generalization` measures.
     """
-    from .generation import check_sampling, next_token
+    from .generation import generate
 
-    check_sampling(temperature, None, None, max_new_tokens)
     tokenizer.check_text(prompt)
     ids = tokenizer.encode(prompt)
     if not ids:
         raise MiniGPTError("the sampling prompt encodes to no tokens; give a non-empty prompt.")
-    window = window or model.cfg.block_size
     device = next(model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(seed)
-    was_training = model.training
-    model.eval()
-    idx = torch.tensor([ids], dtype=torch.long, device=device)
-    try:
-        for _ in range(max_new_tokens):
-            logits, _ = model(idx[:, -window:], last_only=True)
-            idx = torch.cat((idx, next_token(logits[:, -1, :], temperature, None, None, gen)), 1)
-    finally:
-        model.train(was_training)
-    return tokenizer.decode(idx[0, len(ids):].tolist())
+    idx = torch.tensor([ids], dtype=torch.long, device=device)  # (1, T)
+    out = generate(model, idx, max_new_tokens, temperature=temperature, generator=gen,
+                   use_cache=False, window=window or model.cfg.block_size)
+    return tokenizer.decode(out[0, out.shape[1] - max_new_tokens:].tolist())
 
 
 # --- generation-quality metrics -------------------------------------------------------------

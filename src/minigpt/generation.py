@@ -8,26 +8,27 @@ tokens for the same seed.
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 
-from .errors import MiniGPTError
+from .errors import MiniGPTError, arg
 from .inference import sampling_model
 from .model import GPT
 
 
 def check_sampling(temperature: float, top_k: int | None, top_p: float | None,
                    max_new_tokens: int) -> None:
+    """The sampling settings' rules, for every caller (generate, sample_text, the server)."""
     if not temperature >= 0:
-        raise MiniGPTError(f"temperature must be 0 (greedy) or positive, got {temperature}.")
+        raise MiniGPTError(f"{arg('temperature')} must be 0 (greedy) or positive, "
+                           f"got {temperature}.")
     if top_k is not None and top_k < 0:
-        raise MiniGPTError(f"top_k must be 0 (off) or a positive integer, got {top_k}.")
+        raise MiniGPTError(f"{arg('top_k')} must be 0 (off) or a positive integer, got {top_k}.")
     if top_p is not None and not 0 < top_p <= 1:
-        raise MiniGPTError(f"top_p must be in (0, 1], got {top_p}.")
+        raise MiniGPTError(f"{arg('top_p')} must be in (0, 1], got {top_p}.")
     if max_new_tokens < 0:
-        raise MiniGPTError(f"max_new_tokens must be 0 or more, got {max_new_tokens}.")
+        raise MiniGPTError(f"{arg('max_new_tokens')} must be 0 or more, got {max_new_tokens}.")
 
 
 def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None
@@ -62,98 +63,180 @@ def next_token(logits: torch.Tensor, temperature: float, top_k: int | None, top_
     return torch.multinomial(probs, 1, generator=generator)
 
 
-@torch.no_grad()
+class Decoding:
+    """One generation, a token per step: iterating yields each step's (B, 1) chosen ids and
+    the (B, V) logits they were drawn from (the model's own, before temperature and
+    filters); `ids` is the sequence so far, (B, T).
+
+    The settings are checked and the weights chosen when it is built, so a mistake is
+    reported before any output; nothing is computed until it is iterated.
+
+    The model sees at most its last `window` tokens (default: everything for an encoding
+    that extrapolates, block_size for one that cannot); when the window is full the cache is
+    rebuilt from the last `window` tokens, which a learned model does every step.
+    """
+
+    def __init__(self, model: GPT, idx: torch.Tensor, max_new_tokens: int, *,
+                 temperature: float = 1.0, top_k: int | None = None,
+                 top_p: float | None = None, generator: torch.Generator | None = None,
+                 use_cache: bool = True, window: int | None = None, dtype: str = "auto",
+                 quantize: str | None = None) -> None:
+        check_sampling(temperature, top_k, top_p, max_new_tokens)
+        if window is not None and window < 1:
+            raise MiniGPTError(f"window must be a positive number of tokens, got {window}.")
+        self.model, self.info = sampling_model(model, dtype, quantize)
+        if not self.model.pos.extrapolates:
+            L = self.model.cfg.block_size
+            window = L if window is None else min(window, L)
+        self.window = window
+        self.ids = idx if window is None else idx[:, -window:]  # (B, T)
+        self.max_new_tokens, self.use_cache = max_new_tokens, use_cache
+        self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
+        self.generator = generator
+
+    @torch.no_grad()
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        model, window = self.model, self.window
+        was_training = model.training
+        model.eval()
+        cache = None
+        cache_cap = window if window is not None else self.ids.shape[1] + self.max_new_tokens
+        try:
+            for _ in range(self.max_new_tokens):
+                idx = self.ids
+                if not self.use_cache:
+                    logits, _ = model(idx if window is None else idx[:, -window:],
+                                      last_only=True)
+                elif cache is None or cache.length + 1 > cache_cap:
+                    # (re)fill the cache with the whole visible context
+                    cache = model.new_cache(idx.shape[0], cache_cap)
+                    logits, _ = model(idx if window is None else idx[:, -window:],
+                                      cache=cache, last_only=True)
+                else:
+                    logits, _ = model(idx[:, -1:], cache=cache, last_only=True)
+                last = logits[:, -1, :]  # (B, V)
+                nxt = next_token(last, self.temperature, self.top_k, self.top_p,
+                                 self.generator)  # (B, 1)
+                self.ids = torch.cat((idx, nxt), dim=1)
+                yield nxt, last
+        finally:
+            model.train(was_training)
+
+
 def generate(model: GPT, idx: torch.Tensor, max_new_tokens: int, *, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None,
              generator: torch.Generator | None = None, use_cache: bool = True,
              on_token: Callable[[torch.Tensor], None] | None = None,
              on_step: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
-             dtype: str = "auto", quantize: str | None = None) -> torch.Tensor:
+             dtype: str = "auto", quantize: str | None = None,
+             window: int | None = None) -> torch.Tensor:
     """idx (B, T) prompt ids -> (B, T + max_new_tokens) ids.
 
     `on_token(ids)` is called with each step's (B, 1) chosen ids; `on_step(ids, logits)` also
-    gets the (B, V) logits they were drawn from (the model's own, before temperature and
-    filters). Either may raise to stop generation early.
+    gets the (B, V) logits they were drawn from. Either may raise to stop generation early.
 
     A model whose encoding cannot extrapolate (learned) sees at most its last block_size
-    tokens: when the window is full the cache is rebuilt from the last block_size tokens.
-    Extrapolating encodings keep the whole sequence in the cache.
+    tokens (and so does every model given `window`); see `Decoding`.
 
     `dtype` ("auto", "float32", "bfloat16") and `quantize` (None or "int8") choose the
     weights the tokens are computed with (see `minigpt.inference`); `model` itself is left
     as it is. "float32" reproduces the float32 model exactly.
     """
-    check_sampling(temperature, top_k, top_p, max_new_tokens)
-    model, _ = sampling_model(model, dtype, quantize)
-    model.eval()
-    L = model.cfg.block_size
-    window = None if model.pos.extrapolates else L
-    B = idx.shape[0]
-    if window is not None and idx.shape[1] > window:
-        idx = idx[:, -window:]
-    cache = None
-    cache_cap = window if window is not None else idx.shape[1] + max_new_tokens
-    for _ in range(max_new_tokens):
-        ctx_ids = idx if window is None else idx[:, -window:]
-        if not use_cache:
-            logits, _ = model(ctx_ids, last_only=True)
-        elif cache is None or cache.length + 1 > cache_cap:
-            # (re)fill the cache with the whole visible context; a learned model whose
-            # window is full does this every step, since every position shifts
-            cache = model.new_cache(B, cache_cap)
-            logits, _ = model(ctx_ids, cache=cache, last_only=True)
-        else:
-            logits, _ = model(idx[:, -1:], cache=cache, last_only=True)
-        nxt = next_token(logits[:, -1, :], temperature, top_k, top_p, generator)
-        idx = torch.cat((idx, nxt), dim=1)
+    steps = Decoding(model, idx, max_new_tokens, temperature=temperature, top_k=top_k,
+                     top_p=top_p, generator=generator, use_cache=use_cache, window=window,
+                     dtype=dtype, quantize=quantize)
+    for nxt, logits in steps:
         if on_token is not None:
             on_token(nxt)
         if on_step is not None:
-            on_step(nxt, logits[:, -1, :])
-    return idx
+            on_step(nxt, logits)
+    return steps.ids
+
+
+def stream_text(model: GPT, tokenizer, prompt: str, *, max_new_tokens: int = 200,
+                temperature: float = 0.8, top_k: int | None = None,
+                top_p: float | None = None, seed: int = 0, num_samples: int = 1,
+                use_cache: bool = True, warn: Callable[[str], None] | None = None,
+                dtype: str = "auto", quantize: str | None = None) -> Samples:
+    """Prompt text -> (sample number, text) pieces as soon as each is complete: every
+    sample starts with the prompt, then each new token's text follows.
+
+    Everything is checked now, before the first piece; `warn` hears about the prompt when
+    iteration starts. The samples are drawn one after another from one generator seeded
+    with `seed`. `dtype` and `quantize` as for `generate`.
+    """
+    return Samples(model, tokenizer, prompt, num_samples, seed, max_new_tokens,
+                   temperature=temperature, top_k=top_k, top_p=top_p, use_cache=use_cache,
+                   dtype=dtype, quantize=quantize, warn=warn)
 
 
 def sample_text(model: GPT, tokenizer, prompt: str, *, max_new_tokens: int = 200,
                 temperature: float = 0.8, top_k: int | None = None, top_p: float | None = None,
-                seed: int = 0, num_samples: int = 1, stream: bool = False,
-                use_cache: bool = True, warn: Callable[[str], None] | None = None,
-                dtype: str = "auto", quantize: str | None = None) -> list[str]:
-    """Prompt text -> generated continuations (prompt included), optionally streamed.
-
-    `dtype` and `quantize` as for `generate`."""
-    check_sampling(temperature, top_k, top_p, max_new_tokens)
-    ids = prompt_ids(tokenizer, prompt)
-    note = tokenizer.prompt_warning(prompt)
-    if note and warn is not None:
-        warn(note)
-    L = model.cfg.block_size
-    if not model.pos.extrapolates and len(ids) > L and warn is not None:
-        warn(f"warning: the prompt has {len(ids)} tokens; this {model.cfg.pos} model sees only "
-             f"its last {L} (block_size).")
-    device = model.tok_emb.weight.device
-    gen = torch.Generator(device=device).manual_seed(seed)
+                seed: int = 0, num_samples: int = 1, use_cache: bool = True,
+                warn: Callable[[str], None] | None = None, dtype: str = "auto",
+                quantize: str | None = None) -> list[str]:
+    """Prompt text -> generated continuations, the prompt included (`stream_text` gives the
+    same text piece by piece). `dtype` and `quantize` as for `generate`."""
+    samples = Samples(model, tokenizer, prompt, num_samples, seed, max_new_tokens,
+                      temperature=temperature, top_k=top_k, top_p=top_p, use_cache=use_cache,
+                      dtype=dtype, quantize=quantize, warn=warn)
+    samples.tell()
     out = []
-    for i in range(num_samples):
-        x = torch.tensor([ids], dtype=torch.long, device=device)
-        if stream:
-            if i:
-                sys.stdout.write("\n" + "-" * 40 + "\n")
-            sys.stdout.write(prompt)
-            sys.stdout.flush()
-            decoder = _StreamDecoder(tokenizer)
-            on_token = decoder.push
-        else:
-            on_token = None
-        y = generate(model, x, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                     generator=gen, use_cache=use_cache, on_token=on_token, dtype=dtype,
-                     quantize=quantize)
-        new_ids = y[0, y.shape[1] - max_new_tokens:].tolist()
-        text = prompt + tokenizer.decode(new_ids)
-        if stream:
-            sys.stdout.write("\n")
-            sys.stdout.flush()
-        out.append(text)
+    for run in samples.runs:
+        for _ in run:
+            pass
+        new_ids = run.ids[0, run.ids.shape[1] - max_new_tokens:].tolist()
+        out.append(prompt + tokenizer.decode(new_ids))
     return out
+
+
+class Samples:
+    """`num_samples` generations from one prompt, drawn one after another from one generator
+    seeded with `seed`; iterating gives (sample number, text) pieces. `info` says which
+    weights compute them."""
+
+    def __init__(self, model: GPT, tokenizer, prompt: str, num_samples: int, seed: int,
+                 max_new_tokens: int, *, warn: Callable[[str], None] | None = None,
+                 **settings) -> None:
+        if num_samples < 1:
+            raise MiniGPTError(f"{arg('num_samples')} must be at least 1, got {num_samples}.")
+        ids = prompt_ids(tokenizer, prompt)
+        device = model.tok_emb.weight.device
+        gen = torch.Generator(device=device).manual_seed(seed)
+        x = torch.tensor([ids], dtype=torch.long, device=device)  # (1, T)
+        self.runs = [Decoding(model, x, max_new_tokens, generator=gen, **settings)
+                     for _ in range(num_samples)]
+        self.info = self.runs[0].info
+        self.tokenizer, self.prompt, self.warn = tokenizer, prompt, warn
+        long_prompt = prompt_note(model, len(ids))
+        self.notes = [n for n in (tokenizer.prompt_warning(prompt),
+                                  long_prompt and f"warning: {long_prompt}") if n]
+
+    def tell(self) -> None:
+        """Pass the prompt's warnings to `warn`."""
+        for note in self.notes:
+            if self.warn is not None:
+                self.warn(note)
+
+    def __iter__(self) -> Iterator[tuple[int, str]]:
+        self.tell()
+        for i, run in enumerate(self.runs):
+            yield i, self.prompt
+            text = TextStream(self.tokenizer)
+            for nxt, _ in run:
+                piece = text.push(int(nxt[0, 0]))
+                if piece:
+                    yield i, piece
+
+
+def prompt_note(model: GPT, n_prompt: int) -> str | None:
+    """What a user should know about a prompt of `n_prompt` tokens for this model: that an
+    encoding which cannot extrapolate sees only the last block_size of them."""
+    L = model.cfg.block_size
+    if model.pos.extrapolates or n_prompt <= L:
+        return None
+    return (f"the prompt has {n_prompt} tokens; this {model.cfg.pos} model sees only its last "
+            f"{L} (block_size).")
 
 
 def prompt_ids(tokenizer, prompt: str) -> list[int]:
@@ -189,11 +272,3 @@ class TextStream:
             return ""  # an incomplete UTF-8 sequence: wait for the next byte
         new, self.done = text[len(self.done):], text
         return new
-
-
-class _StreamDecoder(TextStream):
-    """Writes each new token's text to stdout as soon as it is complete."""
-
-    def push(self, nxt: torch.Tensor) -> None:  # type: ignore[override]
-        sys.stdout.write(super().push(int(nxt[0, 0])))
-        sys.stdout.flush()

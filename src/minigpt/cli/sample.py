@@ -44,21 +44,23 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..checkpoint import load
-    from ..errors import MiniGPTError
-    from ..generation import check_sampling, sample_text
-    from ..inference import sampling_model
+    from ..generation import stream_text
     from ..runtime import resolve_device
 
-    check_sampling(args.temperature, args.top_k, args.top_p, args.max_new_tokens)
-    if args.num_samples < 1:
-        raise MiniGPTError(f"--num-samples must be at least 1, got {args.num_samples}.")
     model, tok, _, _ = load(args.ckpt, which=args.which, device=resolve_device(args.device))
-    tok.check_text(args.prompt)
-    _, info = sampling_model(model, args.dtype, args.quantize)  # built once, reused below
-    print(f"sampling with {info.describe()}", file=sys.stderr)
-    sample_text(model, tok, args.prompt, max_new_tokens=args.max_new_tokens,
-                temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                num_samples=args.num_samples, stream=True, use_cache=not args.no_cache,
-                warn=lambda m: print(m, file=sys.stderr), dtype=args.dtype,
-                quantize=args.quantize)
+    pieces = stream_text(model, tok, args.prompt, max_new_tokens=args.max_new_tokens,
+                         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                         seed=args.seed, num_samples=args.num_samples,
+                         use_cache=not args.no_cache, dtype=args.dtype, quantize=args.quantize,
+                         warn=lambda m: print(m, file=sys.stderr))
+    print(f"sampling with {pieces.info.describe()}", file=sys.stderr)
+    sample = None
+    for i, text in pieces:
+        if i != sample:
+            if sample is not None:
+                sys.stdout.write("\n\n" + "-" * 40 + "\n")
+            sample = i
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
     return 0

@@ -1,12 +1,12 @@
 """The playground's engine, free of any web framework: the loaded models, generations that
 take turns on the CPU token by token, attention maps and the encoding's pictures.
 
-Concurrency: every generation runs `generation.generate` in its own thread, but only one
+Concurrency: every generation steps a `generation.Decoding` in its own thread, but only one
 thread computes at a time. After each token a generation hands the turn to the next one
 waiting (first come, first served), so N concurrent requests interleave token by token
 (round robin) instead of queueing behind each other; nothing is batched. A generation alone
-never waits. Cancelling (stop button, closed tab) makes its next token raise `Cancelled`
-inside `generate`, which ends the thread and frees its key/value cache.
+never waits. Cancelling (stop button, closed tab) ends the loop after its next token
+(`Cancelled`), which ends the thread and frees its key/value cache.
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ def load_entries(ckpts: list[str | Path], which: str = "last") -> list[Entry]:
 
 
 class Cancelled(Exception):
-    """Raised inside `generate` (from its per-token hook) to stop a generation."""
+    """Raised between two tokens to stop a generation."""
 
 
 class Turnstile:
@@ -222,9 +222,8 @@ class Engine:
     # --- requests ----------------------------------------------------------------------
 
     def parse_request(self, body: Any) -> Request:
-        """A JSON body -> a checked Request, or a MiniGPTError saying what is wrong."""
-        from ..generation import check_sampling
-
+        """A JSON body -> a Request, or a MiniGPTError saying what is wrong with its fields
+        (the sampling settings themselves are checked by `start`, as `generate` does)."""
         if not isinstance(body, dict):
             raise MiniGPTError("the request must be a JSON object.")
         unknown = sorted(set(body) - {f for f in Request.__dataclass_fields__})
@@ -244,7 +243,6 @@ class Engine:
         req.top_p = _number(body, "top_p", None, float)
         req.max_new_tokens = _number(body, "max_new_tokens", req.max_new_tokens, int)
         req.seed = _number(body, "seed", req.seed, int)
-        check_sampling(req.temperature, req.top_k, req.top_p, req.max_new_tokens)
         if req.max_new_tokens > self.limits.max_new_tokens:
             raise MiniGPTError(f"max new tokens is {req.max_new_tokens}; this server allows at "
                                f"most {self.limits.max_new_tokens} (--max-new-tokens).")
@@ -253,11 +251,20 @@ class Engine:
         return req
 
     def start(self, req: Request, emit: Callable[[dict[str, Any]], None]) -> Generation:
-        """Start a generation thread; `emit` receives its events (called from that thread)."""
-        from ..generation import prompt_ids
+        """Start a generation thread; `emit` receives its events (called from that thread).
+        A request the model cannot serve (bad settings, a prompt the tokenizer cannot
+        encode) is refused here, before any event."""
+        import torch
+
+        from ..generation import Decoding, prompt_ids
 
         e = self.entry(req.model)
-        ids = prompt_ids(e.tok, req.prompt)  # a prompt the tokenizer cannot encode: error now
+        ids = prompt_ids(e.tok, req.prompt)
+        x = torch.tensor([ids], dtype=torch.long)  # (1, T)
+        with self.turnstile:  # may build the sampling weights: not while a thread computes
+            steps = Decoding(e.model, x, req.max_new_tokens, temperature=req.temperature,
+                             top_k=req.top_k, top_p=req.top_p,
+                             generator=torch.Generator().manual_seed(req.seed))
         with self.stats.lock:
             if self.stats.active >= self.limits.max_jobs:
                 raise Busy(f"the server is busy with {self.stats.active} generations (at most "
@@ -266,7 +273,7 @@ class Engine:
                 raise Busy("the server is shutting down.")
             self.stats.active += 1
             self.stats.started += 1
-            job = Generation(self, e, req, ids, emit)
+            job = Generation(self, e, req, ids, steps, emit)
             self.jobs.add(job)
         job.thread.start()
         return job
@@ -353,8 +360,9 @@ class Generation:
     """
 
     def __init__(self, engine: Engine, entry: Entry, req: Request, ids: list[int],
-                 emit: Callable[[dict[str, Any]], None]) -> None:
+                 steps: Any, emit: Callable[[dict[str, Any]], None]) -> None:
         self.engine, self.entry, self.req, self.ids, self.emit = engine, entry, req, ids, emit
+        self.steps = steps  # a generation.Decoding, not started
         self.cancelled = threading.Event()
         self.n = 0
         self.thread = threading.Thread(target=self._run, daemon=True,
@@ -366,45 +374,15 @@ class Generation:
     def _run(self) -> None:
         import time
 
-        import torch
-
-        from ..generation import TextStream, generate
-
-        e, req, eng = self.entry, self.req, self.engine
-        tok, L = e.tok, e.model.cfg.block_size
+        eng = self.engine
         outcome = "failed"
         try:
-            note = ""
-            if not e.model.pos.extrapolates and len(self.ids) > L:  # as `minigpt sample` warns
-                note = (f"the prompt has {len(self.ids)} tokens; this {e.pos} model sees only "
-                        f"its last {L} (block_size).")
-            self.emit({"type": "start", "model": e.name, "L": L,
-                       "extrapolates": bool(e.model.pos.extrapolates),
-                       "prompt": [[i, e.token_text(i)] for i in self.ids],
-                       "prompt_text": req.prompt, "note": note})
-            stream = TextStream(tok)
-            gen = torch.Generator().manual_seed(req.seed)
-            x = torch.tensor([self.ids], dtype=torch.long)  # (1, T)
+            self.emit(self._start_event())
             t0 = time.perf_counter()
-
-            def on_step(nxt: torch.Tensor, logits: torch.Tensor) -> None:
-                i = int(nxt[0, 0])
-                probs = logits[0].float().softmax(-1)  # (V,) the model's own distribution
-                top = probs.topk(min(TOP_K_SHOWN, probs.numel()))
-                self.emit({"type": "token", "id": i, "text": stream.push(i),
-                           "p": round(probs[i].item(), 5),
-                           "top": [[j, e.token_text(j), round(p, 5)] for j, p in
-                                   zip(top.indices.tolist(), top.values.tolist())]})
-                self.n += 1
-                if self.cancelled.is_set():
-                    raise Cancelled
-                eng.turnstile.pass_turn()
-
             with eng.turnstile:
                 if self.cancelled.is_set():
                     raise Cancelled
-                generate(e.model, x, req.max_new_tokens, temperature=req.temperature,
-                         top_k=req.top_k, top_p=req.top_p, generator=gen, on_step=on_step)
+                self._decode()
             self.emit({"type": "done", "tokens": self.n,
                        "seconds": round(time.perf_counter() - t0, 4)})
             outcome = "finished"
@@ -421,3 +399,32 @@ class Generation:
             with eng.stats.lock:
                 eng.jobs.discard(self)
             eng.stats.add(active=-1, tokens=self.n, **{outcome: 1})
+
+    def _start_event(self) -> dict[str, Any]:
+        from ..generation import prompt_note
+
+        e = self.entry
+        return {"type": "start", "model": e.name, "L": e.model.cfg.block_size,
+                "extrapolates": bool(e.model.pos.extrapolates),
+                "prompt": [[i, e.token_text(i)] for i in self.ids],
+                "prompt_text": self.req.prompt,
+                "note": prompt_note(e.model, len(self.ids)) or ""}  # as `minigpt sample` warns
+
+    def _decode(self) -> None:
+        """Emit a token event per step, handing the turn on after each (holds the turn)."""
+        from ..generation import TextStream
+
+        e = self.entry
+        stream = TextStream(e.tok)
+        for nxt, logits in self.steps:
+            i = int(nxt[0, 0])
+            probs = logits[0].float().softmax(-1)  # (V,) the model's own distribution
+            top = probs.topk(min(TOP_K_SHOWN, probs.numel()))
+            self.emit({"type": "token", "id": i, "text": stream.push(i),
+                       "p": round(probs[i].item(), 5),
+                       "top": [[j, e.token_text(j), round(p, 5)] for j, p in
+                               zip(top.indices.tolist(), top.values.tolist())]})
+            self.n += 1
+            if self.cancelled.is_set():
+                raise Cancelled
+            self.engine.turnstile.pass_turn()
