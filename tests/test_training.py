@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import shutil
 import signal
 
 import pytest
@@ -12,9 +13,9 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import interrupt_training, run_cli, tiny_config
-from minigpt.checkpoint import load
+from minigpt.checkpoint import load, read_config
 from minigpt.config import merge, preset
-from minigpt.errors import MiniGPTError
+from minigpt.errors import CheckpointError, ConfigError, MiniGPTError
 from minigpt.positional import REGISTRY
 from minigpt.training import lr_at, train
 
@@ -164,6 +165,37 @@ def test_init_from_starts_from_the_checkpoint(corpus, tmp_path):
     a = load_file(src / "model.safetensors")
     b = load_file(tmp_path / "ft" / "model.safetensors")
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_init_from_rule_is_the_librarys(corpus, tmp_path):
+    """train(init_from=...) from Python gets the CLI's rule: model settings other than dropout
+    must be the checkpoint's (named, old -> new), checked before any file is written; a
+    checkpoint whose tensors no longer match its config is a CheckpointError, not torch's
+    RuntimeError; dropout may change and the weights are the checkpoint's."""
+    src = tmp_path / "src"
+    train(tiny_config(corpus), src, progress=False)
+    bad = tmp_path / "bad"
+    with pytest.raises(ConfigError, match=r"init_from takes .*\(n_layer 2 -> 3; d_model 16 "
+                                          r"-> 32; d_ff 64 -> 128\); only dropout may change"):
+        train(tiny_config(corpus, {"n_layer": 3, "d_model": 32}), bad, init_from=src,
+              progress=False)
+    assert not bad.exists()
+    cfg = tiny_config(corpus, {"dropout": 0.3}, {"max_steps": 1, "lr": 1e-9, "min_lr": 0.0,
+                                                 "warmup_steps": 0})
+    ft = tmp_path / "ft"
+    train(cfg, ft, init_from=src, progress=False)
+    saved, _ = read_config(ft)
+    assert saved.model.dropout == 0.3 and saved.model.n_layer == 2
+    a, b = load_file(src / "model.safetensors"), load_file(ft / "model.safetensors")
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    edited = tmp_path / "edited"
+    shutil.copytree(src, edited)
+    raw = json.loads((edited / "config.json").read_text())
+    raw["model"]["d_model"] = 32
+    (edited / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(CheckpointError, match="shape"):
+        train(tiny_config(corpus, {"d_model": 32, "d_ff": 64}), tmp_path / "ft2", init_from=edited,
+              progress=False)
 
 
 def test_merge_config_validation_names_the_field():

@@ -32,7 +32,6 @@ from .metrics import Console, MetricsSink, Row, truncate_metrics
 from .model import GPT
 from .runtime import (Dist, any_rank, autocast, autocast_dtype, barrier, rank_rng_states,
                       setup_distributed, should_compile)
-from .runtime import resolve_device  # noqa: F401  (bench and cli.sample import it from here)
 
 
 Log = Callable[[str], None]
@@ -169,6 +168,29 @@ def resume_config(cfg: RunConfig, out: Path) -> tuple[RunConfig, dict[str, Any]]
                  where="resume"), raw
 
 
+INIT_CHANGEABLE = ("dropout",)  # model settings a run started from a checkpoint may change
+
+
+def init_config(cfg: RunConfig, init_from: str | Path) -> RunConfig:
+    """The config a run started from the `init_from` checkpoint's weights trains with: `cfg`
+    with the checkpoint's model settings. Every model setting of `cfg` except those in
+    INIT_CHANGEABLE must equal the checkpoint's (`vocab_size` always comes from its
+    tokenizer); each that differs is named with its old and new value. The weights file's
+    header is checked too, before a model of its size is built."""
+    src, _ = checkpoint.read_config(init_from)
+    changed = [f"{arg(k)} {v!r} -> {getattr(cfg.model, k)!r}"
+               for k, v in src.model.__dict__.items()
+               if k not in (*INIT_CHANGEABLE, "vocab_size") and getattr(cfg.model, k) != v]
+    if changed:
+        raise ConfigError(
+            f"{arg('init_from')} takes the model settings from the checkpoint, and these differ "
+            f"({'; '.join(changed)}); only {', '.join(arg(k) for k in INIT_CHANGEABLE)} may "
+            "change.")
+    checkpoint.check_weights(Path(init_from), src)
+    keep = {k: getattr(cfg.model, k) for k in INIT_CHANGEABLE}
+    return dataclasses.replace(cfg, model=dataclasses.replace(src.model, **keep))
+
+
 def check_output(out: Path, resume: bool) -> None:
     """Refuse to resume nothing or to overwrite a run (creates nothing)."""
     if resume:
@@ -259,6 +281,8 @@ def setup_run(cfg: RunConfig, out: Path, *, resume: bool = False, data: Dataset 
                                   f"and holds no tokenizer.json; delete {out} and start again.")
         checkpoint.check_trainer_state(out, cfg)  # header only: nothing allocated if tampered
         init_from = raw.get("init_from")  # used again only if nothing was saved yet
+    elif init_from is not None:
+        cfg = init_config(cfg, init_from)
     init_from = str(init_from) if init_from is not None else None
     data = _run_data(cfg, out, ranks, data, resume, init_from, progress)
     if ranks.main and not resume:  # only now: bad data must not leave an empty directory behind
@@ -324,6 +348,7 @@ def _load_init_weights(state: RunState) -> None:
     if not (Path(state.init_from) / "config.json").exists():
         raise CheckpointError(f"{state.out} was started from {state.init_from}, which is gone; "
                               "start a new run.")
+    checkpoint.check_weights(Path(state.init_from), state.cfg)  # it may have changed since
     src, _, _, _ = checkpoint.load(state.init_from)
     state.model.load_state_dict(src.state_dict())
 

@@ -38,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..checkpoint import check_weights, read_config
+    from ..checkpoint import read_config
     from ..config import merge
     from ..generation import sample_text
     from ..runtime import is_main_process
@@ -52,14 +52,9 @@ def run(args: argparse.Namespace) -> int:
     if args.resume and (out / "config.json").exists():
         base, _ = read_config(out)  # without --preset/--config, flags apply to the saved run
     cfg = build_config(args, base=base)
-    if args.init_from:
+    if args.init_from:  # model settings not given as flags come from the checkpoint
         model_o, _ = overrides(args, cfg)
         src_cfg, _ = read_config(args.init_from)
-        changed = {k for k, v in model_o.items() if getattr(src_cfg.model, k) != v}
-        if changed - {"dropout"}:
-            raise MiniGPTError("--init-from takes the model shapes from the checkpoint; "
-                               "only --dropout may change.")
-        check_weights(Path(args.init_from), src_cfg)  # before a model of its size is built
         cfg = merge(cfg, {**vars(src_cfg.model), **model_o}, None, where="--init-from")
     say = print if main else (lambda *a, **k: None)
     say(f"minigpt train: {describe(cfg)} -> {out}", flush=True)
