@@ -379,7 +379,7 @@ ROWS = [
         "not a valid minigpt tokenizer"),
     # viz
     Row("viz-pos", "viz", "unknown encoding (`--pos fourier`)",
-        lambda c: ["viz", "--pos", "fourier", "--out", c.out], "unknown positional encoding"),
+        lambda c: ["viz", "--pos", "fourier", "--out", c.out], "invalid choice: 'fourier'"),
     Row("viz-trained", "viz", "a trained encoding without `--ckpt`",
         lambda c: ["viz", "--pos", "learned", "--out", c.out], "trained encoding"),
     Row("viz-nothing", "viz", "neither `--pos` nor `--ckpt`",

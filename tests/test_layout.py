@@ -85,3 +85,16 @@ def test_low_rooms_do_not_load_high_ones():
     assert "minigpt.config" in loaded
     for high in ("minigpt.positional", "minigpt.model", "minigpt.compare", "minigpt.training"):
         assert high not in loaded, f"{high} was imported"
+
+
+def test_every_function_reads_in_one_screen():
+    """No function in src/ is longer than 60 lines (decorators and docstring included)."""
+    long = []
+    for path in sorted((SRC / "minigpt").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                first = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+                if node.end_lineno - first + 1 > 60:
+                    long.append(f"{path.relative_to(SRC)}:{node.lineno} {node.name} "
+                                f"({node.end_lineno - first + 1} lines)")
+    assert not long, long

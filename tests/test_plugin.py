@@ -1,5 +1,6 @@
 """A seventh encoding is one class and one @register: defined here, in the test, it trains,
-samples, evaluates past L, is drawn by `viz`, refuses export and is offered by --help."""
+samples, evaluates past L, is drawn by `viz`, refuses export, is offered by --help, checks
+its own settings and names them in a study's list of what was held equal."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch
 from conftest import tiny_config
 
 from minigpt import positional
+from minigpt.errors import ConfigError
 from minigpt.positional import PositionalEncoding, register
 
 
@@ -20,6 +22,15 @@ class Toy(PositionalEncoding):
     description = "a made-up logarithmic recency bias (test only)"
     where = "biases attention scores"
     picture = "bias"
+
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        if cfg.n_head > 8:
+            raise ConfigError("pos 'toy' takes at most 8 heads.")
+
+    @classmethod
+    def settings_note(cls, cfg) -> str | None:
+        return f"Toy slope: 0.25 for all {cfg.n_head} heads."
 
     def bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
         dist = (q_pos[:, None] - k_pos[None, :]).clamp(min=0).float()  # (Tq, Tk)
@@ -57,6 +68,22 @@ def test_a_toy_encoding_is_one_class_and_one_register(toy, corpus: Path, tmp_pat
     with pytest.raises(MiniGPTError, match="'toy' encoding cannot be exported"):
         export_hf(out, tmp_path / "hf")
     assert "toy" in _subcommand_help("train")
+
+
+def test_a_toy_encoding_checks_its_settings_and_names_them_in_a_study(toy) -> None:
+    from minigpt.compare import held_equal, make_study
+    from minigpt.config import merge, preset
+
+    with pytest.raises(ConfigError, match="at most 8 heads"):
+        merge(preset("tiny"), {"pos": "toy", "n_head": 16})
+    with pytest.raises(ConfigError, match="at most 8 heads"):
+        make_study("quick", encodings="rope,toy", model={"n_head": 16, "d_model": 128})
+    study = make_study("quick", encodings="rope,toy")
+    verification = {"configs_differ_only_in": ["model.pos"], "shared_init_identical": True,
+                    "shared_tensors": 1, "seeds_checked": study.seeds}
+    lines = held_equal(study, 65, "ROMEO:", verification)
+    assert "Toy slope: 0.25 for all 4 heads." in lines
+    assert not any(line.startswith("T5 buckets") for line in lines)  # t5 is not in the study
 
 
 def _subcommand_help(name: str) -> str:

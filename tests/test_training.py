@@ -198,6 +198,33 @@ def test_init_from_rule_is_the_librarys(corpus, tmp_path):
               progress=False)
 
 
+def test_choice_settings_take_their_values_from_their_literal_type():
+    """A setting with a fixed list of values is annotated with a Literal: that one list is
+    what the config accepts, what the error lists and what `--help` offers."""
+    import typing
+
+    from minigpt.cli import build_parser
+    from minigpt.config import ModelConfig, TrainConfig, choices, field_types
+
+    train_help = build_parser()._subparsers._group_actions[0].choices["train"].format_help()
+    seen = []
+    for cls, section in ((ModelConfig, "model"), (TrainConfig, "train")):
+        for name, typ in field_types(cls).items():
+            if typing.get_origin(typ) is not typing.Literal:
+                continue
+            allowed = typing.get_args(typ)
+            seen.append(name)
+            assert tuple(choices(cls, name)) == allowed
+            assert f"--{name.replace('_', '-')} {{{','.join(allowed)}}}" in train_help
+            for v in allowed:
+                assert getattr(getattr(merge(preset("tiny"), **{section: {name: v}}), section),
+                               name) == v
+            with pytest.raises(MiniGPTError, match=f"must be one of {', '.join(allowed)}, "
+                                                   "got 'nonsense'"):
+                merge(preset("tiny"), **{section: {name: "nonsense"}})
+    assert sorted(seen) == ["activation", "batching", "compile", "dtype", "tokenizer"]
+
+
 def test_merge_config_validation_names_the_field():
     with pytest.raises(MiniGPTError, match="d_model"):
         merge(preset("tiny"), {"d_model": 30, "n_head": 4}, None)

@@ -46,6 +46,7 @@ from .results_schema import GEN_METRICS, RESULTS_SCHEMA, SCHEMA, SCHEMA_VERSION,
 from .runtime import autocast_dtype, is_main_process, resolve_device
 from .tasks import LM, TaskDataset, evaluate_task, get_task, test_lengths
 from .tasks import describe as describe_task
+from .text import plural
 
 EVAL_VERSION = 2  # bump when evaluation.py's numbers change meaning (forces re-evaluation)
 DEFAULT_ENCODINGS = ["learned", "sinusoidal", "rope", "alibi", "nope"]
@@ -450,8 +451,8 @@ def held_equal(study: Study, vocab: int, prompt: str, verification: dict[str, An
                      f"tokens that score their last {study.eval_stride} tokens, so at length T "
                      f"every scored token has T - {study.eval_stride} to T - 1 tokens of context.")
     lines = [
-        (f"Configuration: the same model shapes for every run ({_n(m.n_layer, 'layer')}, "
-        f"{_n(m.n_head, 'head')}, d_model {m.d_model}, d_ff {m.d_ff}, "
+        (f"Configuration: the same model shapes for every run ({plural(m.n_layer, 'layer')}, "
+        f"{plural(m.n_head, 'head')}, d_model {m.d_model}, d_ff {m.d_ff}, "
         f"trained context L = {m.block_size}); "
         f"the run configs differ only in {differ} (checked)."),
         data_line,
@@ -468,15 +469,10 @@ def held_equal(study: Study, vocab: int, prompt: str, verification: dict[str, An
         f"{'yes' if verification['shared_init_identical'] else 'NO'}."),
         eval_line,
     ]
-    if "sinusoidal" in study.encodings:
-        lines.append(
-            f"Sinusoidal strength: the table is added times a learned scalar that starts where "
-            f"the position signal's rms is {m.sinusoidal_ratio:g} x the token embeddings' rms "
-            "(Vaswani et al.'s ratio is about 0.7; x-transformers' ScaledSinusoidalEmbedding "
-            "also learns the scale).")
-    if "t5" in study.encodings:
-        lines.append(f"T5 buckets: {m.t5_num_buckets} buckets, max distance "
-                     f"{m.t5_max_distance} tokens.")
+    from .positional import REGISTRY
+
+    notes = (REGISTRY[name].settings_note(m) for name in REGISTRY if name in study.encodings)
+    lines += [note for note in notes if note]
     if not study.is_task and t.sample_tokens:
         lines.append(
             f"Sampling: prompt {prompt!r}, temperatures "
@@ -485,10 +481,6 @@ def held_equal(study: Study, vocab: int, prompt: str, verification: dict[str, An
     lines.append("Machine: the same device and thread count, one run at a time; the run order "
                  "rotates by one encoding per seed.")
     return lines
-
-
-def _n(k: int, word: str) -> str:
-    return f"{k} {word}{'' if k == 1 else 's'}"
 
 
 def default_prompt(data: Any) -> str:

@@ -16,7 +16,7 @@ import typing
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from .errors import ConfigError, arg
 
@@ -29,14 +29,25 @@ MAX_BLOCK = 1_048_576
 MAX_PARAMS = 20_000_000_000
 
 
+# the allowed values of the settings that have a fixed list; a field annotated with one of
+# these is checked against it and gets `--flag {a,b,...}` (see `choices`)
+Activation = Literal["gelu", "gelu_tanh"]
+Tokenizer = Literal["char", "word", "bpe"]
+Batching = Literal["stream", "documents"]
+Dtype = Literal["auto", "float32", "bfloat16"]
+Compile = Literal["off", "on", "auto"]
+Quantize = Literal["none", "int8"]  # sampling weights (`minigpt sample --quantize`)
+
+
 def setting(default: Any, help: str, *, metavar: str | None = None,
-            choices: tuple[str, ...] | None = None, default_text: str | None = None) -> Any:
-    """A config field with its help text: the one source for `--help`, choices and defaults.
+            default_text: str | None = None) -> Any:
+    """A config field with its help text: with its annotation, the one source for `--help`,
+    choices and defaults.
 
     `help` says what the setting does (with its unit); `default_text` replaces the shown
     default where the stored one is a placeholder (`d_ff` 0 means 4 x d_model).
     """
-    meta = {"help": help, "metavar": metavar, "choices": choices, "default_text": default_text}
+    meta = {"help": help, "metavar": metavar, "default_text": default_text}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -53,11 +64,12 @@ class ModelConfig:
     d_model: int = setting(128, "embedding width (channels per token)")
     d_ff: int = setting(0, "feed-forward width", default_text="4 x d_model")
     dropout: float = setting(0.0, "dropout probability in attention and MLP", metavar="P")
+    # any registered encoding (an open set: plug-ins add to it), so a str, not a Literal
     pos: str = setting("learned", "positional encoding", metavar="NAME")
     bias: bool = setting(True, "biases in linear layers and LayerNorms, as GPT-2")
     layer_norm_eps: float = setting(1e-5, "LayerNorm epsilon (GPT-2's value)")
-    activation: str = setting("gelu", "MLP activation: exact (erf) GELU, as nanoGPT, or "
-                              "gelu_tanh, GPT-2's 'gelu_new'", choices=("gelu", "gelu_tanh"))
+    activation: Activation = setting("gelu", "MLP activation: exact (erf) GELU, as nanoGPT, "
+                                     "or gelu_tanh, GPT-2's 'gelu_new'")
     rope_base: float = setting(10000.0, "rope only: rotation base (larger = slower rotation)")
     t5_num_buckets: int = setting(32, "t5 only: number of relative-distance buckets")
     t5_max_distance: int = setting(0, "t5 only: distance where the last bucket starts, in "
@@ -96,8 +108,7 @@ class ModelConfig:
                 f"pos: unknown positional encoding {self.pos!r}; choose one of "
                 f"{', '.join(REGISTRY)}."
             )
-        if self.pos == "rope" and (self.d_model // self.n_head) % 2:
-            raise ConfigError("pos 'rope' needs an even head size (d_model / n_head).")
+        REGISTRY[self.pos].check_config(self)  # what the encoding itself needs
         _check_choice(self, "activation")
         if self.t5_max_distance <= self.t5_num_buckets // 2:
             raise ConfigError("t5_max_distance must be larger than t5_num_buckets / 2.")
@@ -123,13 +134,13 @@ class TrainConfig:
 
     data: str = setting("shakespeare", "'shakespeare' (the embedded plays) or a UTF-8 .txt "
                         "file or directory of them", metavar="PATH")
-    tokenizer: str = setting("char", "char (one token per character), word or bpe (byte-level "
-                             "BPE trained on the data)", choices=("char", "word", "bpe"))
+    tokenizer: Tokenizer = setting("char", "char (one token per character), word or bpe "
+                                   "(byte-level BPE trained on the data)")
     vocab_size_bpe: int = setting(512, "bpe tokenizer: target vocabulary size, in tokens")
     min_freq: int = setting(1, "word tokenizer only: drop words seen fewer times")
     max_vocab: int = setting(20_000, "word tokenizer: keep at most this many words")
-    batching: str = setting("stream", "stream (random windows of the text) or documents (one "
-                            "padded speech per row)", choices=("stream", "documents"))
+    batching: Batching = setting("stream", "stream (random windows of the text) or documents "
+                                 "(one padded speech per row)")
     batch_size: int = setting(12, "sequences per micro-batch (per process)")
     grad_accum: int = setting(1, "micro-batches accumulated per optimizer step")
     max_steps: int = setting(2000, "optimizer steps to train for")
@@ -148,11 +159,11 @@ class TrainConfig:
     seed: int = setting(1337, "random seed for weights, batches and dropout")
     device: str = setting("auto", "auto (cuda, else mps, else cpu), cpu, cuda, cuda:N or mps",
                           metavar="DEVICE")
-    dtype: str = setting("auto", "auto (bf16 autocast on CUDA GPUs with bf16 and on CPUs with "
-                         "native bf16 instructions (AVX512-BF16/AMX), else float32), float32 "
-                         "or bfloat16", choices=("auto", "float32", "bfloat16"))
-    compile: str = setting("auto", "torch.compile the model; auto: only on CUDA for runs of "
-                           "1000+ steps", choices=("off", "on", "auto"))
+    dtype: Dtype = setting("auto", "auto (bf16 autocast on CUDA GPUs with bf16 and on CPUs "
+                           "with native bf16 instructions (AVX512-BF16/AMX), else float32), "
+                           "float32 or bfloat16")
+    compile: Compile = setting("auto", "torch.compile the model; auto: only on CUDA for runs "
+                               "of 1000+ steps")
     sample_temperatures: list[float] = setting([0.5, 0.8, 1.0], "temperatures of the samples "
                                                "printed after training", metavar="T,T,...")
     sample_tokens: int = setting(200, "tokens per sample after training; 0 for none")
@@ -357,7 +368,7 @@ def _coerce(cls_name: str, name: str, typ: Any, value: Any) -> Any:
     elif typ is float:
         if _is_number(value):
             return float(value)
-    elif typ is str:
+    elif typ is str or origin is Literal:  # a Literal's values are checked by __post_init__
         if isinstance(value, str):
             return value
     elif origin is list:
@@ -476,10 +487,12 @@ class _Encodings(Sequence[str]):
 
 
 def choices(cls: type, name: str) -> Sequence[str] | None:
-    """The allowed values of a string setting, or None if any value of its type goes."""
+    """The allowed values of a string setting (its Literal annotation, or the registered
+    encodings for `pos`), or None if any value of its type goes."""
     if cls is ModelConfig and name == "pos":
         return _Encodings()
-    return next(f.metadata.get("choices") for f in dataclasses.fields(cls) if f.name == name)
+    typ = field_types(cls)[name]
+    return typing.get_args(typ) if typing.get_origin(typ) is Literal else None
 
 
 def _check_choice(obj: Any, name: str) -> None:

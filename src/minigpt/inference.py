@@ -16,17 +16,18 @@ move to another device), so repeated `generate()` calls pay for the conversion o
 from __future__ import annotations
 
 import copy
+import typing
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import TrainConfig
+from .config import Dtype, Quantize, TrainConfig
 from .errors import MiniGPTError
 
-DTYPES = ("auto", "float32", "bfloat16")
-QUANTIZE = ("none", "int8")
+DTYPES = typing.get_args(Dtype)
+QUANTIZE = typing.get_args(Quantize)
 INT8_KERNEL = "torch._weight_int8pack_mm"
 INT8_FALLBACK = "dequantize + matmul"
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 import torch.nn as nn
 
-from .errors import MiniGPTError
+from .errors import ConfigError, MiniGPTError
 
 if TYPE_CHECKING:  # config looks encodings up here, so this module must not import it
     from .config import ModelConfig
@@ -92,6 +92,16 @@ class PositionalEncoding(nn.Module):
     def untrained(self, trained_len: int, eval_len: int) -> str | None:
         """Which of this encoding's parameters are used at `eval_len` tokens but never get a
         gradient in training at `trained_len` tokens (None when there are none)."""
+        return None
+
+    @classmethod
+    def check_config(cls, cfg: ModelConfig) -> None:
+        """Refuse, with a ConfigError, model settings this encoding cannot work with."""
+
+    @classmethod
+    def settings_note(cls, cfg: ModelConfig) -> str | None:
+        """A sentence naming this encoding's own settings, for the list of what a study held
+        equal (None: it has none worth naming)."""
         return None
 
 
@@ -183,6 +193,13 @@ class Sinusoidal(PositionalEncoding):
         p.fill_(self.initial_scale())
         return True
 
+    @classmethod
+    def settings_note(cls, cfg: ModelConfig) -> str | None:
+        return (f"Sinusoidal strength: the table is added times a learned scalar that starts "
+                f"where the position signal's rms is {cfg.sinusoidal_ratio:g} x the token "
+                "embeddings' rms (Vaswani et al.'s ratio is about 0.7; x-transformers' "
+                "ScaledSinusoidalEmbedding also learns the scale).")
+
     def prepare(self, n: int, device: torch.device) -> None:
         if n > self.pe.shape[0]:
             n = max(n, 2 * self.pe.shape[0])
@@ -215,6 +232,11 @@ class Rotary(PositionalEncoding):
     where = "rotates queries and keys"
     picture = "rotary"
     hf_architecture = "GPTNeoXForCausalLM"
+
+    @classmethod
+    def check_config(cls, cfg: ModelConfig) -> None:
+        if cfg.head_size % 2:
+            raise ConfigError("pos 'rope' needs an even head size (d_model / n_head).")
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__(cfg)
@@ -305,6 +327,11 @@ class T5Bias(PositionalEncoding):
 
     def bias_reach(self) -> int | None:
         return self.cfg.t5_max_distance
+
+    @classmethod
+    def settings_note(cls, cfg: ModelConfig) -> str | None:
+        return (f"T5 buckets: {cfg.t5_num_buckets} buckets, max distance "
+                f"{cfg.t5_max_distance} tokens.")
 
     def buckets_used(self, length: int) -> set[int]:
         """The buckets that the distances 0 .. length-1 fall into."""

@@ -26,6 +26,7 @@ import numpy as np
 
 from .files import atomic_write_text
 from .plots import save
+from .text import plural
 
 FLAT, STEEP, IMPROVES = 1.10, 2.0, 0.98
 NEAR_UNIGRAM = 0.9  # ppl at L at least this fraction of the unigram baseline: not learned
@@ -791,13 +792,9 @@ def _title(results: dict[str, Any]) -> str:
     seeds = len(study["seeds"])
     what = f"task {study['task']}" if _is_task(results) else "language modelling"
     return (f"minigpt compare, preset `{study['preset']}`, {what}: "
-            f"{_n(len(study['encodings']), 'encoding')} x {_n(seeds, 'seed')}, trained at "
+            f"{plural(len(study['encodings']), 'encoding')} x {plural(seeds, 'seed')}, trained at "
             f"L = {study['block_size']} tokens. Tables show mean ± sample std over seeds where "
             "there are several.")
-
-
-def _n(k: int, word: str) -> str:
-    return f"{k} {word}{'' if k == 1 else 's'}"
 
 
 def _definitions(results: dict[str, Any]) -> list[str]:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import typing
+
+from ..config import Dtype
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -14,7 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--vs", choices=["hf"], help="also run Hugging Face GPT2LMHeadModel")
     p.add_argument("--device", default="auto", metavar="DEVICE",
                    help="auto, cpu, cuda, cuda:N or mps (default: auto)")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+    p.add_argument("--dtype", default="auto", choices=typing.get_args(Dtype),
                    help="autocast dtype, as train --dtype (default: auto)")
     p.add_argument("--compile", default="off", choices=["off", "on"],
                    help="torch.compile the models (default: off)")

@@ -62,10 +62,10 @@ def add_config_flags(p: argparse.ArgumentParser, skip: set[str] = frozenset(),
             elif choices(cls, name) is not None and meta["metavar"]:
                 # listed only when help is shown: the encodings' registry imports torch
                 kw["help"] = f"{meta['help']}: %(choices)s (default: {default})"
-                g.add_argument(flag, type=typ, choices=choices(cls, name),
+                g.add_argument(flag, type=str, choices=choices(cls, name),
                                metavar=meta["metavar"], **kw)
             elif choices(cls, name) is not None:
-                g.add_argument(flag, type=typ, choices=choices(cls, name), **kw)
+                g.add_argument(flag, type=str, choices=choices(cls, name), **kw)
             else:
                 g.add_argument(flag, type=typ, metavar=meta["metavar"] or METAVARS[typ], **kw)
             if name == "tokenizer":

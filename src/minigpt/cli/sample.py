@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+import typing
+
+from ..config import Dtype, Quantize
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,11 +35,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-cache", action="store_true",
                    help="recompute the whole window for every token instead of using the "
                         "key/value cache (slower; for checking)")
-    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
+    p.add_argument("--dtype", choices=typing.get_args(Dtype), default="auto",
                    help="weights for sampling: auto (bfloat16 on CPUs with native bf16 and on "
                         "GPUs that support it, else float32), float32 (exact) or bfloat16 "
                         "(default: auto)")
-    p.add_argument("--quantize", choices=["none", "int8"], default="none",
+    p.add_argument("--quantize", choices=typing.get_args(Quantize), default="none",
                    help="int8: weight-only int8 linear layers with one scale per output "
                         "channel (about half the bytes of bf16 per token) (default: none)")
     p.set_defaults(handler=run)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..config import ModelConfig, choices
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -11,10 +13,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Draw a positional encoding (untrained from a preset, or from a "
                     "checkpoint) and, with --prompt, a checkpoint's attention maps; writes "
                     "PNGs into --out and prints their paths, one per line.")
-    p.add_argument("--pos", metavar="NAME",
-                   help="the positional encoding to draw (the names are in `minigpt train "
-                        "--help`); encodings drawn from trained values need --ckpt; taken from "
-                        "the checkpoint when omitted")
+    p.add_argument("--pos", metavar="NAME", choices=choices(ModelConfig, "pos"),
+                   help="the positional encoding to draw: %(choices)s; encodings drawn from "
+                        "trained values need --ckpt; taken from the checkpoint when omitted")
     p.add_argument("--ckpt", metavar="PATH", help="checkpoint directory of a trained model")
     p.add_argument("--out", metavar="PATH", required=True,
                    help="directory for the PNGs (created if missing)")

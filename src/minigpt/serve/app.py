@@ -123,59 +123,74 @@ def event_response(outbox: Outbox, job: Any) -> StreamingResponse:
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
+# --- the routes: each asks the app's engine (build_app puts it in app.state) -------------
+
+def _engine(request: Request) -> Engine:
+    return request.app.state.engine
+
+
+async def index(request: Request) -> Response:
+    return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-store"})
+
+
+async def models(request: Request) -> Response:
+    return JSONResponse(models_payload(_engine(request)))
+
+
+async def generate(request: Request) -> Response:
+    engine = _engine(request)
+    try:
+        req = engine.parse_request(await read_json(request))
+    except UnknownModel as e:
+        return error(str(e), 404)
+    except MiniGPTError as e:
+        return error(str(e))
+    outbox = Outbox(asyncio.get_running_loop())
+    try:
+        # in a worker thread: tokenizing a long prompt may take a while
+        job = await asyncio.to_thread(engine.start, req, outbox.put)
+    except Busy as e:
+        return error(str(e), 503)
+    except MiniGPTError as e:
+        return error(str(e))
+    return event_response(outbox, job)
+
+
+async def attention(request: Request) -> Response:
+    try:
+        body = await read_json(request)
+        return JSONResponse(await asyncio.to_thread(_engine(request).attention, body))
+    except MiniGPTError as e:
+        return error(str(e))
+
+
+async def viz_list(request: Request) -> Response:
+    try:
+        _, names, note = await asyncio.to_thread(_engine(request).viz,
+                                                 request.path_params["model"])
+    except MiniGPTError as e:
+        return error(str(e), 404)
+    return JSONResponse({"images": names, "note": note})
+
+
+async def viz_file(request: Request) -> Response:
+    try:
+        out, names, _ = await asyncio.to_thread(_engine(request).viz,
+                                                request.path_params["model"])
+    except MiniGPTError as e:
+        return error(str(e), 404)
+    name = request.path_params["png"]
+    if name not in names:  # only pictures viz drew: no paths from the browser
+        return error(f"no picture {name!r} for this model.", 404)
+    return FileResponse(out / name, media_type="image/png")
+
+
+async def stats(request: Request) -> Response:
+    return JSONResponse(_engine(request).stats.as_dict())
+
+
 def build_app(engine: Engine) -> Starlette:
-    async def index(request: Request) -> Response:
-        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-store"})
-
-    async def models(request: Request) -> Response:
-        return JSONResponse(models_payload(engine))
-
-    async def generate(request: Request) -> Response:
-        try:
-            req = engine.parse_request(await read_json(request))
-        except UnknownModel as e:
-            return error(str(e), 404)
-        except MiniGPTError as e:
-            return error(str(e))
-        outbox = Outbox(asyncio.get_running_loop())
-        try:
-            # in a worker thread: tokenizing a long prompt may take a while
-            job = await asyncio.to_thread(engine.start, req, outbox.put)
-        except Busy as e:
-            return error(str(e), 503)
-        except MiniGPTError as e:
-            return error(str(e))
-
-        return event_response(outbox, job)
-
-    async def attention(request: Request) -> Response:
-        try:
-            body = await read_json(request)
-            return JSONResponse(await asyncio.to_thread(engine.attention, body))
-        except MiniGPTError as e:
-            return error(str(e))
-
-    async def viz_list(request: Request) -> Response:
-        try:
-            _, names, note = await asyncio.to_thread(engine.viz, request.path_params["model"])
-        except MiniGPTError as e:
-            return error(str(e), 404)
-        return JSONResponse({"images": names, "note": note})
-
-    async def viz_file(request: Request) -> Response:
-        try:
-            out, names, _ = await asyncio.to_thread(engine.viz, request.path_params["model"])
-        except MiniGPTError as e:
-            return error(str(e), 404)
-        name = request.path_params["png"]
-        if name not in names:  # only pictures viz drew: no paths from the browser
-            return error(f"no picture {name!r} for this model.", 404)
-        return FileResponse(out / name, media_type="image/png")
-
-    async def stats(request: Request) -> Response:
-        return JSONResponse(engine.stats.as_dict())
-
-    return Starlette(routes=[
+    app = Starlette(routes=[
         Route("/", index),
         Route("/api/models", models),
         Route("/api/generate", generate, methods=["POST"]),
@@ -185,6 +200,8 @@ def build_app(engine: Engine) -> Starlette:
         Route("/api/stats", stats),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ])
+    app.state.engine = engine
+    return app
 
 
 class PlaygroundServer(uvicorn.Server):
