@@ -417,7 +417,7 @@ def test_one_encoding_summary_compares_nothing_with_itself():
     assert "A steady-state training step took 31.0 ms (median)." in text
     assert "31.0-31.0" not in text and "faster" not in text and "lowest" not in text
     assert "learned reaches a validation perplexity of 5.50" in text
-    from minigpt.compare import _n
+    from minigpt.text import plural
 
-    assert (_n(1, "encoding"), _n(2, "encoding"), _n(1, "run")) == \
+    assert (plural(1, "encoding"), plural(2, "encoding"), plural(1, "run")) == \
         ("1 encoding", "2 encodings", "1 run")

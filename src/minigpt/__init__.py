@@ -15,7 +15,7 @@ from .config import ModelConfig, RunConfig, TrainConfig, preset  # noqa: E402
 from .errors import MiniGPTError  # noqa: E402
 
 __all__ = ["ModelConfig", "RunConfig", "TrainConfig", "preset", "MiniGPTError", "GPT",
-           "train", "load", "generate", "sample_text", "prepare", "load_tokenizer"]
+           "train", "load", "generate", "sample_text", "stream_text", "prepare", "load_tokenizer"]
 
 
 def __getattr__(name: str):  # lazy: importing minigpt stays cheap
@@ -28,7 +28,7 @@ def __getattr__(name: str):  # lazy: importing minigpt stays cheap
     if name == "load":
         from .checkpoint import load
         return load
-    if name in ("generate", "sample_text"):
+    if name in ("generate", "sample_text", "stream_text"):
         from . import generation
         return getattr(generation, name)
     if name == "prepare":

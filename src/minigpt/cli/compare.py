@@ -53,9 +53,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..compare import STUDY_PRESETS, _n, is_main_process, make_study, run_study
-    from ..config import preset, preset_names
+    from ..compare import make_study, run_study
+    from ..config import STUDY_PRESETS, preset, preset_names
     from ..errors import ConfigError
+    from ..runtime import is_main_process
+    from ..text import plural
 
     say = print if is_main_process() else (lambda *a, **k: None)  # rank 0 speaks for a DDP job
 
@@ -72,9 +74,9 @@ def run(args: argparse.Namespace) -> int:
     runs = study.runs()
     what = "language modelling" if not study.is_task else f"task {study.task}"
     unit = "instance lengths" if study.is_task else "lengths"
-    say(f"minigpt compare ({what}): {_n(len(study.encodings), 'encoding')} "
-        f"({', '.join(study.encodings)}) x {_n(len(study.seeds), 'seed')} = "
-        f"{_n(len(runs), 'run')}, L = {study.block_size}, "
+    say(f"minigpt compare ({what}): {plural(len(study.encodings), 'encoding')} "
+        f"({', '.join(study.encodings)}) x {plural(len(study.seeds), 'seed')} = "
+        f"{plural(len(runs), 'run')}, L = {study.block_size}, "
         f"{unit} {', '.join(map(str, study.lengths))} -> {out}", flush=True)
     outcome = run_study(study, out, force=args.force, progress=not args.quiet,
                         log=lambda m: say(m, flush=True))
@@ -82,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
         return 130
     if not is_main_process():
         return 0
-    print(f"trained {len(outcome.trained)}, skipped {_n(len(outcome.skipped), 'finished run')}")
+    print(f"trained {len(outcome.trained)}, skipped {plural(len(outcome.skipped), 'finished run')}")
     print(outcome.results["summary"]["text"] if outcome.results else "")
     print(f"report: {out / 'report.html'} (also report.md, results.json, *.png)")
     return 0
