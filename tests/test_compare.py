@@ -417,3 +417,49 @@ def test_differences_are_called_only_beyond_the_noise() -> None:
                        "a", "b", "loss", 64)
     assert differs(_noise_results(seeds_a, [[3.0] * 5, [3.1] * 5, [2.9] * 5]),
                    "a", "b", "loss", 64)
+
+
+def test_our_validator_agrees_with_jsonschema(study: SimpleNamespace) -> None:
+    """The 25-line validator (kept so results.json is checked with no runtime dependency)
+    gives the verdict of the reference implementation, jsonschema's Draft 2020-12 validator,
+    on a real results.json and on every single-key deletion and wrong-typed value in it."""
+    import random
+
+    from jsonschema import Draft202012Validator
+
+    schema = results_schema.RESULTS_SCHEMA
+    Draft202012Validator.check_schema(schema)
+    reference = Draft202012Validator(schema)
+    results = json.loads((study.out / "results.json").read_text())
+
+    def paths(node, at=()):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                yield (*at, k)
+                yield from paths(v, (*at, k))
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                yield (*at, i)
+                yield from paths(v, (*at, i))
+
+    def mutated(path, change):
+        doc = json.loads(json.dumps(results))
+        parent = doc
+        for key in path[:-1]:
+            parent = parent[key]
+        change(parent, path[-1])
+        return doc
+
+    every = list(paths(results))
+    random.Random(0).shuffle(every)
+    cases = [results]
+    for path in every[:150]:
+        cases.append(mutated(path, lambda p, k: p.__setitem__(k, {"wrong": "type"})))
+        cases.append(mutated(path, lambda p, k: p.__setitem__(k, "text")))
+        if isinstance(path[-1], str):
+            cases.append(mutated(path, lambda p, k: p.pop(k)))
+    verdicts = [(not results_schema.validate(c, schema), reference.is_valid(c)) for c in cases]
+    assert verdicts[0] == (True, True)
+    assert all(ours == theirs for ours, theirs in verdicts), \
+        [i for i, (a, b) in enumerate(verdicts) if a != b][:5]
+    assert sum(not ours for ours, _ in verdicts) > 200  # most mutations are violations
