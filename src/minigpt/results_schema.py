@@ -3,9 +3,11 @@ uses (type, const, enum, required, properties, items), so the results are checke
 extra dependency. Why not the `jsonschema` package: it would add five runtime packages (one
 compiled) for these 25 lines, and its "number" admits NaN and infinity, which results.json
 must not hold. tests/test_compare.py checks that this validator gives jsonschema's Draft
-2020-12 verdict on a real results.json and hundreds of corrupted copies. Version 2: strided length evaluation with per-window losses, algorithmic
-tasks (exact-match accuracy by instance length), steady-state step times, and flags for
-parameters evaluated without ever having received a gradient.
+2020-12 verdict on a real results.json and hundreds of corrupted copies.
+
+Version 2: strided length evaluation with per-window losses, algorithmic tasks (exact-match
+accuracy by instance length), steady-state step times, and flags for parameters evaluated
+without ever having received a gradient.
 """
 
 from __future__ import annotations

@@ -69,7 +69,11 @@ def _rank() -> str:
     """'rank N: ' inside a multi-process (torchrun) job, so a failure names its process."""
     import os
 
-    return f"rank {os.environ['RANK']}: " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return ""  # alone: say nothing, and do not load torch just to find that out
+    from ..runtime import process_rank
+
+    return f"rank {process_rank()}: "
 
 
 def run() -> None:
