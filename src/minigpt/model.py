@@ -86,9 +86,9 @@ class CausalSelfAttention(nn.Module):
                           and (torch.is_grad_enabled() or ctx.cache is not None))
         if fp32_attention:
             # bf16 on a CPU: the matmuls gain, but the CPU flash-attention backward is several
-            # times slower in bf16 than in fp32, and so is one query against a cache (86 vs
-            # 16 us per layer at 6 heads x 128 keys), so attention runs in fp32 (the cache is
-            # kept in fp32 on CPUs, see new_cache)
+            # times slower in bf16 than in fp32, and so is one query against a cache (figures
+            # in docs/performance-sampling.md), so attention runs in fp32 (the cache is kept
+            # in fp32 on CPUs, see new_cache)
             q, k, v = q.float(), k.float(), v.float()
         with torch.autocast("cpu", enabled=False) if fp32_attention else nullcontext():
             if self.capture:

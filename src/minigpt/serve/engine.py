@@ -69,13 +69,13 @@ class Entry:
 
 def find_runs(study: str | Path) -> list[Path]:
     """The run directories of a `minigpt compare` output, in name order."""
-    d = Path(study)
-    if not d.is_dir():
-        raise MiniGPTError(f"study directory {d} does not exist.")
-    runs = sorted(p.parent for p in (d / "runs").glob("*/config.json"))
+    study_dir = Path(study)
+    if not study_dir.is_dir():
+        raise MiniGPTError(f"study directory {study_dir} does not exist.")
+    runs = sorted(p.parent for p in (study_dir / "runs").glob("*/config.json"))
     if not runs:
-        raise MiniGPTError(f"{d} holds no runs (no runs/*/config.json); give the --out directory "
-                           "of a `minigpt compare` study.")
+        raise MiniGPTError(f"{study_dir} holds no runs (no runs/*/config.json); give the --out "
+                           "directory of a `minigpt compare` study.")
     return runs
 
 
@@ -87,14 +87,14 @@ def load_entries(ckpts: list[str | Path], which: str = "last") -> list[Entry]:
     entries: list[Entry] = []
     names: set[str] = set()
     for ckpt in ckpts:
-        d = Path(ckpt)
-        model, tok, cfg, raw = load(d, which=which)
-        name = base = d.name or d.resolve().name or "model"
+        ckpt_dir = Path(ckpt)
+        model, tok, cfg, raw = load(ckpt_dir, which=which)
+        name = base = ckpt_dir.name or ckpt_dir.resolve().name or "model"
         n = 2
         while name in names:
             name, n = f"{base}-{n}", n + 1
         names.add(name)
-        vals = [float(r["val_loss"]) for r in read_metrics(d / "metrics.jsonl")
+        vals = [float(r["val_loss"]) for r in read_metrics(ckpt_dir / "metrics.jsonl")
                 if isinstance(r.get("val_loss"), (int, float))]
         if which == "best":
             finite = [v for v in vals if math.isfinite(v)]
@@ -102,7 +102,7 @@ def load_entries(ckpts: list[str | Path], which: str = "last") -> list[Entry]:
         else:
             val = vals[-1] if vals and math.isfinite(vals[-1]) else None
         step = raw.get("step") if isinstance(raw.get("step"), int) else None
-        entries.append(Entry(name, d, model, tok, cfg.model.pos, step, val, which))
+        entries.append(Entry(name, ckpt_dir, model, tok, cfg.model.pos, step, val, which))
     return entries
 
 
