@@ -378,6 +378,7 @@ def page(server: Server):
 
 def generate_in_page(page, prompt: str, temperature: float, n: int, seed: int = 0,
                      models: tuple[str, ...] = ("rope", "learned")) -> None:
+    page.click("#tab-btn-generate")  # the page is shared: a test before may have left a tab open
     for box in page.query_selector_all("#models input"):
         box.set_checked(box.get_attribute("value") in models)
     page.fill("#prompt", prompt)
@@ -485,6 +486,7 @@ def test_encoding_tab_and_errors_in_page(page) -> None:
 
 def test_stop_button_cancels_on_the_server(page, server: Server) -> None:
     before = server.get("/api/stats")[1]
+    page.click("#tab-btn-generate")  # the attention test may have run just before, on this page
     for box in page.query_selector_all("#models input"):
         box.set_checked(box.get_attribute("value") == "rope")
     page.fill("#max_new_tokens", str(CAP))

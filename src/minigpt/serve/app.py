@@ -164,10 +164,14 @@ async def attention(request: Request) -> Response:
         return error(str(e))
 
 
+async def _pictures(request: Request) -> tuple[Path, list[str], str]:
+    """The model's `viz` pictures (drawn once, in a worker thread): (dir, names, note)."""
+    return await asyncio.to_thread(_engine(request).viz, request.path_params["model"])
+
+
 async def viz_list(request: Request) -> Response:
     try:
-        _, names, note = await asyncio.to_thread(_engine(request).viz,
-                                                 request.path_params["model"])
+        _, names, note = await _pictures(request)
     except MiniGPTError as e:
         return error(str(e), 404)
     return JSONResponse({"images": names, "note": note})
@@ -175,8 +179,7 @@ async def viz_list(request: Request) -> Response:
 
 async def viz_file(request: Request) -> Response:
     try:
-        out, names, _ = await asyncio.to_thread(_engine(request).viz,
-                                                request.path_params["model"])
+        out, names, _ = await _pictures(request)
     except MiniGPTError as e:
         return error(str(e), 404)
     name = request.path_params["png"]
