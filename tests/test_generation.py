@@ -129,6 +129,18 @@ def test_stream_text_checks_everything_before_the_first_piece():
             stream_text(model, tok, "abc", **bad)  # raises on the call, not on iteration
 
 
+def test_a_decoding_checks_when_built_and_runs_once():
+    from minigpt.generation import Decoding
+
+    model, _ = _model_and_tok()
+    with pytest.raises(MiniGPTError, match="top_p"):
+        Decoding(model, torch.tensor([[1, 2]]), 5, top_p=0)
+    steps = Decoding(model, torch.tensor([[1, 2]]), 5, temperature=0)
+    assert len([nxt for nxt, _ in steps]) == 5 and steps.ids.shape == (1, 7)
+    with pytest.raises(RuntimeError, match="runs once"):
+        next(iter(steps))
+
+
 def test_generation_leaves_the_callers_training_mode_alone():
     model, tok = _model_and_tok()
     model.train()

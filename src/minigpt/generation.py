@@ -69,7 +69,7 @@ class Decoding:
     filters); `ids` is the sequence so far, (B, T).
 
     The settings are checked and the weights chosen when it is built, so a mistake is
-    reported before any output; nothing is computed until it is iterated.
+    reported before any output; nothing is computed until it is iterated, and it runs once.
 
     The model sees at most its last `window` tokens (default: everything for an encoding
     that extrapolates, block_size for one that cannot); when the window is full the cache is
@@ -93,9 +93,13 @@ class Decoding:
         self.max_new_tokens, self.use_cache = max_new_tokens, use_cache
         self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
         self.generator = generator
+        self.started = False
 
     @torch.no_grad()
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if self.started:  # going on from where it stopped would silently extend the sequence
+            raise RuntimeError("a Decoding runs once; build a new one to generate again.")
+        self.started = True
         model, window = self.model, self.window
         was_training = model.training
         model.eval()
