@@ -225,6 +225,26 @@ def test_choice_settings_take_their_values_from_their_literal_type():
     assert sorted(seen) == ["activation", "batching", "compile", "dtype", "tokenizer"]
 
 
+def test_tokens_per_second_counts_the_tokens_fed_not_padded_rows(tmp_path):
+    """With --batching documents a row is only as long as the longest example in its batch:
+    tokens/s counts those positions, not batch_size x block_size, and the header says the
+    step's size is a ceiling."""
+    from minigpt.training import load_dataset
+
+    corpus = tmp_path / "short.txt"
+    corpus.write_text("\n\n".join(("to be or not " * 3)[: 6 + 5 * (i % 5)] for i in range(400))
+                      + "\n", encoding="utf-8")
+    cfg = tiny_config(corpus, {"block_size": 64}, {"batching": "documents", "max_steps": 4})
+    lines = []
+    res = train(cfg, tmp_path / "run", progress=False, log=lines.append)
+    data = load_dataset(cfg)
+    fed = sum(data.batch("train", step=s, micro=0, batch_size=4, block_size=64,
+                         seed=cfg.train.seed, mode="documents")[0].numel() for s in range(4))
+    assert fed < 4 * 4 * 64 / 2  # the examples are short: rows of at most 27 positions
+    assert res.tokens_per_s * res.elapsed == pytest.approx(fed, rel=1e-9)
+    assert "at most 256 tokens per step (4 x rows of up to 64 x 1 accumulation)" in lines[0]
+
+
 def test_merge_config_validation_names_the_field():
     with pytest.raises(MiniGPTError, match="d_model"):
         merge(preset("tiny"), {"d_model": 30, "n_head": 4}, None)

@@ -254,11 +254,7 @@ class RunState:
     last_val: float = math.nan
     saved_step: int | None = None  # the step of the checkpoint on disk; None before the first
     history: list[Row] = field(default_factory=list)
-
-    @property
-    def tokens_per_step(self) -> int:
-        tc = self.cfg.train
-        return tc.batch_size * self.cfg.model.block_size * tc.grad_accum * self.ranks.world
+    tokens: int = 0  # token positions this process's steps fed the model, all ranks, padding in
 
     @property
     def extra(self) -> dict[str, Any] | None:
@@ -390,6 +386,9 @@ def train_step(state: RunState) -> tuple[float, torch.Tensor, torch.Tensor]:
         x, y = state.data.batch("train", step=state.step, micro=micro, batch_size=tc.batch_size,
                                 block_size=cfg.model.block_size, seed=tc.seed, mode=tc.batching,
                                 rank=ranks.rank, world=ranks.world)
+        # (B, L) rows of text, or (B, longest example) rows with --batching documents; under
+        # DDP every rank is counted as this one (document rows differ a little in length)
+        state.tokens += x.numel() * ranks.world
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         sync = not ranks.enabled or micro == tc.grad_accum - 1  # DDP: all-reduce once
         with state.train_model.no_sync() if not sync else contextlib.nullcontext():
@@ -468,10 +467,9 @@ def save_checkpoint(state: RunState, val: float | None, stop: _StopFlag,
 class _Clock:
     """Wall time of this process's training, for tokens/s and the `elapsed` column."""
 
-    step_last: int
     t_start: float = field(default_factory=time.perf_counter)
     t_last: float = 0.0
-    steps_run: int = 0
+    tokens_last: int = 0  # state.tokens at the last logged step
 
     def __post_init__(self) -> None:
         self.t_last = self.t_start
@@ -481,8 +479,8 @@ def train_row(state: RunState, clock: _Clock, lr: float, loss_sum: torch.Tensor,
               grad_norm: torch.Tensor) -> Row:
     """The metrics row of a logged step; tokens/s is measured since the last logged step."""
     now = time.perf_counter()
-    tps = state.tokens_per_step * (state.step - clock.step_last) / max(now - clock.t_last, 1e-9)
-    clock.t_last, clock.step_last = now, state.step
+    tps = (state.tokens - clock.tokens_last) / max(now - clock.t_last, 1e-9)
+    clock.t_last, clock.tokens_last = now, state.tokens
     return {"step": state.step, "train_loss": float(loss_sum) / state.cfg.train.grad_accum,
             "lr": lr, "grad_norm": float(grad_norm), "tokens_per_s": tps,
             "elapsed": now - clock.t_start}
@@ -506,14 +504,13 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, until: int |
     stop_at = min(tc.max_steps, until) if until is not None else tc.max_steps
     sink = MetricsSink(state.out, state.step, tc.max_steps, state.history,
                        main=state.ranks.main, progress=progress)
-    clock = _Clock(step_last=state.step)
+    clock = _Clock()
     interrupted = None
     state.model.train()
     try:
         with _StopFlag() as stop:
             while state.step < stop_at:
                 lr, loss_sum, grad_norm = train_step(state)
-                clock.steps_run += 1
                 if state.step % tc.log_interval == 0 or state.step == stop_at:
                     sink.log(train_row(state, clock, lr, loss_sum, grad_norm))
                 sink.console.update(state.step)
@@ -552,7 +549,7 @@ def finish(state: RunState, clock: _Clock, interrupted: str | None, log: Log) ->
     model = state.model
     return TrainResult(out=out, step=step, best_val_loss=state.best_val,
                        final_val_loss=state.last_val, elapsed=elapsed,
-                       tokens_per_s=state.tokens_per_step * clock.steps_run / max(elapsed, 1e-9),
+                       tokens_per_s=state.tokens / max(elapsed, 1e-9),
                        interrupted=bool(interrupted), params=model.num_params(),
                        pos_params=model.pos.num_params(), peak_mem_mb=peak, history=state.history)
 
@@ -563,7 +560,9 @@ def header(cfg: RunConfig, model: GPT, device: torch.device, amp: torch.dtype | 
     tc, L = cfg.train, cfg.model.block_size
     dtype = "bfloat16 autocast" if amp == torch.bfloat16 else "float32"
     procs = f" x {world} processes" if world > 1 else ""
+    most, rows = ("at most ", f"rows of up to {L}") if tc.batching == "documents" \
+        else ("", f"{L} tokens")
     return (f"vocabulary {cfg.model.vocab_size} ({tokenizer}); {model.num_params():,} "
             f"parameters ({model.pos.num_params():,} positional); device {device}, {dtype}; "
-            f"{tc.batch_size * L * tc.grad_accum * world:,} tokens per step ({tc.batch_size} "
-            f"x {L} tokens x {tc.grad_accum} accumulation{procs})")
+            f"{most}{tc.batch_size * L * tc.grad_accum * world:,} tokens per step "
+            f"({tc.batch_size} x {rows} x {tc.grad_accum} accumulation{procs})")
