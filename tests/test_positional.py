@@ -200,3 +200,46 @@ def test_untrained_t5_buckets_really_get_no_gradient():
     loss.backward()
     grad_rows = model.pos.rel_bias.weight.grad.abs().sum(1)  # (buckets,)
     assert (grad_rows[:27] > 0).all() and (grad_rows[27:] == 0).all()
+
+
+def test_a_sinusoidal_checkpoint_from_before_the_learned_scale_still_loads(corpus, tmp_path):
+    """A checkpoint written before `pos.scale` existed (no scale tensor, no sinusoidal_ratio in
+    its config) loads with the scale that reproduces it, 1/sqrt(d_model), for sampling and as
+    an --init-from source; a current checkpoint missing the tensor is still refused."""
+    import json
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from conftest import run_cli, tiny_config
+    from minigpt.checkpoint import load
+    from minigpt.errors import CheckpointError
+    from minigpt.positional import sinusoid_table
+    from minigpt.training import train
+
+    new = tmp_path / "new"
+    train(tiny_config(corpus, {"pos": "sinusoidal"}), new, progress=False)
+    old, broken = tmp_path / "old", tmp_path / "broken"
+    for d, drop_ratio in ((old, True), (broken, False)):
+        shutil.copytree(new, d)
+        for name in ("model.safetensors", "best.safetensors"):
+            tensors = load_file(d / name)
+            del tensors["pos.scale"]
+            save_file(tensors, d / name, metadata={"format": "pt"})
+        raw = json.loads((d / "config.json").read_text())
+        if drop_ratio:
+            del raw["model"]["sinusoidal_ratio"]
+        (d / "config.json").write_text(json.dumps(raw))
+    model, _, cfg, _ = load(old)
+    d_model = cfg.model.d_model
+    assert model.pos.scale.item() == pytest.approx(d_model ** -0.5, rel=1e-7)
+    x, pos = torch.zeros(1, 5, d_model), torch.arange(5)
+    expected = sinusoid_table(pos, d_model) * d_model ** -0.5  # the old code's embed
+    assert torch.allclose(model.pos.embed(x, pos)[0], expected, atol=1e-7)
+    with pytest.raises(CheckpointError, match="missing tensor"):
+        load(broken)
+    r = run_cli("sample", "--ckpt", old, "--max-new-tokens", "5", "--temperature", "0")
+    assert r.returncode == 0, r.stderr
+    r = run_cli("train", "--init-from", old, "--data", corpus, "--out", tmp_path / "ft",
+                "--max-steps", "1", "--quiet", "--sample-tokens", "0")
+    assert r.returncode == 0, r.stderr

@@ -28,6 +28,7 @@ from .config import RunConfig
 from .errors import CheckpointError, ConfigError, MiniGPTError, arg
 from .files import StagedFiles, atomic_write_bytes, remove_stale_temps
 from .model import GPT
+from .positional import REGISTRY
 from .tokenizers import Tokenizer, load_tokenizer
 
 FORMAT = "minigpt-checkpoint"
@@ -325,7 +326,18 @@ def check_weights(ckpt_dir: Path, cfg: RunConfig, which: str = "last") -> None:
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"{wpath} is corrupt or truncated ({e.__class__.__name__})."
                               ) from None
-    _check_tensors(shapes, expected_shapes(cfg), wpath)
+    _, raw = read_config(ckpt_dir)
+    legacy = legacy_tensors(cfg, raw, shapes)
+    _check_tensors({**shapes, **{k: tuple(v.shape) for k, v in legacy.items()}},
+                   expected_shapes(cfg), wpath)
+
+
+def legacy_tensors(cfg: RunConfig, raw: dict[str, Any], found: Any) -> dict[str, torch.Tensor]:
+    """The tensors that a checkpoint written by an older minigpt lacks (not in `found`), with
+    the values that make its model compute what it computed then; its encoding knows which."""
+    saved = raw.get("model") if isinstance(raw.get("model"), dict) else {}
+    state = REGISTRY[cfg.model.pos].legacy_state(cfg.model, saved)
+    return {f"pos.{k}": v for k, v in state.items() if f"pos.{k}" not in found}
 
 
 def load(ckpt: str | Path, which: str = "last", device: str | torch.device = "cpu"
@@ -342,8 +354,10 @@ def load(ckpt: str | Path, which: str = "last", device: str | torch.device = "cp
         with safe_open(str(wpath), "pt") as f:  # header only: names and shapes
             names = list(f.keys())
             shapes = {k: tuple(f.get_slice(k).get_shape()) for k in names}
-            _check_tensors(shapes, want, wpath)
-            tensors = {k: f.get_tensor(k) for k in names}
+            legacy = legacy_tensors(cfg, raw, shapes)
+            _check_tensors({**shapes, **{k: tuple(v.shape) for k, v in legacy.items()}}, want,
+                           wpath)
+            tensors = {k: f.get_tensor(k) for k in names} | legacy
     except (SafetensorError, OSError) as e:
         why = str(e).splitlines()[0][:120] if str(e) else e.__class__.__name__
         raise CheckpointError(f"{wpath} is corrupt or truncated ({why}).") from None

@@ -99,6 +99,12 @@ class PositionalEncoding(nn.Module):
         """Refuse, with a ConfigError, model settings this encoding cannot work with."""
 
     @classmethod
+    def legacy_state(cls, cfg: ModelConfig, saved: dict) -> dict[str, torch.Tensor]:
+        """Values for parameters this encoding gained after a checkpoint was written (`saved`
+        is its config.json model section) that make it compute what it computed then."""
+        return {}
+
+    @classmethod
     def settings_note(cls, cfg: ModelConfig) -> str | None:
         """A sentence naming this encoding's own settings, for the list of what a study held
         equal (None: it has none worth naming)."""
@@ -192,6 +198,13 @@ class Sinusoidal(PositionalEncoding):
     def init_parameter(self, name: str, p: torch.Tensor) -> bool:
         p.fill_(self.initial_scale())
         return True
+
+    @classmethod
+    def legacy_state(cls, cfg: ModelConfig, saved: dict) -> dict[str, torch.Tensor]:
+        if "sinusoidal_ratio" in saved:
+            return {}
+        # written before the learned scale: the table was added times 1/sqrt(d_model)
+        return {"scale": torch.tensor(cfg.d_model ** -0.5)}
 
     @classmethod
     def settings_note(cls, cfg: ModelConfig) -> str | None:
