@@ -326,10 +326,17 @@ def check_weights(ckpt_dir: Path, cfg: RunConfig, which: str = "last") -> None:
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"{wpath} is corrupt or truncated ({e.__class__.__name__})."
                               ) from None
-    _, raw = read_config(ckpt_dir)
+    _check_header(shapes, cfg, read_config(ckpt_dir)[1], wpath)
+
+
+def _check_header(shapes: dict[str, tuple[int, ...]], cfg: RunConfig, raw: dict[str, Any],
+                  path: Path) -> dict[str, torch.Tensor]:
+    """Check a weights file's tensor names and shapes against `cfg`, counting the tensors an
+    older checkpoint lacks as present; return those (`legacy_tensors`)."""
     legacy = legacy_tensors(cfg, raw, shapes)
     _check_tensors({**shapes, **{k: tuple(v.shape) for k, v in legacy.items()}},
-                   expected_shapes(cfg), wpath)
+                   expected_shapes(cfg), path)
+    return legacy
 
 
 def legacy_tensors(cfg: RunConfig, raw: dict[str, Any], found: Any) -> dict[str, torch.Tensor]:
@@ -349,14 +356,11 @@ def load(ckpt: str | Path, which: str = "last", device: str | torch.device = "cp
         raise MiniGPTError(f"which must be one of {', '.join(WEIGHT_FILES)}, got {which!r}.")
     wpath = weights_path(ckpt_dir, which)
     tok = load_tokenizer_for(ckpt_dir, cfg)
-    want = expected_shapes(cfg)
     try:
         with safe_open(str(wpath), "pt") as f:  # header only: names and shapes
             names = list(f.keys())
             shapes = {k: tuple(f.get_slice(k).get_shape()) for k in names}
-            legacy = legacy_tensors(cfg, raw, shapes)
-            _check_tensors({**shapes, **{k: tuple(v.shape) for k, v in legacy.items()}}, want,
-                           wpath)
+            legacy = _check_header(shapes, cfg, raw, wpath)
             tensors = {k: f.get_tensor(k) for k in names} | legacy
     except (SafetensorError, OSError) as e:
         why = str(e).splitlines()[0][:120] if str(e) else e.__class__.__name__
