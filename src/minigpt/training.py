@@ -502,13 +502,13 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, until: int |
                       progress=progress, log=log)
     tc = state.cfg.train
     stop_at = min(tc.max_steps, until) if until is not None else tc.max_steps
-    sink = MetricsSink(state.out, state.step, tc.max_steps, state.history,
-                       main=state.ranks.main, progress=progress)
-    clock = _Clock()
-    interrupted = None
-    state.model.train()
+    interrupted, sink = None, None
     try:
-        with _StopFlag() as stop:
+        with _StopFlag() as stop:  # before metrics.jsonl appears: any signal from then on stops
+            sink = MetricsSink(state.out, state.step, tc.max_steps, state.history,
+                               main=state.ranks.main, progress=progress)
+            clock = _Clock()
+            state.model.train()
             while state.step < stop_at:
                 lr, loss_sum, grad_norm = train_step(state)
                 if state.step % tc.log_interval == 0 or state.step == stop_at:
@@ -523,13 +523,15 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, until: int |
                     break
     except KeyboardInterrupt:
         if state.ranks.main:
-            sink.console.close()
+            if sink is not None:
+                sink.console.close()
             kept = (f"the checkpoint of step {state.saved_step} is kept" if state.saved_step
                     else "no checkpoint was saved yet")
             log(f"stopped at once at step {state.step}; {kept}.")
         raise
     finally:
-        sink.close()
+        if sink is not None:
+            sink.close()
     return finish(state, clock, interrupted, log)
 
 
