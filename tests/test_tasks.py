@@ -46,6 +46,44 @@ def test_instances_say_what_the_docs_say() -> None:
         tasks.get_task("sort")
 
 
+def test_recall_instances_look_up_one_of_their_distinct_keys() -> None:
+    rng, task = random.Random(0), tasks.get_task("recall")
+    for n in (1, 5, 40):
+        prompt, answer = task.instance(rng, n)
+        pairs, query = prompt.split("|")
+        keys = [pairs[i: i + 3] for i in range(0, len(pairs), 4)]
+        values = [pairs[i + 3] for i in range(0, len(pairs), 4)]
+        assert len(keys) == len(set(keys)) == n and set("".join(keys)) <= set(tasks.LETTERS)
+        assert answer == values[keys.index(query)] and answer in tasks.DIGITS
+        assert len(prompt) + len(answer) + 1 == task.example_tokens(n)
+    assert task.max_train_length(64) == 14 and task.chance == 0.1
+    assert tasks.test_lengths(task, 64) == [7, 14, 21, 28, 42, 56]
+    with pytest.raises(ConfigError, match="at most 1000"):
+        tasks.test_lengths(task, 64, "1001")
+
+
+def test_a_task_at_chance_is_not_learned() -> None:
+    """'Did not learn' means no better than guessing: 0 for copy, within two binomial standard
+    deviations of 0.1 for recall (200 instances: under 0.142)."""
+    from minigpt.report import summarize
+
+    def summary(task: str, accs: dict[int, float]) -> str:
+        agg = {"pos": "alibi", "extrapolates": True, "pos_params": {"mean": 0.0},
+               "step_time_ms": {"mean": 30.0, "std": 0.0, "n": 1},
+               "accuracy": [{"length": n, "accuracy": {"mean": a, "std": None, "n": 1}}
+                            for n, a in accs.items()]}
+        return summarize({"study": {"task": task, "block_size": 64, "lengths": list(accs),
+                                    "seeds": [1], "task_instances": 200},
+                          "runs": [{"task_accuracy": {"max_train_length": 14}}],
+                          "aggregates": [agg]})["text"]
+
+    assert "No encoding learned the task within this training budget (no better than " \
+           "guessing, 0.1," in summary("recall", {7: 0.13, 14: 0.09, 28: 0.1})
+    assert "learned" not in summary("recall", {7: 0.16, 14: 0.09, 28: 0.1})
+    assert "(0 at every tested length" in summary("copy", {7: 0.0, 14: 0.0, 28: 0.0})
+    assert "learned" not in summary("copy", {7: 0.005, 14: 0.0, 28: 0.0})
+
+
 def test_batches_are_pure_held_out_and_score_the_answer_only() -> None:
     data = tasks.TaskDataset.build("copy", 32)
     kw = dict(micro=0, batch_size=64, block_size=32, seed=3)

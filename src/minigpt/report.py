@@ -291,6 +291,15 @@ def _acc_at(agg: dict[str, Any], n: int) -> float | None:
     return next((r["accuracy"]["mean"] for r in agg["accuracy"] if r["length"] == n), None)
 
 
+def _guessing(task: str, instances: int) -> tuple[float, float]:
+    """The task's chance accuracy, and the accuracy a guesser stays under: chance plus two
+    binomial standard deviations over `instances` (0 for tasks nobody guesses)."""
+    from .tasks import get_task
+
+    p = get_task(task).chance
+    return p, p + 2 * math.sqrt(p * (1 - p) / max(instances, 1))
+
+
 def _summarize_task(results: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
     study, aggs = results["study"], results["aggregates"]
     run0 = results["runs"][0]["task_accuracy"]
@@ -300,14 +309,19 @@ def _summarize_task(results: dict[str, Any]) -> tuple[list[str], dict[str, Any]]
              f"tokens), tested on {study['task_instances']} held-out instances per length."]
     inside = [n for n in study["lengths"] if n <= nmax]
     outside = [n for n in study["lengths"] if n > nmax]
-    unlearned = [a["pos"] for a in aggs if inside and all(_acc_at(a, n) == 0 for n in inside)]
+    chance, bar = _guessing(task, study["task_instances"])
+    unlearned = [a["pos"] for a in aggs
+                 if inside and all((v := _acc_at(a, n)) is not None and v <= bar for n in inside)]
     findings["not_learned"] = unlearned
     if unlearned:
         who = ("No encoding learned" if len(unlearned) == len(aggs)
                else f"{_join(unlearned)} did not learn")
-        parts.append(f"{who} the task within this training "
-                     "budget (0 at every tested length up to the longest trained), so "
-                     f"{'their' if len(unlearned) > 1 else 'its'} zeros past it say nothing "
+        how = ("0 at every tested length up to the longest trained" if chance == 0 else
+               f"no better than guessing, {chance:g}, beyond two binomial standard deviations "
+               "at any tested length up to the longest trained")
+        low = "zeros" if chance == 0 else "scores"
+        parts.append(f"{who} the task within this training budget ({how}), so "
+                     f"{'their' if len(unlearned) > 1 else 'its'} {low} past it say nothing "
                      "about length generalization.")
     for n in ([max(inside)] if inside else []) + outside:
         scores = sorted(((a["pos"], _acc_at(a, n)) for a in aggs if _acc_at(a, n) is not None),
@@ -749,10 +763,12 @@ TASK_DEFINITIONS = [
     "(checked in one teacher-forced pass: at every answer position the most likely next "
     "token, given the right answer so far, is the right one). The 95% interval is Wilson's "
     "score interval for a proportion."),
-    ("Instance length is the string length (copy, reverse) or the number of digits of each "
-    "operand (add); training draws lengths from 1 to the longest whose whole example fits in L "
-    "tokens. Test instances are held out: their prompts hash to a reserved residue that "
-    "training never draws (Kazemnejad et al. 2023; Delétang et al. 2023; Zhou et al. 2024)."),
+    ("Instance length is {length_is}; training draws lengths from 1 to the longest whose "
+    "whole example fits in L tokens. Test instances are held out: their prompts hash to a "
+    "reserved residue that training never draws (Kazemnejad et al. 2023; Delétang et al. "
+    "2023; Zhou et al. 2024). An encoding has learned the task when it beats guessing "
+    "(accuracy {chance:g}) by more than two binomial standard deviations at some tested "
+    "length up to the longest trained."),
     *DEFINITIONS[2:5],
     DEFINITIONS[-1],
 ]
@@ -798,7 +814,13 @@ def _title(results: dict[str, Any]) -> str:
 
 
 def _definitions(results: dict[str, Any]) -> list[str]:
-    return TASK_DEFINITIONS if _is_task(results) else DEFINITIONS
+    if not _is_task(results):
+        return DEFINITIONS
+    from .tasks import get_task
+
+    task = get_task(results["study"]["task"])
+    return [d.format(length_is=task.length_is, chance=task.chance) if "{" in d else d
+            for d in TASK_DEFINITIONS]
 
 
 def render_markdown(results: dict[str, Any]) -> str:

@@ -11,8 +11,12 @@ exact match. Instances are generated on the fly from a seed (no files):
     add      a+b=c.        n-digit numbers, every number written least-significant digit
                            first (the order in which carries are produced, Zhou et al. 2024);
                            c has n + 1 digits
+    recall   k1v1...|k v.  n key-value pairs (distinct three-letter keys, one-digit values),
+                           then one of the keys: its value (associative recall, Ba et al.
+                           2016; the multi-query form is Arora et al. 2023's MQAR)
 
-The instance length n is the string length (copy, reverse) or the digit count (add). Training
+The instance length n is the string length (copy, reverse), the digit count (add) or the
+number of pairs (recall). Training
 draws n uniformly from 1 to the longest n whose whole example fits in L tokens; tests use
 longer n up to 4x that. Training batches hold one example per row, right-padded, with the
 loss on the answer and the final "." only. A test instance counts as correct when greedy
@@ -50,6 +54,9 @@ class Task:
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
+    length_is: ClassVar[str] = ""  # what the instance length n counts
+    chance: ClassVar[float] = 0.0  # the exact-match accuracy of guessing the answer
+    longest: ClassVar[int] = 100_000  # the longest instance the task can generate
 
     def instance(self, rng: random.Random, n: int) -> tuple[str, str]:
         raise NotImplementedError
@@ -69,6 +76,7 @@ class Task:
 class Copy(Task):
     name = "copy"
     description = "a random string over 10 letters, '|', the same string again"
+    length_is = "the string length"
 
     def instance(self, rng: random.Random, n: int) -> tuple[str, str]:
         s = "".join(rng.choice(LETTERS) for _ in range(n))
@@ -91,6 +99,7 @@ class Add(Task):
     name = "add"
     description = ("a + b = c with n-digit numbers, every number written least-significant "
                    "digit first, c with n + 1 digits")
+    length_is = "the number of digits of each operand"
 
     def instance(self, rng: random.Random, n: int) -> tuple[str, str]:
         a = [rng.randrange(10) for _ in range(n)]  # least-significant digit first
@@ -108,7 +117,26 @@ class Add(Task):
         return 3 * n + 4
 
 
-TASKS: dict[str, type[Task]] = {t.name: t for t in (Copy, Reverse, Add)}
+class Recall(Task):
+    name = "recall"
+    description = ("key-value pairs (distinct three-letter keys, one-digit values), '|', one of "
+                   "the keys: answer its value")
+    length_is = "the number of key-value pairs"
+    chance = 0.1  # ten digits
+    longest = len(LETTERS) ** 3  # distinct keys
+
+    def instance(self, rng: random.Random, n: int) -> tuple[str, str]:
+        keys = [LETTERS[k // 100] + LETTERS[k // 10 % 10] + LETTERS[k % 10]
+                for k in rng.sample(range(self.longest), n)]
+        values = [rng.choice(DIGITS) for _ in range(n)]
+        q = rng.randrange(n)
+        return "".join(k + v for k, v in zip(keys, values)) + SEP + keys[q], values[q]
+
+    def example_tokens(self, n: int) -> int:
+        return 4 * n + 6
+
+
+TASKS: dict[str, type[Task]] = {t.name: t for t in (Copy, Reverse, Add, Recall)}
 LM = "lm"  # the language-modelling study (no algorithmic task)
 
 
@@ -150,6 +178,9 @@ def test_lengths(task: Task, L: int, spec: str | None = None) -> list[int]:
             raise ConfigError(f"--lengths: {item!r} is neither a multiple of the longest "
                               f"trained instance ({nmax}) like 2x nor a positive instance "
                               "length.") from None
+        if n > task.longest:
+            raise ConfigError(f"--lengths: {task.name} instances have at most {task.longest} "
+                              f"({task.length_is}), not {n}.")
         out.add(n)
     return sorted(out)
 

@@ -14,7 +14,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Train one model per positional encoding (and seed) on the same task with "
                     "everything else held equal, then measure them at and past the trained "
                     "length: perplexity on text (--task lm, with samples), or exact-match "
-                    "accuracy on an algorithmic task (--task copy|reverse|add). Writes "
+                    "accuracy on an algorithmic task (--task copy|reverse|add|recall). Writes "
                     "results.json, report.md, report.html and plots into --out. Re-running "
                     "skips finished runs and resumes an interrupted one.")
     p.add_argument("--pos", metavar="A,B,...",
@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "trained instance (default 0.5x,1x,1.5x,2x,3x,4x) or counts such as 8,16")
     p.add_argument("--task", default="lm", metavar="NAME",
                    help="what the models learn: lm (language modelling on --data, default) or "
-                        "an algorithmic task scored by exact match: copy, reverse, add")
+                        "an algorithmic task scored by exact match: copy, reverse, add, recall")
     p.add_argument("--eval-tokens", type=int, metavar="N",
                    help="lm: validation targets scored at every length (default: quick 8192, "
                         "full 32768)")
