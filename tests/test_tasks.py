@@ -82,6 +82,11 @@ def test_a_task_at_chance_is_not_learned() -> None:
     assert "learned" not in summary("recall", {7: 0.16, 14: 0.09, 28: 0.1})
     assert "(0 at every tested length" in summary("copy", {7: 0.0, 14: 0.0, 28: 0.0})
     assert "learned" not in summary("copy", {7: 0.005, 14: 0.0, 28: 0.0})
+    from minigpt.report import _definitions
+
+    lengths = _definitions({"study": {"task": "recall"}})[1]
+    assert lengths.startswith("Instance length is the number of key-value pairs;")
+    assert "beats guessing (accuracy 0.1)" in lengths
 
 
 def test_batches_are_pure_held_out_and_score_the_answer_only() -> None:

@@ -819,8 +819,8 @@ def _definitions(results: dict[str, Any]) -> list[str]:
     from .tasks import get_task
 
     task = get_task(results["study"]["task"])
-    return [d.format(length_is=task.length_is, chance=task.chance) if "{" in d else d
-            for d in TASK_DEFINITIONS]
+    lengths = TASK_DEFINITIONS[1].format(length_is=task.length_is, chance=task.chance)
+    return [TASK_DEFINITIONS[0], lengths, *TASK_DEFINITIONS[2:]]
 
 
 def render_markdown(results: dict[str, Any]) -> str:
