@@ -316,8 +316,10 @@ def weights_path(ckpt_dir: Path, which: str = "last") -> Path:
     raise CheckpointError(f"{ckpt_dir} is not a complete checkpoint: {wpath.name} is missing.")
 
 
-def check_weights(ckpt_dir: Path, cfg: RunConfig, which: str = "last") -> None:
-    """The weights file's header (names and shapes) matches `cfg`; nothing is allocated."""
+def check_weights(ckpt_dir: Path, cfg: RunConfig, which: str = "last",
+                  raw: dict[str, Any] | None = None) -> None:
+    """The weights file's header (names and shapes) matches `cfg`; nothing is allocated.
+    `raw` is the directory's config.json when the caller has already read it."""
     wpath = weights_path(ckpt_dir, which)
     try:
         with safe_open(str(wpath), "pt") as f:
@@ -326,7 +328,7 @@ def check_weights(ckpt_dir: Path, cfg: RunConfig, which: str = "last") -> None:
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"{wpath} is corrupt or truncated ({e.__class__.__name__})."
                               ) from None
-    _check_header(shapes, cfg, read_config(ckpt_dir)[1], wpath)
+    _check_header(shapes, cfg, raw if raw is not None else read_config(ckpt_dir)[1], wpath)
 
 
 def _check_header(shapes: dict[str, tuple[int, ...]], cfg: RunConfig, raw: dict[str, Any],

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 import tomllib
 import types
@@ -387,7 +388,10 @@ def _coerce(cls_name: str, name: str, typ: Any, value: Any) -> Any:
     raise ConfigError(f"{name} must be of type {tname}, got {value!r}.")
 
 
+@functools.cache
 def field_types(cls: type) -> dict[str, Any]:
+    """A config dataclass's fields and their resolved annotations (computed once per class:
+    every config built checks its choices against them; do not change the dict)."""
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 

@@ -108,14 +108,13 @@ class Decoding:
         try:
             for _ in range(self.max_new_tokens):
                 idx = self.ids
+                visible = idx if window is None else idx[:, -window:]  # a view, no copy
                 if not self.use_cache:
-                    logits, _ = model(idx if window is None else idx[:, -window:],
-                                      last_only=True)
+                    logits, _ = model(visible, last_only=True)
                 elif cache is None or cache.length + 1 > cache_cap:
                     # (re)fill the cache with the whole visible context
                     cache = model.new_cache(idx.shape[0], cache_cap)
-                    logits, _ = model(idx if window is None else idx[:, -window:],
-                                      cache=cache, last_only=True)
+                    logits, _ = model(visible, cache=cache, last_only=True)
                 else:
                     logits, _ = model(idx[:, -1:], cache=cache, last_only=True)
                 last = logits[:, -1, :]  # (B, V)

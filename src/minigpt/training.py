@@ -177,7 +177,7 @@ def init_config(cfg: RunConfig, init_from: str | Path) -> RunConfig:
     INIT_CHANGEABLE must equal the checkpoint's (`vocab_size` always comes from its
     tokenizer); each that differs is named with its old and new value. The weights file's
     header is checked too, before a model of its size is built."""
-    src, _ = checkpoint.read_config(init_from)
+    src, raw = checkpoint.read_config(init_from)
     changed = [f"{arg(k)} {v!r} -> {getattr(cfg.model, k)!r}"
                for k, v in src.model.__dict__.items()
                if k not in (*INIT_CHANGEABLE, "vocab_size") and getattr(cfg.model, k) != v]
@@ -186,7 +186,7 @@ def init_config(cfg: RunConfig, init_from: str | Path) -> RunConfig:
             f"{arg('init_from')} takes the model settings from the checkpoint, and these differ "
             f"({'; '.join(changed)}); only {', '.join(arg(k) for k in INIT_CHANGEABLE)} may "
             "change.")
-    checkpoint.check_weights(Path(init_from), src)
+    checkpoint.check_weights(Path(init_from), src, raw=raw)
     keep = {k: getattr(cfg.model, k) for k in INIT_CHANGEABLE}
     return dataclasses.replace(cfg, model=dataclasses.replace(src.model, **keep))
 

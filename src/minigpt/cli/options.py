@@ -55,17 +55,17 @@ def add_config_flags(p: argparse.ArgumentParser, skip: set[str] = frozenset(),
             kw: dict[str, Any] = dict(dest=f"cfg_{name}", default=None,
                                       help=f"{meta['help']} (default: {default})")
             flag = "--" + name.replace("_", "-")
+            allowed = choices(cls, name)
             if typ is bool:
                 g.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
             elif typing.get_origin(typ) is list:
                 g.add_argument(flag, type=_parse_list, metavar=meta["metavar"], **kw)
-            elif choices(cls, name) is not None and meta["metavar"]:
+            elif allowed is not None and meta["metavar"]:
                 # listed only when help is shown: the encodings' registry imports torch
                 kw["help"] = f"{meta['help']}: %(choices)s (default: {default})"
-                g.add_argument(flag, type=str, choices=choices(cls, name),
-                               metavar=meta["metavar"], **kw)
-            elif choices(cls, name) is not None:
-                g.add_argument(flag, type=str, choices=choices(cls, name), **kw)
+                g.add_argument(flag, type=str, choices=allowed, metavar=meta["metavar"], **kw)
+            elif allowed is not None:
+                g.add_argument(flag, type=str, choices=allowed, **kw)
             else:
                 g.add_argument(flag, type=typ, metavar=meta["metavar"] or METAVARS[typ], **kw)
             if name == "tokenizer":
