@@ -74,7 +74,7 @@ def test_gloo_is_chosen_on_cpu():
 
 def test_compare_runs_its_training_under_ddp(corpus, tmp_path):
     """`torchrun ... -m minigpt compare`: every run trains with 2 ranks, rank 0 reports."""
-    from test_compare import TINY
+    from test_study import TINY
 
     out = tmp_path / "study"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",

@@ -83,7 +83,7 @@ def test_low_rooms_do_not_load_high_ones():
                        timeout=120, check=True)
     loaded = set(r.stdout.split())
     assert "minigpt.config" in loaded
-    for high in ("minigpt.positional", "minigpt.model", "minigpt.compare", "minigpt.training"):
+    for high in ("minigpt.positional", "minigpt.model", "minigpt.study", "minigpt.training"):
         assert high not in loaded, f"{high} was imported"
 
 

@@ -71,17 +71,19 @@ def test_a_toy_encoding_is_one_class_and_one_register(toy, corpus: Path, tmp_pat
 
 
 def test_a_toy_encoding_checks_its_settings_and_names_them_in_a_study(toy) -> None:
-    from minigpt.compare import held_equal, make_study
     from minigpt.config import merge, preset
+    from minigpt.study import make_study
+    from minigpt.study.fairness import held_equal
 
     with pytest.raises(ConfigError, match="at most 8 heads"):
         merge(preset("tiny"), {"pos": "toy", "n_head": 16})
     with pytest.raises(ConfigError, match="at most 8 heads"):
-        make_study("quick", encodings="rope,toy", model={"n_head": 16, "d_model": 128})
-    study = make_study("quick", encodings="rope,toy")
+        make_study("quick", pos="rope,toy", model={"n_head": 16, "d_model": 128})
+    study = make_study("quick", pos="rope,toy")
     verification = {"configs_differ_only_in": ["model.pos"], "shared_init_identical": True,
                     "shared_tensors": 1, "seeds_checked": study.seeds}
-    lines = held_equal(study, 65, "ROMEO:", verification)
+    study.objective.n_targets, study.objective.spans, study.objective.prompt = 8192, [0], "RO"
+    lines = held_equal(study, 65, verification, jobs=1)
     assert "Toy slope: 0.25 for all 4 heads." in lines
     assert not any(line.startswith("T5 buckets") for line in lines)  # t5 is not in the study
 

@@ -8,17 +8,20 @@ import random
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from conftest import chromium, run_cli
-from test_compare import PNG, report_in_browser
+from test_study import PNG, report_in_browser
 
-from minigpt import compare, results_schema, tasks
+from minigpt import results_schema, tasks
 from minigpt.config import merge, preset
 from minigpt.data import IGNORE_INDEX
 from minigpt.errors import ConfigError
 from minigpt.generation import generate
 from minigpt.model import GPT
+from minigpt.study import make_study
+from minigpt.study.schema import build_schema
 
 
 def test_instances_say_what_the_docs_say() -> None:
@@ -62,31 +65,51 @@ def test_recall_instances_look_up_one_of_their_distinct_keys() -> None:
         tasks.test_lengths(task, 64, "1001")
 
 
-def test_a_task_at_chance_is_not_learned() -> None:
-    """'Did not learn' means no better than guessing: 0 for copy, within two binomial standard
-    deviations of 0.1 for recall (200 instances: under 0.142)."""
-    from minigpt.report import summarize
+def test_dependencies_are_the_distances_an_exact_answer_needs() -> None:
+    """dependency(n) is the longest distance from an answer token back to an input token it
+    needs, checked on real instances: the needed token sits exactly that far back."""
+    rng = random.Random(3)
+    for n in (1, 5, 12):
+        p, a = tasks.Copy().instance(rng, n)
+        text = p + a  # answer token i at len(p) + i needs prompt token i
+        assert max(len(p) + i - i for i in range(n)) == tasks.Copy().dependency(n) == n + 1
+        assert all(text[len(p) + i] == text[i] for i in range(n))
+        p, a = tasks.Reverse().instance(rng, n)
+        dist = [len(p) + i - (n - 1 - i) for i in range(n)]  # needs prompt token n-1-i
+        assert all((p + a)[len(p) + i] == p[n - 1 - i] for i in range(n))
+        assert max(dist) == tasks.Reverse().dependency(n) == 2 * n and min(dist) == 2
+        p, a = tasks.Add().instance(rng, n)
+        assert len(p) + 0 - 0 == tasks.Add().dependency(n) == 2 * n + 2  # sum digit 0, a digit 0
+        p, a = tasks.Passkey().instance(rng, n)
+        text = p + a
+        assert all(text[len(p) + j] == text[j] for j in range(3))
+        assert len(p) - 0 == tasks.Passkey().dependency(n) == n + 4
+    rec = tasks.Recall()
+    p, a = rec.instance(random.Random(0), 6)
+    keys = [p[4 * i: 4 * i + 3] for i in range(6)]
+    q = keys.index(p.split("|")[1])
+    assert len(p) - (4 * q + 3) <= rec.dependency(6) == 4 * 6 + 4  # the first pair is farthest
 
-    def summary(task: str, accs: dict[int, float]) -> str:
-        agg = {"pos": "alibi", "extrapolates": True, "pos_params": {"mean": 0.0},
-               "step_time_ms": {"mean": 30.0, "std": 0.0, "n": 1},
-               "accuracy": [{"length": n, "accuracy": {"mean": a, "std": None, "n": 1}}
-                            for n, a in accs.items()]}
-        return summarize({"study": {"task": task, "block_size": 64, "lengths": list(accs),
-                                    "seeds": [1], "task_instances": 200},
-                          "runs": [{"task_accuracy": {"max_train_length": 14}}],
-                          "aggregates": [agg]})["text"]
 
-    assert "No encoding learned the task within this training budget (no better than " \
-           "guessing, 0.1," in summary("recall", {7: 0.13, 14: 0.09, 28: 0.1})
-    assert "learned" not in summary("recall", {7: 0.16, 14: 0.09, 28: 0.1})
-    assert "(0 at every tested length" in summary("copy", {7: 0.0, 14: 0.0, 28: 0.0})
-    assert "learned" not in summary("copy", {7: 0.005, 14: 0.0, 28: 0.0})
-    from minigpt.report import _definitions
-
-    lengths = _definitions({"study": {"task": "recall"}})[1]
-    assert lengths.startswith("Instance length is the number of key-value pairs;")
-    assert "beats guessing (accuracy 0.1)" in lengths
+def test_baselines_score_input_blind_answers_on_known_instances() -> None:
+    """recall's key-blind baseline answers the most frequent value in the prompt (ties: the
+    first to occur); every task's best constant answer is the most frequent answer."""
+    rec = tasks.Recall()
+    inst = [("abc1abd1abe2|abe", "2"),   # 1 is most frequent: wrong
+            ("abc3abd3abe2|abc", "3"),   # right
+            ("abc4abd5abe6|abd", "5"),   # a three-way tie: the first, 4: wrong
+            ("abc7abd8abe8|abe", "8")]   # right
+    b = rec.baselines(inst)
+    assert b["most frequent value (key-blind)"] == [0, 1, 0, 1]
+    assert b["best constant answer"] == [0, 0, 0, 1]  # all answers distinct: the max, "8"
+    copy = tasks.Copy().baselines([("ab|", "ab"), ("cd|", "cd"), ("ab|", "ab")])
+    assert copy == {"best constant answer": [1, 0, 1]}
+    # measured on the quick shapes' test instances, the key-blind rule is what the models
+    # had to beat: about 0.31 at 7 pairs and 0.17 at 56 (guessing a digit: 0.10)
+    data = tasks.TaskDataset.build("recall", 64)
+    rates = {n: np.mean(rec.baselines(tasks.test_set(data, n, 1000, 1337))[
+        "most frequent value (key-blind)"]) for n in (7, 56)}
+    assert 0.27 < rates[7] < 0.35 and 0.13 < rates[56] < 0.21
 
 
 def test_batches_are_pure_held_out_and_score_the_answer_only() -> None:
@@ -132,14 +155,17 @@ def test_exact_match_is_greedy_decoding() -> None:
         for _ in range(4):
             prompt, answer = data.task.instance(rng, n)
             idx = torch.tensor([data.tokenizer.encode(prompt)])
-            out = generate(model, idx, len(answer), temperature=0.0, dtype="float32")
+            out = generate(model, idx, len(answer) + 1, temperature=0.0, dtype="float32")
             greedy = data.tokenizer.decode(out[0, idx.shape[1]:].tolist())
-            made.append((prompt, greedy))
-            pos = rng.randrange(len(greedy))
+            # the final '.' is part of the answer: right only if the model then stops
+            made.append(((prompt, greedy[:-1]), greedy[-1] == "."))
+            pos = rng.randrange(len(answer))
             other = next(c for c in data.tokenizer.chars if c != greedy[pos])
-            broken.append((prompt, greedy[:pos] + other + greedy[pos + 1:]))
-    for group in (made[:4], made[4:8], made[8:]):  # instances of one length are batched
-        assert tasks.exact_match(model, data, group) == [1] * 4
+            broken.append((prompt, greedy[:pos] + other + greedy[pos + 1:-1]))
+    for k in (0, 4, 8):  # instances of one length are batched
+        group = made[k: k + 4]
+        assert tasks.exact_match(model, data, [i for i, _ in group]) == \
+            [int(stops) for _, stops in group]
     for group in (broken[:4], broken[4:8], broken[8:]):
         assert tasks.exact_match(model, data, group) == [0] * 4
 
@@ -164,7 +190,7 @@ def test_evaluate_task_reports_na_past_L_for_learned_and_flags_untrained() -> No
 TINY_TASK = ["--task", "copy", "--pos", "learned,rope", "--block-size", "16", "--n-layer", "1",
              "--n-head", "2", "--d-model", "16", "--batch-size", "8", "--max-steps", "6",
              "--eval-interval", "3", "--eval-iters", "1", "--log-interval", "1",
-             "--task-instances", "12", "--seeds", "2", "--quiet"]
+             "--task-instances", "12", "--seeds", "2", "--check-every", "3", "--quiet"]
 
 
 @pytest.fixture(scope="module")
@@ -178,8 +204,8 @@ def task_study(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
 def test_task_study_outputs(task_study: SimpleNamespace) -> None:
     out = task_study.out
     results = json.loads((out / "results.json").read_text())
-    assert results_schema.validate(results, results_schema.RESULTS_SCHEMA) == []
-    assert results["schema_version"] == 2 and results["study"]["task"] == "copy"
+    assert results_schema.validate(results, build_schema()) == []
+    assert results["schema_version"] == 3 and results["study"]["task"] == "copy"
     assert results["study"]["lengths"] == [4, 7, 10, 14, 21, 28]  # nmax 7 for L = 16
     # the run order rotates per seed, so no encoding always trains last
     assert results["study"]["run_order"] == ["learned-s1337", "rope-s1337", "rope-s1338",
@@ -201,10 +227,20 @@ def test_task_study_outputs(task_study: SimpleNamespace) -> None:
     md = (out / "report.md").read_text()
     assert "## Exact-match accuracy by instance length" in md and "Trained on copy" in md
     assert "n/a, learned positions stop at L" in md
-    # 6 steps teach nothing: the summary says so instead of reading the zeros past L
-    assert all(r["accuracy"] in (0, None) for run in results["runs"]
-               for r in run["task_accuracy"]["results"])
-    assert "No encoding learned the task" in results["summary"]["text"]
+    # 6 steps teach nothing: no run converged, so nothing is read past L
+    text = results["summary"]["text"]
+    assert "Did not converge, so not read past L: learned (0 of 2 seeds" in text
+    assert "accuracy" in text and "At length 10" not in text and "At length 28" not in text
+    assert results["summary"]["findings"]["converged"] == []
+    for run in results["runs"]:  # checked every 3 steps, stopped by the budget
+        assert [c["step"] for c in run["training"]["checks"]] == [3, 6]
+        assert run["training"]["stopped"] == "budget"
+    kinds = {k["length"]: (k["kind"], k["dependency"]) for k in results["study"]["length_kinds"]}
+    assert kinds == {4: ("in distribution", 5), 7: ("in distribution", 8),
+                     10: ("sequence past L", 11), 14: ("sequence past L", 15),
+                     21: ("dependency past L", 22), 28: ("dependency past L", 29)}
+    base = results["study"]["baselines"]["7"]["best constant answer"]
+    assert len(base["per_instance"]) == 12 and base["accuracy"] == sum(base["per_instance"]) / 12
 
 
 def test_task_report_opens_in_a_headless_browser(task_study: SimpleNamespace,
@@ -218,9 +254,11 @@ def test_task_report_opens_in_a_headless_browser(task_study: SimpleNamespace,
 
 
 def test_task_study_settings() -> None:
-    s = compare.make_study("quick", task="add", encodings="rope,alibi")
-    assert s.is_task and s.base.train.batching == "documents" and s.base.train.sample_tokens == 0
+    s = make_study("quick", task="add", pos="rope,alibi")
+    assert s.base.train.batching == "documents" and s.base.train.sample_tokens == 0
     assert s.lengths == [10, 20, 30, 40, 60, 80]  # up to 4x the longest trained (20 digits)
-    assert s.fingerprint() != compare.make_study("quick", task="copy",
-                                                 encodings="rope,alibi").fingerprint()
-    assert "task_instances" in s.settings() and "eval_tokens" not in s.settings()
+    assert s.fingerprint() != make_study("quick", task="copy", pos="rope,alibi").fingerprint()
+    assert "task_instances" in s.as_dict() and "eval_tokens" not in s.as_dict()
+    assert s.as_dict()["criterion"] == 0.95
+    assert s.fingerprint() != make_study("quick", task="add", pos="rope,alibi",
+                                         criterion=0.9).fingerprint()

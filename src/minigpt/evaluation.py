@@ -73,6 +73,27 @@ def eval_span(val: np.ndarray, lengths: Sequence[int], stride: int, tokens: int,
     return np.asarray(val[start: start + longest + (n - 1) * stride + 1], dtype=np.int64)
 
 
+def eval_blocks(val: np.ndarray, lengths: Sequence[int], stride: int, tokens: int, *,
+                blocks: int = 16) -> list[np.ndarray]:
+    """Spans for strided scoring spread over the whole validation split: up to `blocks`
+    spans of equal size, evenly spaced, together scoring at least `tokens` targets. Windows
+    inside one span overlap and are correlated, so a bootstrap resamples whole spans (blocks).
+    A split too short for several spans gives one span from its start (as `eval_span`)."""
+    if not lengths or min(lengths) < 1:
+        raise MiniGPTError("evaluation lengths must be positive token counts.")
+    if tokens < 1:
+        raise MiniGPTError(f"the number of scored tokens must be at least 1, got {tokens}.")
+    longest, n = max(lengths), -(-tokens // stride)
+    for k in range(min(blocks, n), 1, -1):
+        w = -(-n // k)  # windows per block
+        need = longest + (w - 1) * stride + 1
+        if k * need <= len(val):
+            gap = (len(val) - k * need) // k
+            return [np.asarray(val[i * (need + gap): i * (need + gap) + need], dtype=np.int64)
+                    for i in range(k)]
+    return [eval_span(val, lengths, stride, tokens)]
+
+
 def span_geometry(span: np.ndarray, lengths: Sequence[int], stride: int) -> tuple[int, int]:
     """(T_max, n windows) of a span made by eval_span for these lengths and stride."""
     longest = max(lengths)
@@ -125,53 +146,69 @@ def token_losses(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *,
     return torch.cat(out)
 
 
-def length_generalization(model: torch.nn.Module, span: np.ndarray, lengths: Sequence[int],
-                          stride: int, *, batch_tokens: int = 8192) -> dict[str, Any]:
+def length_generalization(model: torch.nn.Module, spans: np.ndarray | list[np.ndarray],
+                          lengths: Sequence[int], stride: int, *, batch_tokens: int = 8192
+                          ) -> dict[str, Any]:
     """Strided perplexity of `model` on the same targets at every length, and loss by
     position.
 
-    Returns {"span_tokens", "stride", "results": [{length, multiple, tokens, loss, ppl, reason,
-    untrained, window_loss}], "position_loss": {"length": T, "loss": [...]}} where
-    window_loss is the mean loss of each scored window (the same windows at every length)
-    and the position curve is the mean loss at positions 0..T-1 of non-overlapping windows of
-    the longest length the model can score.
+    `spans` is one span or the blocks of `eval_blocks` (all of one size). Returns
+    {"span_tokens", "stride", "blocks", "windows_per_block", "results": [{length, multiple,
+    tokens, loss, ppl, window_ppl, reason, untrained, window_loss}], "position_loss":
+    {"length": T, "loss": [...]}} where window_loss is the mean loss of each scored window
+    (the same windows at every length, block after block), window_ppl is the window baseline
+    (the same targets scored with only the last L tokens of each window kept: what any model
+    gets by forgetting everything older than its trained length), and the position curve is
+    the mean loss at positions 0..T-1 of non-overlapping windows of the longest length the
+    model can score, in the first block.
     """
+    spans = [spans] if isinstance(spans, np.ndarray) else list(spans)
     was_training = model.training
     model.eval()
-    L = model.cfg.block_size
-    name = model.cfg.pos
-    longest, n = span_geometry(span, lengths, stride)
-    untrained = getattr(model.pos, "untrained", lambda a, b: None)
-    results: list[dict[str, Any]] = []
+    longest, n = span_geometry(spans[0], lengths, stride)
     position: dict[str, Any] | None = None
     try:
-        for T in sorted({int(t) for t in lengths}):
-            row: dict[str, Any] = {"length": T, "multiple": T / L, "tokens": n * stride,
-                                   "loss": None, "ppl": None, "reason": None,
-                                   "untrained": None, "window_loss": []}
-            try:
-                if T > L and not model.pos.extrapolates:
-                    raise PositionLimitError("positions stop at L")
-                x, y = strided_windows(span, T, stride, longest)
-                losses = token_losses(model, x, y, batch_tokens=batch_tokens, last=stride)
-            except PositionLimitError:
-                row["reason"] = f"n/a, {name} positions stop at L"
-                results.append(row)
-                continue
-            mean = float(losses.mean())
-            row.update(loss=mean, ppl=math.exp(min(mean, 50.0)), tokens=int(losses.numel()),
-                       untrained=untrained(L, T),
-                       window_loss=[float(v) for v in losses.mean(1)])
-            results.append(row)
+        results = [_score_length(model, spans, T, stride, longest, batch_tokens)
+                   for T in sorted({int(t) for t in lengths})]
         scorable = [r["length"] for r in results if r["loss"] is not None]
         if scorable:
-            x, y = windows_of(span, max(scorable))
+            x, y = windows_of(spans[0], max(scorable))
             position = {"length": max(scorable), "loss": [float(v) for v in token_losses(
                 model, x, y, batch_tokens=batch_tokens).mean(0)]}
     finally:
         model.train(was_training)
-    return {"span_tokens": n * stride, "stride": stride, "results": results,
+    return {"span_tokens": n * stride * len(spans), "stride": stride, "blocks": len(spans),
+            "windows_per_block": n, "results": results,
             "position_loss": position or {"length": 0, "loss": []}}
+
+
+def _score_length(model: torch.nn.Module, spans: list[np.ndarray], T: int, stride: int,
+                  longest: int, batch_tokens: int) -> dict[str, Any]:
+    """One length's row of `length_generalization`."""
+    L = model.cfg.block_size
+    n = (len(spans[0]) - 1 - longest) // stride + 1
+    row: dict[str, Any] = {"length": T, "multiple": T / L, "tokens": n * stride * len(spans),
+                           "loss": None, "ppl": None, "window_ppl": None, "reason": None,
+                           "untrained": None, "window_loss": []}
+    windows = [strided_windows(s, T, stride, longest) for s in spans]
+    if T > L:  # the window baseline: only the last L tokens of each window kept
+        base = torch.cat([token_losses(model, x[:, -L:], y[:, -L:], batch_tokens=batch_tokens,
+                                       last=stride) for x, y in windows])
+        row["window_ppl"] = math.exp(min(float(base.mean()), 50.0))
+    try:
+        if T > L and not model.pos.extrapolates:
+            raise PositionLimitError("positions stop at L")
+        losses = torch.cat([token_losses(model, x, y, batch_tokens=batch_tokens, last=stride)
+                            for x, y in windows])
+    except PositionLimitError:
+        row["reason"] = f"n/a, {model.cfg.pos} positions stop at L"
+        return row
+    mean = float(losses.mean())
+    untrained = getattr(model.pos, "untrained", lambda a, b: None)
+    row.update(loss=mean, ppl=math.exp(min(mean, 50.0)), tokens=int(losses.numel()),
+               untrained=untrained(L, T), window_loss=[float(v) for v in losses.mean(1)],
+               window_ppl=row["window_ppl"] or (math.exp(min(mean, 50.0)) if T == L else None))
+    return row
 
 
 # --- noise: bootstrap and binomial intervals ------------------------------------------------

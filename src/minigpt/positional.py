@@ -94,6 +94,10 @@ class PositionalEncoding(nn.Module):
         gradient in training at `trained_len` tokens (None when there are none)."""
         return None
 
+    def learned_summary(self) -> dict[str, float]:
+        """Learned scalars that matter for reading a study's result (reported per run)."""
+        return {}
+
     @classmethod
     def check_config(cls, cfg: ModelConfig) -> None:
         """Refuse, with a ConfigError, model settings this encoding cannot work with."""
@@ -198,6 +202,9 @@ class Sinusoidal(PositionalEncoding):
     def init_parameter(self, name: str, p: torch.Tensor) -> bool:
         p.fill_(self.initial_scale())
         return True
+
+    def learned_summary(self) -> dict[str, float]:
+        return {"scale": float(self.scale.detach()), "initial_scale": self.initial_scale()}
 
     @classmethod
     def legacy_state(cls, cfg: ModelConfig, saved: dict) -> dict[str, torch.Tensor]:

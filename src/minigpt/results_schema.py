@@ -5,9 +5,15 @@ compiled) for these 25 lines, and its "number" admits NaN and infinity, which re
 must not hold. tests/test_compare.py checks that this validator gives jsonschema's Draft
 2020-12 verdict on a real results.json and hundreds of corrupted copies.
 
+This module holds the parts every study shares; each objective adds its own fragment
+(minigpt.study.objective), and minigpt.study.schema assembles the whole RESULTS_SCHEMA.
+
 Version 2: strided length evaluation with per-window losses, algorithmic tasks (exact-match
 accuracy by instance length), steady-state step times, and flags for parameters evaluated
-without ever having received a gradient.
+without ever having received a gradient. Version 3: objectives as plug-ins with their own
+fragments; the window baseline; evaluation blocks spread over the validation text; task
+dependencies, baselines and convergence checks; the learned positional state of each run;
+every comparison of the summary with its raw and Holm-adjusted p-value; jobs and CPU flags.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 SCHEMA = "minigpt-compare-results"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _NUM = {"type": "number"}
 _INT = {"type": "integer"}
@@ -42,24 +48,6 @@ _STEP_TIME = {
     "properties": {"median": _NUM_OR_NULL, "q1": _NUM_OR_NULL, "q3": _NUM_OR_NULL, "n": _INT,
                    "samples": _NUMS}}
 
-_LENGTH_ROW = {
-    "type": "object",
-    "required": ["length", "multiple", "tokens", "loss", "ppl", "reason", "untrained",
-                 "window_loss"],
-    "properties": {"length": _INT, "multiple": _NUM, "tokens": _INT, "loss": _NUM_OR_NULL,
-                   "ppl": _NUM_OR_NULL, "reason": _STR_OR_NULL, "untrained": _STR_OR_NULL,
-                   "window_loss": {"type": "array", "items": _NUM,
-                                   "description": "mean loss of each scored window"}}}
-
-_TASK_ROW = {
-    "type": "object",
-    "required": ["length", "tokens", "multiple", "n", "correct", "accuracy", "ci_low",
-                 "ci_high", "reason", "untrained", "per_instance"],
-    "properties": {"length": _INT, "tokens": _INT, "multiple": _NUM, "n": _INT,
-                   "correct": _INT_OR_NULL, "accuracy": _NUM_OR_NULL, "ci_low": _NUM_OR_NULL,
-                   "ci_high": _NUM_OR_NULL, "reason": _STR_OR_NULL, "untrained": _STR_OR_NULL,
-                   "per_instance": {"type": "array", "items": _INT}}}
-
 RUN_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["name", "pos", "seed", "dir", "extrapolates", "config", "training",
@@ -71,11 +59,15 @@ RUN_SCHEMA: dict[str, Any] = {
         "config": {"type": "object", "required": ["model", "train"]},
         "training": {
             "type": "object",
-            "required": ["steps", "final_val_loss", "final_val_ppl", "best_val_loss",
+            "required": ["steps", "final_val_loss", "best_val_loss",
                          "train_time_s", "tokens_per_s", "step_time_ms", "params",
-                         "pos_params", "peak_mem_mb", "peak_mem_kind", "curves"],
+                         "pos_params", "peak_mem_mb", "peak_mem_kind", "curves", "checks",
+                         "stopped"],
             "properties": {
-                "steps": _INT, "final_val_loss": _NUM_OR_NULL, "final_val_ppl": _NUM_OR_NULL,
+                "steps": _INT,
+                "final_val_loss": {"type": ["number", "null"], "description": "validation "
+                                   "loss estimated from eval_iters random batches at the last "
+                                   "step (a training-time estimate, not the evaluation)"},
                 "best_val_loss": _NUM_OR_NULL,
                 "train_time_s": {"type": "number", "description": "wall seconds, resumes summed"},
                 "tokens_per_s": {"type": "number", "description": "median over log intervals"},
@@ -85,24 +77,18 @@ RUN_SCHEMA: dict[str, Any] = {
                                            "rss_peak_process", "unknown"]},
                 "curves": {"type": "object", "required": ["train", "val"],
                            "properties": {"train": _CURVE, "val": _CURVE}},
+                "checks": {"type": "array", "description": "convergence checks (objectives "
+                           "with a criterion): step and validation accuracy",
+                           "items": {"type": "object", "required": ["step", "val_accuracy"],
+                                     "properties": {"step": _INT, "val_accuracy": _NUM}}},
+                "stopped": {"enum": ["criterion", "budget"],
+                            "description": "why training ended"},
+                "criterion": {"type": "number", "description": "the accuracy a check had to "
+                              "reach (objectives with a criterion)"},
             },
         },
-        "length_generalization": {
-            "type": "object", "required": ["span_tokens", "stride", "results", "position_loss"],
-            "description": "language modelling only",
-            "properties": {
-                "span_tokens": _INT, "stride": _INT,
-                "results": {"type": "array", "items": _LENGTH_ROW},
-                "position_loss": {"type": "object", "required": ["length", "loss"],
-                                  "properties": {"length": _INT, "loss": _NUMS}},
-            },
-        },
-        "task_accuracy": {
-            "type": "object", "required": ["task", "max_train_length", "results"],
-            "description": "algorithmic tasks only",
-            "properties": {"task": _STR, "max_train_length": _INT,
-                           "results": {"type": "array", "items": _TASK_ROW}},
-        },
+        "pos_state": {"type": "object", "description": "the encoding's learned scalars that "
+                      "matter for reading it (sinusoidal: scale and initial_scale)"},
         "generation": {"type": "array", "items": {
             "type": "object", "required": ["temperature", "text", *GEN_METRICS],
             "properties": {"temperature": _NUM, "text": _STR, **_GEN_METRICS}}},
@@ -111,41 +97,31 @@ RUN_SCHEMA: dict[str, Any] = {
 
 AGGREGATE_SCHEMA: dict[str, Any] = {
     "type": "object",
-    "required": ["pos", "seeds", "extrapolates", "final_val_loss", "final_val_ppl",
+    "required": ["pos", "seeds", "extrapolates", "final_val_loss", "steps",
                  "train_time_s", "tokens_per_s", "step_time_ms", "params", "pos_params",
-                 "peak_mem_mb", "generation"],
+                 "peak_mem_mb", "pos_state", "generation"],
     "properties": {
         "pos": _STR, "seeds": _INT, "extrapolates": _BOOL,
-        **{k: _STATS for k in ("final_val_loss", "final_val_ppl", "train_time_s",
+        **{k: _STATS for k in ("final_val_loss", "steps", "train_time_s",
                                "tokens_per_s", "step_time_ms", "params", "pos_params",
                                "peak_mem_mb")},
-        "length_ppl": {"type": "array", "items": {
-            "type": "object", "required": ["length", "multiple", "ppl", "loss", "reason",
-                                           "untrained"],
-            "properties": {"length": _INT, "multiple": _NUM, "ppl": _STATS, "loss": _STATS,
-                           "reason": _STR_OR_NULL, "untrained": _STR_OR_NULL}}},
-        "accuracy": {"type": "array", "items": {
-            "type": "object", "required": ["length", "tokens", "accuracy", "reason",
-                                           "untrained"],
-            "properties": {"length": _INT, "tokens": _INT, "accuracy": _STATS,
-                           "reason": _STR_OR_NULL, "untrained": _STR_OR_NULL}}},
-        "position_loss": {"type": "object", "required": ["length", "mean", "std"],
-                          "properties": {"length": _INT, "mean": _NUMS, "std": _NUMS}},
+        "pos_state": {"type": "object"},
         "generation": {"type": "array", "items": {
             "type": "object", "required": ["temperature"],
             "properties": {"temperature": _NUM, **{k: _STATS for k in GEN_METRICS}}}},
     },
 }
 
-RESULTS_SCHEMA: dict[str, Any] = {
+BASE_SCHEMA: dict[str, Any] = {  # the objectives' fragments are added by study.schema
     "$schema": "https://json-schema.org/draft/2020-12/schema",
-    "$id": "https://github.com/minigpt/minigpt/schemas/compare-results-v2.json",
+    "$id": "https://github.com/minigpt/minigpt/schemas/compare-results-v3.json",
     "title": "minigpt compare results",
     "description": "One record per run (encoding x seed), per-encoding aggregates (mean, "
                    "sample std over seeds), the study settings and the environment. Losses are "
-                   "natural-log cross-entropy per token; ppl = exp(loss). A language-modelling "
-                   "study (task 'lm') fills length_generalization and length_ppl; an "
-                   "algorithmic task fills task_accuracy and accuracy.",
+                   "natural-log cross-entropy per token; ppl = exp(loss). Each objective adds "
+                   "its own fields: language modelling (task 'lm') fills length_generalization "
+                   "and length_ppl; an algorithmic task fills task_accuracy, accuracy and its "
+                   "baselines.",
     "type": "object",
     "required": ["schema", "schema_version", "created", "study", "environment", "runs",
                  "aggregates", "summary"],
@@ -156,10 +132,9 @@ RESULTS_SCHEMA: dict[str, Any] = {
         "study": {
             "type": "object",
             "required": ["preset", "task", "encodings", "seeds", "run_order", "block_size",
-                         "lengths", "eval_tokens", "eval_stride", "eval_span_tokens",
-                         "task_instances", "prompt", "temperatures", "sample_tokens",
-                         "fingerprint", "base_config", "held_equal", "verification",
-                         "unigram_ppl"],
+                         "lengths", "eval_tokens", "eval_stride", "task_instances",
+                         "temperatures", "sample_tokens", "fingerprint", "base_config",
+                         "held_equal", "verification", "wall_s"],
             "properties": {
                 "preset": _STR, "task": _STR, "encodings": {"type": "array", "items": _STR},
                 "seeds": {"type": "array", "items": _INT},
@@ -168,12 +143,10 @@ RESULTS_SCHEMA: dict[str, Any] = {
                 "block_size": _INT,
                 "lengths": {"type": "array", "items": _INT,
                             "description": "tokens (lm) or instance lengths (tasks)"},
-                "eval_tokens": _INT, "eval_stride": _INT, "eval_span_tokens": _INT,
-                "task_instances": _INT, "prompt": _STR, "temperatures": _NUMS,
-                "sample_tokens": _INT, "fingerprint": _STR,
-                "unigram_ppl": {"type": ["number", "null"], "description": "perplexity of a "
-                                "context-free unigram model (training frequencies) on the "
-                                "evaluation targets; null for tasks"},
+                "eval_tokens": _INT, "eval_stride": _INT, "task_instances": _INT,
+                "temperatures": _NUMS, "sample_tokens": _INT, "fingerprint": _STR,
+                "wall_s": {"type": "number", "description": "wall seconds of the invocation "
+                           "that wrote these results"},
                 "base_config": {"type": "object", "required": ["model", "train"]},
                 "held_equal": {"type": "array", "items": _STR},
                 "verification": {
@@ -188,17 +161,27 @@ RESULTS_SCHEMA: dict[str, Any] = {
         "environment": {
             "type": "object",
             "required": ["python", "torch", "numpy", "minigpt", "platform", "device",
-                         "device_name", "torch_threads", "cpu_count", "train_precision"],
+                         "device_name", "torch_threads", "cpu_count", "cpu_flags", "jobs",
+                         "train_precision"],
             "properties": {"python": _STR, "torch": _STR, "numpy": _STR, "minigpt": _STR,
                            "platform": _STR, "device": _STR, "device_name": _STR,
-                           "torch_threads": _INT, "cpu_count": {"type": ["integer", "null"]},
+                           "torch_threads": {"type": "integer", "description": "threads per "
+                                             "run"},
+                           "cpu_count": {"type": ["integer", "null"]},
+                           "cpu_flags": {"type": "string", "description": "widest vector unit "
+                                         "and native bf16 support"},
+                           "jobs": {"type": "integer", "description": "runs trained at once"},
                            "train_precision": {"type": "string", "description": "float32 or "
                                                "the autocast dtype training used"}},
         },
         "runs": {"type": "array", "items": RUN_SCHEMA},
         "aggregates": {"type": "array", "items": AGGREGATE_SCHEMA},
         "summary": {"type": "object", "required": ["text", "findings"],
-                    "properties": {"text": _STR, "findings": {"type": "object"}}},
+                    "properties": {"text": _STR, "findings": {
+                        "type": "object", "description": "the summary's readings as data; "
+                        "findings.comparisons lists every comparison it made: key, mean "
+                        "difference, 95% interval, p and Holm-adjusted p, and whether it is "
+                        "called a difference"}}},
     },
 }
 
@@ -276,14 +259,14 @@ def schema_markdown(schema: dict[str, Any]) -> str:
     return "\n".join([
         f"# {schema.get('title', 'schema')}: the fields of `results.json`",
         "",
-        "<!-- generated from minigpt.results_schema.RESULTS_SCHEMA by `python -m "
-        "minigpt.results_schema > docs/results-schema.md`; tests/test_docs.py checks it is "
+        "<!-- generated from minigpt.study.schema.RESULTS_SCHEMA by `python -m "
+        "minigpt.study.schema > docs/results-schema.md`; tests/test_docs.py checks it is "
         "current -->",
         "",
         schema.get("description", ""),
         "",
         f"JSON Schema id: `{schema.get('$id', '')}` (the full schema is "
-        "`minigpt.results_schema.RESULTS_SCHEMA`; the tests validate every study's `results.json` "
+        "`minigpt.study.schema.RESULTS_SCHEMA`; the tests validate every study's `results.json` "
         "against it).",
         "",
         "| field | type | required | meaning |",
@@ -293,5 +276,4 @@ def schema_markdown(schema: dict[str, Any]) -> str:
     ])
 
 
-if __name__ == "__main__":  # python -m minigpt.results_schema > docs/results-schema.md
-    print(schema_markdown(RESULTS_SCHEMA), end="")
+

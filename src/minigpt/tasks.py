@@ -14,15 +14,28 @@ exact match. Instances are generated on the fly from a seed (no files):
     recall   k1v1...|k v.  n key-value pairs (distinct three-letter keys, one-digit values),
                            then one of the keys: its value (associative recall, Ba et al.
                            2016; the multi-query form is Arora et al. 2023's MQAR)
+    passkey  ddd f...f|ddd.  a three-digit passkey, n filler letters, '|', the passkey again
+                           (passkey retrieval, Mohtashami & Jaggi 2023): the one dependency
+                           grows with n while every token stays in-distribution
 
-The instance length n is the string length (copy, reverse), the digit count (add) or the
-number of pairs (recall). Training
+The instance length n is the string length (copy, reverse), the digit count (add), the
+number of pairs (recall) or the filler length (passkey). Every task also says how far back
+an exact answer must look: `dependency(n)` is the longest distance, in tokens, from an answer
+token to an input token it needs (copy: n + 1; reverse: 2n; add: 2n + 2; recall: 4n + 4 when
+the first key is asked; passkey: n + 4). A test past L whose dependency stays within L tests
+a longer *sequence*; only a dependency past L tests the use of context past L. Training
 draws n uniformly from 1 to the longest n whose whole example fits in L tokens; tests use
 longer n up to 4x that. Training batches hold one example per row, right-padded, with the
 loss on the answer and the final "." only. A test instance counts as correct when greedy
-decoding reproduces the whole answer: that is the case exactly when, fed the right answer
-so far, the model's most likely next token is the right one at every answer position, so one
-teacher-forced forward pass scores it.
+decoding reproduces the whole answer *and the final "."* (a model that never stops is
+wrong): that is the case exactly when, fed the right answer so far, the model's most likely
+next token is the right one at every answer position, so one teacher-forced forward pass
+scores it.
+
+Baselines: every task scores, on the same test instances, answers that ignore the input
+(the best constant answer, chosen with hindsight on those instances), and a task may add its
+own (recall: the most frequent value in the prompt, ignoring the key). A model has learned
+a task only when it beats its best baseline beyond noise.
 
 Held out by construction: an instance whose prompt hashes (crc32) to 0 mod 8 is a test or
 validation instance and never a training one, so no test instance was seen in training.
@@ -65,6 +78,18 @@ class Task:
         """Tokens of a whole example of length n: prompt + answer + the final '.'."""
         raise NotImplementedError
 
+    def dependency(self, n: int) -> int:
+        """The longest distance in tokens from an answer token back to an input token that
+        an exact answer of length n needs."""
+        raise NotImplementedError
+
+    def baselines(self, instances: list[tuple[str, str]]) -> dict[str, list[int]]:
+        """Per-instance hits (1/0) of answers that ignore the input: the best constant answer
+        (the most frequent answer of these instances) and any the task adds."""
+        answers = [a for _, a in instances]
+        best = max(set(answers), key=lambda a: (answers.count(a), a)) if answers else ""
+        return {"best constant answer": [int(a == best) for a in answers]}
+
     def max_train_length(self, L: int) -> int:
         """The longest instance whose whole example fits in L tokens."""
         n = 0
@@ -85,6 +110,9 @@ class Copy(Task):
     def example_tokens(self, n: int) -> int:
         return 2 * n + 2
 
+    def dependency(self, n: int) -> int:
+        return n + 1  # answer token i (at n + 1 + i) needs prompt token i
+
 
 class Reverse(Copy):
     name = "reverse"
@@ -93,6 +121,9 @@ class Reverse(Copy):
     def instance(self, rng: random.Random, n: int) -> tuple[str, str]:
         s = "".join(rng.choice(LETTERS) for _ in range(n))
         return s + SEP, s[::-1]
+
+    def dependency(self, n: int) -> int:
+        return 2 * n  # from 2 (the first answer token) to 2n (the last)
 
 
 class Add(Task):
@@ -116,6 +147,9 @@ class Add(Task):
     def example_tokens(self, n: int) -> int:
         return 3 * n + 4
 
+    def dependency(self, n: int) -> int:
+        return 2 * n + 2  # sum digit i (at 2n + 2 + i) needs digit i of a (at i)
+
 
 class Recall(Task):
     name = "recall"
@@ -135,8 +169,43 @@ class Recall(Task):
     def example_tokens(self, n: int) -> int:
         return 4 * n + 6
 
+    def dependency(self, n: int) -> int:
+        return 4 * n + 4  # the answer (at 4n + 4) needs the first pair's value (at 3) or key
 
-TASKS: dict[str, type[Task]] = {t.name: t for t in (Copy, Reverse, Add, Recall)}
+    def baselines(self, instances: list[tuple[str, str]]) -> dict[str, list[int]]:
+        """Adds the key-blind answer: the most frequent value in the prompt (ties: the value
+        that occurs first)."""
+        out = super().baselines(instances)
+        hits = []
+        for prompt, answer in instances:
+            values = prompt.split(SEP)[0][3::4]
+            hits.append(int(max(values, key=lambda v: (values.count(v), -values.index(v)))
+                            == answer))
+        out["most frequent value (key-blind)"] = hits
+        return out
+
+
+class Passkey(Task):
+    name = "passkey"
+    description = ("a three-digit passkey, n random filler letters, '|', the passkey again "
+                   "(the dependency grows with n)")
+    length_is = "the number of filler letters between the passkey and the question"
+    chance = 0.001
+    digits = 3
+
+    def instance(self, rng: random.Random, n: int) -> tuple[str, str]:
+        key = "".join(rng.choice(DIGITS) for _ in range(self.digits))
+        filler = "".join(rng.choice(LETTERS) for _ in range(n))
+        return key + filler + SEP, key
+
+    def example_tokens(self, n: int) -> int:
+        return 2 * self.digits + n + 2
+
+    def dependency(self, n: int) -> int:
+        return n + self.digits + 1  # answer digit j (at n + 4 + j) needs passkey digit j
+
+
+TASKS: dict[str, type[Task]] = {t.name: t for t in (Copy, Reverse, Add, Recall, Passkey)}
 LM = "lm"  # the language-modelling study (no algorithmic task)
 
 
@@ -235,9 +304,11 @@ def _pad(rows: list[tuple[list[int], list[int]]], pad: int) -> tuple[torch.Tenso
     return torch.from_numpy(x), torch.from_numpy(y)
 
 
-def test_set(data: TaskDataset, n: int, count: int, seed: int) -> list[tuple[str, str]]:
-    """`count` held-out instances of length n, the same for every model of a study."""
-    rng = random.Random(f"{seed}/test/{data.task.name}/{n}")
+def test_set(data: TaskDataset, n: int, count: int, seed: int, split: str = "test"
+             ) -> list[tuple[str, str]]:
+    """`count` held-out instances of length n, the same for every model of a study (split
+    "val": another draw from the held-out part, for deciding when training has converged)."""
+    rng = random.Random(f"{seed}/{split}/{data.task.name}/{n}")
     return [draw(data.task, rng, n, True) for _ in range(count)]
 
 
@@ -257,8 +328,7 @@ def exact_match(model: torch.nn.Module, data: TaskDataset, instances: list[tuple
                         data.tokenizer.pad_id)
             logits, _ = model(x.to(device))  # (B, T, V)
             y = y.to(device)
-            scored = y != IGNORE_INDEX
-            scored &= y != data.tokenizer.stoi[EOS]  # the answer only, not the final '.'
+            scored = y != IGNORE_INDEX  # the answer and its final '.'
             right = (logits.argmax(-1) == y) | ~scored
             out += right.all(1).long().tolist()
     finally:
@@ -278,7 +348,8 @@ def evaluate_task(model: torch.nn.Module, data: TaskDataset, lengths: list[int],
     for n in lengths:
         tokens = data.task.example_tokens(n)
         row: dict[str, Any] = {"length": n, "tokens": tokens, "multiple": n / data.max_train_length,
-                               "n": instances, "correct": None, "accuracy": None,
+                               "dependency": data.task.dependency(n), "n": instances,
+                               "correct": None, "accuracy": None,
                                "ci_low": None, "ci_high": None, "reason": None,
                                "untrained": None, "per_instance": []}
         try:
@@ -298,6 +369,21 @@ def evaluate_task(model: torch.nn.Module, data: TaskDataset, lengths: list[int],
             "results": results}
 
 
+def baseline_hits(data: TaskDataset, lengths: list[int], instances: int, seed: int
+                  ) -> dict[str, dict[str, list[int]]]:
+    """Per test length (as a string key), the per-instance hits of each input-blind baseline
+    on exactly the instances the models are scored on."""
+    return {str(n): data.task.baselines(test_set(data, n, instances, seed)) for n in lengths}
+
+
+def validation_accuracy(model: torch.nn.Module, data: TaskDataset, count: int, seed: int
+                        ) -> float:
+    """Exact-match accuracy on `count` held-out validation instances of the longest trained
+    length (drawn apart from the test instances): the in-distribution convergence check."""
+    hits = exact_match(model, data, test_set(data, data.max_train_length, count, seed, "val"))
+    return sum(hits) / len(hits)
+
+
 def describe(name: str, L: int) -> str:
     task = get_task(name)
     nmax = task.max_train_length(L)
@@ -306,4 +392,4 @@ def describe(name: str, L: int) -> str:
 
 
 __all__ = ["TASKS", "LM", "TaskDataset", "evaluate_task", "test_lengths", "get_task",
-           "describe"]
+           "describe", "baseline_hits", "validation_accuracy"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import types
 import typing
 from typing import Any
 
@@ -52,22 +53,7 @@ def add_config_flags(p: argparse.ArgumentParser, skip: set[str] = frozenset(),
                 continue
             meta = fields[name].metadata
             default = meta.get("default_text") or _show(preset_value(preset_name, section, name))
-            kw: dict[str, Any] = dict(dest=f"cfg_{name}", default=None,
-                                      help=f"{meta['help']} (default: {default})")
-            flag = "--" + name.replace("_", "-")
-            allowed = choices(cls, name)
-            if typ is bool:
-                g.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
-            elif typing.get_origin(typ) is list:
-                g.add_argument(flag, type=_parse_list, metavar=meta["metavar"], **kw)
-            elif allowed is not None and meta["metavar"]:
-                # listed only when help is shown: the encodings' registry imports torch
-                kw["help"] = f"{meta['help']}: %(choices)s (default: {default})"
-                g.add_argument(flag, type=str, choices=allowed, metavar=meta["metavar"], **kw)
-            elif allowed is not None:
-                g.add_argument(flag, type=str, choices=allowed, **kw)
-            else:
-                g.add_argument(flag, type=typ, metavar=meta["metavar"] or METAVARS[typ], **kw)
+            add_field_flag(g, cls, name, typ, meta, default, dest=f"cfg_{name}")
             if name == "tokenizer":
                 sizes = {t: _show(preset_value(preset_name, "train", vocab_field(t)))
                          for t in ("bpe", "word")}
@@ -75,6 +61,45 @@ def add_config_flags(p: argparse.ArgumentParser, skip: set[str] = frozenset(),
                                help=f"bpe: target vocabulary size (default: {sizes['bpe']}); "
                                     f"word: keep at most N words (default: {sizes['word']}); "
                                     "the char tokenizer has none")
+
+
+def add_field_flag(g: Any, cls: type, name: str, typ: Any, meta: Any, default: str, *,
+                   dest: str) -> None:
+    """One flag for one typed settings field (its help, choices and metavar from the field's
+    `setting(...)` metadata); its default is None, so only a given flag overrides."""
+    kw: dict[str, Any] = dict(dest=dest, default=None, help=f"{meta['help']} (default: {default})")
+    flag = "--" + name.replace("_", "-")
+    if typing.get_origin(typ) in (typing.Union, types.UnionType):  # `int | None`: not given
+        typ = next(t for t in typing.get_args(typ) if t is not type(None))
+    allowed = choices(cls, name)
+    if typ is bool:
+        g.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
+    elif typing.get_origin(typ) is list:
+        g.add_argument(flag, type=_parse_list, metavar=meta["metavar"], **kw)
+    elif allowed is not None and meta["metavar"]:
+        # listed only when help is shown: the encodings' registry imports torch
+        kw["help"] = f"{meta['help']}: %(choices)s (default: {default})"
+        g.add_argument(flag, type=str, choices=allowed, metavar=meta["metavar"], **kw)
+    elif allowed is not None:
+        g.add_argument(flag, type=str, choices=allowed, **kw)
+    else:
+        g.add_argument(flag, type=typ, metavar=meta["metavar"] or METAVARS[typ], **kw)
+
+
+def add_settings_flags(p: argparse.ArgumentParser, cls: type, title: str) -> None:
+    """One flag per field of a settings dataclass (the study's), defaults shown from the
+    dataclass; given flags land in `args.set_<name>`."""
+    g = p.add_argument_group(title)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for name, typ in field_types(cls).items():
+        meta = fields[name].metadata
+        default = meta.get("default_text") or _show(fields[name].default)
+        add_field_flag(g, cls, name, typ, meta, default, dest=f"set_{name}")
+
+
+def given_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings-dataclass fields given on the command line (see add_settings_flags)."""
+    return {k[4:]: v for k, v in vars(args).items() if k.startswith("set_") and v is not None}
 
 
 def overrides(args: argparse.Namespace, base: RunConfig
@@ -121,4 +146,5 @@ def describe(cfg: RunConfig) -> str:
             f"x{t.grad_accum}, {t.max_steps} steps, lr {t.lr}")
 
 
-__all__ = ["add_config_flags", "overrides", "build_config", "describe", "RunConfig"]
+__all__ = ["add_config_flags", "add_settings_flags", "given_settings", "overrides",
+           "build_config", "describe", "RunConfig"]

@@ -1,5 +1,6 @@
-"""The positional-encoding study: evaluator, metrics, fairness, and a tiny end-to-end study
-(results.json against its schema, plots, report in a real browser, skip/resume/refusal)."""
+"""The positional-encoding study (minigpt.study): evaluator, window baseline, metrics,
+fairness, and a tiny end-to-end study (results.json against its schema, plots, report in a
+real browser, skip/resume/refusal, several runs at once)."""
 
 from __future__ import annotations
 
@@ -17,8 +18,10 @@ import torch
 from conftest import SMALL_TEXT, chromium, run_cli
 from torch import nn
 
-from minigpt import compare, evaluation, results_schema
+import minigpt.study as S
+from minigpt import evaluation, results_schema
 from minigpt.errors import ConfigError, DataError, MiniGPTError
+from minigpt.study.schema import build_schema
 
 PNG = b"\x89PNG\r\n\x1a\n"
 NA_LEARNED = "n/a, learned positions stop at L"
@@ -141,22 +144,33 @@ def test_generation_metrics_on_hand_made_text() -> None:
 # --- settings, fairness, schema -------------------------------------------------------------
 
 def test_study_settings() -> None:
-    assert compare.parse_lengths("1x,2x,4x,8x", 64) == [64, 128, 256, 512]
-    assert compare.parse_lengths("100,200", 64) == [64, 100, 200]  # L is always included
-    assert compare.parse_lengths("0.5x,2x", 64) == [32, 64, 128]
+    assert S.parse_lengths("1x,2x,4x,8x", 64) == [64, 128, 256, 512]
+    assert S.parse_lengths("100,200", 64) == [64, 100, 200]  # L is always included
+    assert S.parse_lengths("0.5x,2x", 64) == [32, 64, 128]
     for bad in ("3.3x", "abc", "0", "-2x"):
         with pytest.raises(ConfigError):
-            compare.parse_lengths(bad, 16)
+            S.parse_lengths(bad, 16)
     with pytest.raises(ConfigError, match="unknown encoding"):
-        compare.make_study(encodings="learned,fourier")
+        S.make_study(pos="learned,fourier")
     with pytest.raises(ConfigError, match="--pos"):
-        compare.make_study(model={"pos": "rope"})
-    s = compare.make_study("quick", encodings="learned,alibi", seeds=3, train={"seed": 7})
+        S.make_study(model={"pos": "rope"})
+    with pytest.raises(ConfigError, match="--criterion"):
+        S.make_study(task="copy", criterion=1.5)
+    with pytest.raises(ConfigError, match="--jobs"):
+        S.make_study(jobs=-1)
+    s = S.make_study("quick", pos="learned,alibi", seeds=3, train={"seed": 7})
     assert s.seeds == [7, 8, 9] and len(s.runs()) == 6
     assert s.runs()[:2] == [("learned-s7", "learned", 7), ("alibi-s7", "alibi", 7)]
-    full = compare.make_study("full", encodings="learned,sinusoidal,rope,alibi,nope,t5")
+    full = S.make_study("full", pos="learned,sinusoidal,rope,alibi,nope,t5")
     assert full.seeds == [1337, 1338, 1339] and max(full.lengths) == 8 * full.block_size
-    assert s.fingerprint() != compare.make_study("quick", encodings="learned,alibi").fingerprint()
+    assert s.fingerprint() != S.make_study("quick", pos="learned,alibi").fingerprint()
+    # the flags of compare come from StudySettings: every field is a flag
+    from minigpt.cli import build_parser
+
+    ns = build_parser().parse_args(["compare", "--criterion", "0.9", "--jobs", "2"])
+    assert ns.set_criterion == 0.9 and ns.set_jobs == 2
+    for f in S.StudySettings.__dataclass_fields__:
+        assert hasattr(ns, f"set_{f}"), f
 
 
 def test_encodings_share_initial_values_and_batches(corpus: Path) -> None:
@@ -166,10 +180,12 @@ def test_encodings_share_initial_values_and_batches(corpus: Path) -> None:
     from minigpt.training import load_dataset
 
     names = ["learned", "sinusoidal", "rope", "alibi", "nope", "t5"]
-    study = compare.make_study("quick", encodings=names, model={"block_size": 16, "n_layer": 1,
-                               "d_model": 16, "n_head": 2}, train={"data": str(corpus)})
+    from minigpt.study.fairness import verify_shared_init
+
+    study = S.make_study("quick", pos=names, model={"block_size": 16, "n_layer": 1,
+                         "d_model": 16, "n_head": 2}, train={"data": str(corpus)})
     data = load_dataset(study.base)
-    check = compare.verify_shared_init(study, data.tokenizer.vocab_size)
+    check = verify_shared_init(study, data.tokenizer.vocab_size)
     assert check["shared_init_identical"] and check["configs_differ_only_in"] == ["model.pos"]
     params = {}
     for p in names:
@@ -192,7 +208,7 @@ def test_encodings_share_initial_values_and_batches(corpus: Path) -> None:
 
 
 def test_schema_validator_catches_mistakes() -> None:
-    schema = results_schema.RESULTS_SCHEMA
+    schema = build_schema()
     assert results_schema.validate({"schema": results_schema.SCHEMA}, schema)  # keys missing
     errs = results_schema.validate({"a": 1.5, "b": [1, "x"], "c": True},
                             {"type": "object", "required": ["a", "d"], "properties": {
@@ -226,30 +242,30 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     cfg = parsed.run_config("learned", 1337)
     res = train(cfg, out / "runs" / "learned-s1337", until=2, progress=False)
     assert res.step == 2
-    compare._write_study_file(parsed, out, "interrupted")
+    S.write_study_file(parsed, out, "interrupted")
     first = run_cli("compare", *args, "--out", out)
     assert first.returncode == 0, first.stderr
     return SimpleNamespace(out=out, args=args, first=first)
 
 
-def _parse(args: list[str]) -> compare.Study:
+def _parse(args: list[str]) -> S.Study:
     from minigpt.cli import build_parser
-    from minigpt.cli.options import overrides
+    from minigpt.cli.options import given_settings, overrides
     from minigpt.config import preset
 
     ns = build_parser().parse_args(["compare", *args])
-    m, t = overrides(ns, preset(ns.preset))
-    return compare.make_study(ns.preset, encodings=ns.pos, seeds=ns.seeds, lengths=ns.lengths,
-                              eval_tokens=ns.eval_tokens, eval_stride=ns.eval_stride,
-                              task=ns.task, task_instances=ns.task_instances, model=m, train=t)
+    settings = given_settings(ns)
+    name = settings.pop("preset", "quick")
+    m, t = overrides(ns, preset(name))
+    return S.make_study(name, model=m, train=t, **settings)
 
 
 def test_study_results_match_schema(study: SimpleNamespace) -> None:
     assert "learned-s1337: resuming from step 2" in study.first.stdout
     assert "alibi-s1337: training" in study.first.stdout
     results = json.loads((study.out / "results.json").read_text())
-    assert results_schema.validate(results, results_schema.RESULTS_SCHEMA) == []
-    assert results["schema_version"] == results_schema.SCHEMA_VERSION
+    assert results_schema.validate(results, build_schema()) == []
+    assert results["schema_version"] == results_schema.SCHEMA_VERSION == 3
     env = results["environment"]
     assert env["torch"] == torch.__version__ and env["torch_threads"] >= 1
     assert [r["name"] for r in results["runs"]] == ["learned-s1337", "alibi-s1337", "t5-s1337"]
@@ -267,7 +283,15 @@ def test_study_results_match_schema(study: SimpleNamespace) -> None:
     t5_rows = {r["length"]: r for r in t5["length_generalization"]["results"]}
     assert t5_rows[16]["untrained"] is None and t5_rows[32]["untrained"].startswith("t5 buckets")
     assert all(r["untrained"] is None for r in alibi["length_generalization"]["results"])
-    assert all(len(r["window_loss"]) == 64 // 8 for r in alibi["length_generalization"]["results"])
+    lg = alibi["length_generalization"]
+    assert lg["blocks"] * lg["windows_per_block"] >= 64 // 8
+    assert all(len(r["window_loss"]) == lg["blocks"] * lg["windows_per_block"]
+               for r in lg["results"])
+    # the window baseline of every model at every length past L is its score at L
+    for run in (learned, alibi, t5):
+        rows = {r["length"]: r for r in run["length_generalization"]["results"]}
+        assert all(rows[n]["window_ppl"] == pytest.approx(rows[16]["ppl"], rel=1e-12)
+                   for n in (32, 64, 128))
     assert learned["training"]["pos_params"] == 16 * 16 and alibi["training"]["pos_params"] == 0
     # the resumed run's curve covers both pieces with a wall clock that never goes back
     wall = learned["training"]["curves"]["train"]["wall_s"]
@@ -381,42 +405,12 @@ def test_steady_step_times_leave_out_start_up_and_evaluations() -> None:
             {"step": 40, "train_loss": 1, "elapsed": 11.2},   # 120 ms/step
             {"step": 50, "train_loss": 1, "elapsed": 0.5},    # resumed: the clock restarted
             {"step": 60, "train_loss": 1, "elapsed": 1.6}]    # 110 ms/step
-    st = compare.steady_step_times(rows)
+    from minigpt.study.records import steady_step_times
+
+    st = steady_step_times(rows)
     assert st["samples"] == pytest.approx([100.0, 120.0, 110.0])
     assert st["median"] == pytest.approx(110.0) and st["n"] == 3
-    assert compare.steady_step_times([])["median"] is None
-
-
-def _noise_results(a_items: list[list[float]], b_items: list[list[float]]) -> dict:
-    runs = []
-    for pos, items in (("a", a_items), ("b", b_items)):
-        for seed, w in enumerate(items):
-            runs.append({"pos": pos, "seed": seed, "training": {"step_time_ms": {
-                "samples": w, "median": float(np.median(w))}},
-                "length_generalization": {"results": [
-                    {"length": 64, "loss": float(np.mean(w)), "window_loss": w}]}})
-    return {"study": {"seeds": list(range(len(a_items)))}, "runs": runs}
-
-
-def test_differences_are_called_only_beyond_the_noise() -> None:
-    from minigpt.report import differs
-
-    rng = np.random.default_rng(0)
-    base = list(rng.normal(2.0, 0.3, size=200))
-    shifted = [v + 0.2 for v in base]  # paired: the same windows, clearly worse
-    noisy = [v + e for v, e in zip(base, rng.normal(0, 0.05, size=200))]  # no real difference
-    assert differs(_noise_results([base], [shifted]), "a", "b", "loss", 64)
-    assert not differs(_noise_results([base], [noisy]), "a", "b", "loss", 64)
-    # step times: unpaired medians over log intervals
-    fast, slow = list(rng.normal(30, 1, 60)), list(rng.normal(36, 1, 60))
-    assert differs(_noise_results([fast], [slow]), "a", "b", "step")
-    assert not differs(_noise_results([fast], [list(rng.normal(30, 1, 60))]), "a", "b", "step")
-    # several seeds: the seed spread decides
-    seeds_a = [[2.0] * 5, [2.1] * 5, [1.9] * 5]
-    assert not differs(_noise_results(seeds_a, [[2.05] * 5, [2.15] * 5, [1.95] * 5]),
-                       "a", "b", "loss", 64)
-    assert differs(_noise_results(seeds_a, [[3.0] * 5, [3.1] * 5, [2.9] * 5]),
-                   "a", "b", "loss", 64)
+    assert steady_step_times([])["median"] is None
 
 
 def test_our_validator_agrees_with_jsonschema(study: SimpleNamespace) -> None:
@@ -427,7 +421,7 @@ def test_our_validator_agrees_with_jsonschema(study: SimpleNamespace) -> None:
 
     from jsonschema import Draft202012Validator
 
-    schema = results_schema.RESULTS_SCHEMA
+    schema = build_schema()
     Draft202012Validator.check_schema(schema)
     reference = Draft202012Validator(schema)
     results = json.loads((study.out / "results.json").read_text())
@@ -462,4 +456,4 @@ def test_our_validator_agrees_with_jsonschema(study: SimpleNamespace) -> None:
     assert verdicts[0] == (True, True)
     assert all(ours == theirs for ours, theirs in verdicts), \
         [i for i, (a, b) in enumerate(verdicts) if a != b][:5]
-    assert sum(not ours for ours, _ in verdicts) > 200  # most mutations are violations
+    assert sum(not ours for ours, _ in verdicts) > 120  # many mutations are violations

@@ -1,0 +1,244 @@
+"""What defines a study: `StudySettings` (typed, with the same `setting()` metadata as the
+model and train configs, so `compare`'s flags, help and checks are generated from it), and
+`Study`, the settings resolved against a preset into validated run configurations.
+
+A study trains one model per (encoding, seed) with everything but the encoding held equal,
+then scores them with its objective (language modelling or an algorithmic task).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from ..config import STUDY_PRESETS, RunConfig, merge, preset, setting
+from ..errors import ConfigError, MiniGPTError
+from ..results_schema import SCHEMA_VERSION
+from .parsing import parse_lengths, parse_list  # noqa: F401  (part of the study's API)
+
+DEFAULT_ENCODINGS = ["learned", "sinusoidal", "rope", "alibi", "nope"]
+# Settings that may differ between invocations without making it another study.
+NOT_FINGERPRINTED = {"device", "compile"}
+EVAL_VERSION = 3  # bump when an evaluation's numbers change meaning (forces re-evaluation)
+
+
+@dataclass
+class StudySettings:
+    """The study's own settings; None (not given) means the preset's value or the default the
+    help names."""
+
+    preset: str = setting("quick", "study preset: quick (minutes on a laptop CPU) or full "
+                          "(longer training, 3 seeds; for a GPU)", metavar="NAME")
+    task: str = setting("lm", "what the models learn: lm (language modelling on --data) or an "
+                        "algorithmic task scored by exact match (copy, reverse, add, recall, "
+                        "passkey)", metavar="NAME")
+    pos: str | None = setting(
+        None, "encodings to compare, comma-separated", metavar="A,B,...",
+        default_text=",".join(DEFAULT_ENCODINGS))
+    seeds: int | None = setting(
+        None, "seeds per encoding: --seed, --seed+1, ...; a ranking needs 2 or more",
+        default_text="quick 1, full 3")
+    lengths: str | None = setting(
+        None, "evaluation lengths. lm: multiples of L such as 1x,2x,4x,8x or token counts; L "
+        "is always included. Tasks: instance lengths as multiples of the longest trained "
+        "(0.5x,1x,1.5x,2x,3x,4x) or counts", metavar="LIST", default_text="the preset's")
+    eval_tokens: int | None = setting(
+        None, "lm: validation targets scored at every length, spread over the validation text",
+        default_text="quick 8192, full 32768")
+    eval_stride: int | None = setting(
+        None, "lm: windows move by N tokens and score their last N, so every scored token has "
+        "T-N to T-1 tokens of context", default_text="L/2")
+    task_instances: int | None = setting(None, "tasks: held-out instances per test length",
+                                         default_text="quick 200, full 500")
+    criterion: float = setting(0.95, "tasks: train until validation accuracy at the longest "
+                               "trained length reaches this (or --max-steps ends); only runs "
+                               "that reach it are read past L", metavar="FLOAT")
+    check_every: int = setting(250, "tasks: steps between convergence checks")
+    val_instances: int = setting(200, "tasks: validation instances per convergence check")
+    jobs: int | None = setting(
+        None, "runs trained at once, each in its own process with its share of the threads "
+        "(one per GPU on several GPUs)", default_text="one per CPU core, or per GPU; printed")
+
+    def __post_init__(self) -> None:
+        from .registry import objective_names
+
+        if self.preset not in STUDY_PRESETS:
+            raise ConfigError(f"unknown study preset {self.preset!r}; choose one of "
+                              f"{', '.join(STUDY_PRESETS)}.")
+        if self.task not in objective_names():
+            raise ConfigError(f"unknown task {self.task!r}; choose lm or one of "
+                              f"{', '.join(n for n in objective_names() if n != 'lm')}.")
+        for name, hi in (("seeds", 100), ("eval_tokens", 1 << 30), ("eval_stride", 1 << 20),
+                         ("task_instances", 1 << 20), ("jobs", 1024)):
+            v = getattr(self, name)
+            if v is None:
+                continue
+            if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= hi:
+                raise ConfigError(f"--{name.replace('_', '-')} must be a whole number from 1 "
+                                  f"to {hi}, got {v}.")
+        for name in ("check_every", "val_instances"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be a positive whole "
+                                  f"number, got {v}.")
+        c = self.criterion
+        if not isinstance(c, (int, float)) or isinstance(c, bool) or not 0 < c <= 1:
+            raise ConfigError(f"--criterion must be an accuracy in (0, 1], got {c}.")
+
+
+def parse_encodings(spec: str | list[str] | None) -> list[str]:
+    from ..positional import REGISTRY
+
+    names = parse_list(spec) if spec is not None else list(DEFAULT_ENCODINGS)
+    if not names:
+        raise ConfigError("--pos needs at least one positional encoding.")
+    unknown = [n for n in names if n not in REGISTRY]
+    if unknown:
+        raise ConfigError(f"--pos: unknown encoding(s) {', '.join(unknown)}; choose from "
+                          f"{', '.join(REGISTRY)}.")
+    return list(dict.fromkeys(names))
+
+
+@dataclass
+class Study:
+    """Everything that defines a study, resolved; `fingerprint` identifies it in study.json."""
+
+    settings: StudySettings
+    encodings: list[str]
+    seeds: list[int]
+    lengths: list[int]  # tokens (lm) or instance lengths (tasks)
+    eval_tokens: int
+    eval_stride: int
+    task_instances: int
+    base: RunConfig  # the shared configuration (its pos and seed are overridden per run)
+    objective: Any  # an Objective (objective.py)
+
+    @property
+    def preset(self) -> str:
+        return self.settings.preset
+
+    @property
+    def task(self) -> str:
+        return self.settings.task
+
+    @property
+    def block_size(self) -> int:
+        return self.base.model.block_size
+
+    def run_config(self, pos: str, seed: int) -> RunConfig:
+        return merge(self.base, {"pos": pos}, {"seed": seed}, where=f"run {pos}-s{seed}")
+
+    def runs(self) -> list[tuple[str, str, int]]:
+        """(name, pos, seed) in training order: all encodings of a seed, then the next seed,
+        so an interrupted study already holds complete comparisons for its first seeds. The
+        encoding order rotates by one place per seed, so no encoding always runs last."""
+        out = []
+        for i, s in enumerate(self.seeds):
+            k = i % len(self.encodings)
+            out += [(run_name(p, s), p, s) for p in self.encodings[k:] + self.encodings[:k]]
+        return out
+
+    def eval_settings(self) -> dict[str, Any]:
+        return self.objective.eval_settings(self)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The fingerprinted settings (what makes it this study)."""
+        cfg = self.base.to_dict()
+        cfg["model"].pop("pos")
+        cfg["train"].pop("seed")
+        for k in NOT_FINGERPRINTED:
+            cfg["train"].pop(k, None)
+        return {"schema_version": SCHEMA_VERSION, "preset": self.preset, "task": self.task,
+                "encodings": self.encodings, "seeds": self.seeds, "lengths": self.lengths,
+                **self.eval_settings(), **self.objective.training_settings(self),
+                "config": cfg}
+
+    def fingerprint(self) -> str:
+        return _hash(self.as_dict())
+
+    def eval_fingerprint(self) -> str:
+        t = self.base.train
+        return _hash({"eval_version": EVAL_VERSION, "lengths": self.lengths,
+                      **self.eval_settings(), "prompt": t.sample_prompt,
+                      "temperatures": t.sample_temperatures, "tokens": t.sample_tokens})
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def run_name(pos: str, seed: int) -> str:
+    return f"{pos}-s{seed}"
+
+
+def make_study(preset_name: str = "quick", *, model: dict[str, Any] | None = None,
+               train: dict[str, Any] | None = None, **settings: Any) -> Study:
+    """Resolve a study preset plus overrides into validated settings; `settings` are
+    StudySettings fields (pos, seeds, lengths, task, ...)."""
+    from ..evaluation import check_stride, default_stride
+    from .registry import get_objective
+
+    st = StudySettings(preset=preset_name, **{k: v for k, v in settings.items()
+                                              if v is not None})
+    sp = STUDY_PRESETS[st.preset]
+    model, train = dict(model or {}), dict(train or {})
+    if "pos" in model:
+        raise ConfigError("the study sets the encoding per run; list encodings with --pos.")
+    names = parse_encodings(st.pos)  # None: the default list
+    objective = get_objective(st.task)
+    base = merge(preset(sp["base"]), sp["model"], sp["train"], where=f"study preset {st.preset}")
+    base = merge(base, {}, objective.preset_overrides(sp), where=f"study preset {st.preset}")
+    base = merge(base, {**model, "pos": names[0]}, train, where="command line")
+    n = st.seeds or sp["seeds"]  # None: the preset's
+    L = base.model.block_size
+    lens = objective.lengths(st.lengths, L, sp["lengths"])
+    stride = 1
+    if objective.scores_text:
+        stride = st.eval_stride or default_stride(lens, L)
+        try:
+            check_stride(stride, lens, L)
+        except MiniGPTError as e:
+            raise ConfigError(f"--eval-stride: {e}") from None
+    study = Study(settings=st, encodings=names, seeds=[base.train.seed + i for i in range(n)],
+                  lengths=lens, eval_tokens=st.eval_tokens or sp["eval_tokens"],
+                  eval_stride=stride, task_instances=st.task_instances or sp["task_instances"],
+                  base=base, objective=objective)
+    for _, pos, seed in study.runs():  # validate every run's config now (e.g. rope head size)
+        study.run_config(pos, seed)
+    return study
+
+
+def diff_settings(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """'name: old -> new' for every setting that differs between two settings dicts."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: list[str] = []
+        for k in sorted(set(old) | set(new), key=str):
+            out += diff_settings(old.get(k), new.get(k), f"{prefix}{k}.")
+        return out
+    if old == new:
+        return []
+    name = prefix.rstrip(".") or "settings"
+    return [f"{name.removeprefix('config.')}: {_show(old)} -> {_show(new)}"]
+
+
+def _show(v: Any) -> str:
+    if isinstance(v, list):
+        return ",".join(map(str, v)) if len(v) <= 8 else f"{len(v)} items"
+    return "unset" if v is None else str(v)
+
+
+def config_diff(a: RunConfig, b: RunConfig) -> list[str]:
+    """Config fields (section.name: old -> new) that differ, ignoring those that need not
+    match."""
+    da, db = a.to_dict(), b.to_dict()
+    for settings in (da, db):
+        for k in NOT_FINGERPRINTED:
+            settings["train"].pop(k, None)
+    return diff_settings(da, db)
+
+
+def settings_fields() -> list[dataclasses.Field]:
+    return list(dataclasses.fields(StudySettings))
