@@ -415,7 +415,7 @@ class Generation:
         from ..generation import TextStream
 
         e = self.entry
-        stream = TextStream(e.tok)
+        stream = TextStream(e.tok, self.ids)
         for nxt, logits in self.steps:
             i = int(nxt[0, 0])
             probs = logits[0].float().softmax(-1)  # (V,) the model's own distribution
