@@ -494,10 +494,25 @@ ROWS = [
         lambda c: ["import", c.ckpt, "--out", c.out], "already a minigpt checkpoint"),
     Row("import-out", "import", "`--out` holding a run already (never overwritten)",
         lambda c: ["import", c.hf_dir(GPT2), "--out", c.ckpt], "already holds"),
+    # paths that point the wrong way (issue 23)
+    Row("sample-ckpt-file", "sample", "`--ckpt` naming model.safetensors, not its directory",
+        lambda c: ["sample", "--ckpt", c.ckpt / "model.safetensors"],
+        "is a file; give the checkpoint directory that holds it"),
+    Row("sample-study", "sample", "`--ckpt` naming a study folder (a `compare` output)",
+        lambda c: ["sample", "--ckpt", study(c)], "is a study (minigpt compare output)"),
+    Row("serve-study-as-ckpt", "serve", "`--ckpt` naming a study folder (not `--study`)",
+        lambda c: ["serve", "--ckpt", study(c)], "serve them all with minigpt serve --study"),
     # any command
     Row("unknown-command", "any", "unknown command (`trian`)",
         lambda c: ["trian"], "invalid choice"),
 ]
+
+
+def study(c: Ctx) -> Path:
+    """A folder laid out as a `minigpt compare` output holding a copy of the fixture run."""
+    d = c.tmp / "study"
+    shutil.copytree(c.ckpt, d / "runs" / "learned-s0")
+    return d
 
 
 def call(argv: list, capsys) -> tuple[int, str, str]:
