@@ -502,6 +502,10 @@ ROWS = [
         lambda c: ["sample", "--ckpt", study(c)], "is a study (minigpt compare output)"),
     Row("serve-study-as-ckpt", "serve", "`--ckpt` naming a study folder (not `--study`)",
         lambda c: ["serve", "--ckpt", study(c)], "serve them all with minigpt serve --study"),
+    Row("sample-typed-newline", "sample",
+        "a typed `\\n` in the prompt (`--prompt 'ALL:\\nWe'`)",
+        lambda c: ["sample", "--ckpt", c.ckpt, "--prompt", "ALL:\\nWe"],
+        "'\\' (a backslash) (it knows"),
     # any command
     Row("unknown-command", "any", "unknown command (`trian`)",
         lambda c: ["trian"], "invalid choice"),
@@ -538,8 +542,9 @@ def test_bad_input(row: Row, base: Path, tmp_path: Path, capsys) -> None:
     ctx = Ctx(base, tmp_path)
     argv = row.argv(ctx)
     before_base, before_tmp = snapshot(base), snapshot(tmp_path)
-    code, _, err = call(argv, capsys)
+    code, out, err = call(argv, capsys)
     assert_one_sentence(code, err, row.match)
+    assert "minigpt train:" not in out  # no settings header for a run that never starts
     if row.sub:
         r = run_cli(*argv)
         assert_one_sentence(r.returncode, r.stderr, row.match)

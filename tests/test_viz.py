@@ -188,3 +188,32 @@ def test_cli_nope_says_so_in_one_line(tmp_path: Path, capsys) -> None:
     assert main(["viz", "--pos", "nope", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert out.count("\n") == 1 and "nope" in out
+
+
+def test_sinusoidal_colour_bar_shows_what_is_added(tmp_path: Path, monkeypatch) -> None:
+    """The sinusoidal table's colours are scale x table, the value embed() adds, and the
+    colour bar says so with the scale."""
+    import torch
+
+    from minigpt.config import merge, preset
+    from minigpt.positional import build
+
+    shown = []
+
+    def record(fig, path):
+        if path.name == "sinusoidal_table.png":
+            im = fig.axes[0].images[0]
+            shown.append((im.get_array().max(), im.get_clim(), fig.axes[1].get_ylabel()))
+        viz.plt.close(fig)
+        return path
+
+    monkeypatch.setattr(viz, "_save", record)
+    viz.draw("sinusoidal", None, tmp_path, overrides={"block_size": 32}, preset_name="tiny")
+    (top, clim, label), = shown
+    cfg = merge(preset("tiny"), {"block_size": 32, "pos": "sinusoidal"}, None).model
+    pos = build(cfg)
+    x = torch.zeros(1, 32, pos.cfg.d_model)
+    added = pos.embed(x, torch.arange(32))  # (1, T, C): what the model adds
+    assert abs(top - float(added.max())) < 1e-5
+    assert clim[1] == pytest.approx(float(added.abs().max()), rel=1e-5)
+    assert f"learned scale {pos.scale.item():.3g} x the sin/cos table" in label

@@ -222,10 +222,11 @@ def init_model(cfg: RunConfig, rank: int = 0) -> GPT:
 
 
 def load_dataset(cfg: RunConfig, tokenizer_path: Path | None = None,
-                 verbose: bool = False) -> Dataset:
+                 verbose: bool = False, log: Log | None = None) -> Dataset:
     tc = cfg.train
     return prepare(tc.data, tc.tokenizer, vocab_size=tc.vocab_size_bpe, min_freq=tc.min_freq,
-                   max_vocab=tc.max_vocab, tokenizer_path=tokenizer_path, verbose=verbose)
+                   max_vocab=tc.max_vocab, tokenizer_path=tokenizer_path, verbose=verbose,
+                   log=log)
 
 
 def with_vocab(cfg: RunConfig, vocab_size: int) -> RunConfig:
@@ -280,7 +281,7 @@ def setup_run(cfg: RunConfig, out: Path, *, resume: bool = False, data: Dataset 
     elif init_from is not None:
         cfg = init_config(cfg, init_from)
     init_from = str(init_from) if init_from is not None else None
-    data = _run_data(cfg, out, ranks, data, resume, init_from, progress)
+    data = _run_data(cfg, out, ranks, data, resume, init_from, progress, log)
     if ranks.main and not resume:  # only now: bad data must not leave an empty directory behind
         make_output(out)
     cfg = with_vocab(cfg, data.tokenizer.vocab_size)
@@ -299,13 +300,13 @@ def setup_run(cfg: RunConfig, out: Path, *, resume: bool = False, data: Dataset 
 
 
 def _run_data(cfg: RunConfig, out: Path, ranks: Dist, data: Dataset | None, resume: bool,
-              init_from: str | None, progress: bool) -> Dataset:
+              init_from: str | None, progress: bool, log: Log = print) -> Dataset:
     """The run's dataset, tokenized with the run's (or the init checkpoint's) tokenizer."""
     tok_path = out / "tokenizer.json" if resume else None
     if init_from is not None and not resume:
         tok_path = Path(init_from) / "tokenizer.json"
     if data is None and ranks.main:  # rank 0 tokenizes into the cache, the others then read it
-        data = load_dataset(cfg, tok_path, verbose=progress)
+        data = load_dataset(cfg, tok_path, verbose=progress, log=log)
     barrier(ranks)
     data = data or load_dataset(cfg, tok_path)
     data.check_block(cfg.model.block_size)

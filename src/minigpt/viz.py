@@ -196,7 +196,7 @@ def _draw_table(src: Source, out: Path) -> list[Path]:
     vmax = float(table.abs().max()) or 1.0
     im = ax.imshow(table.numpy(), aspect="auto", cmap="RdBu_r", vmin=-vmax, vmax=vmax,
                    interpolation="nearest")
-    fig.colorbar(im, ax=ax, label="value added to the token embedding")
+    fig.colorbar(im, ax=ax, label=src.module.table_label())
     ax.set_xlabel("embedding dimension")
     ax.set_ylabel("position")
     ax.set_title(f"{name} position vectors ({n} x {table.shape[1]})\n{src.label}")
