@@ -68,8 +68,8 @@ def run(args: argparse.Namespace) -> int:
 
     result = train(cfg, out, resume=args.resume, until=args.until, progress=not args.quiet,
                    init_from=args.init_from, log=log)
-    if not main:
-        return 0  # under torchrun only rank 0 reports and samples
+    if not main or result.nothing_to_do:
+        return 0  # under torchrun only rank 0 reports and samples; nothing new to report
     best = (f"best val loss {result.best_val_loss:.4f}" if math.isfinite(result.best_val_loss)
             else "no evaluation yet")
     print(f"step {result.step}: {best}, {result.tokens_per_s:,.0f} tokens/s, "
