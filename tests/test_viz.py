@@ -217,3 +217,39 @@ def test_sinusoidal_colour_bar_shows_what_is_added(tmp_path: Path, monkeypatch) 
     assert abs(top - float(added.max())) < 1e-5
     assert clim[1] == pytest.approx(float(added.abs().max()), rel=1e-5)
     assert f"learned scale {pos.scale.item():.3g} x the sin/cos table" in label
+
+
+def test_no_legend_hides_data(tmp_path: Path, monkeypatch) -> None:
+    """Every legend viz and the training loss curve draw sits outside the plotted data:
+    no line, band or scatter point, and no image, lies under it (issue 23, point 3)."""
+    from minigpt import plots
+
+    checked: dict[str, int] = {}
+    real = plots.atomic_savefig
+
+    def check(fig, path, **kw):
+        if any(ax.get_legend() is not None for ax in fig.axes):
+            checked[Path(path).name] = plots.points_under_legend(fig)
+        return real(fig, path, **kw)
+
+    monkeypatch.setattr(plots, "atomic_savefig", check)
+    for pos in ("rope", "alibi"):
+        viz.draw(pos, None, tmp_path / pos, overrides={"block_size": 32}, preset_name="tiny")
+    rows = [{"step": s, "train_loss": 4 - s / 50} for s in range(1, 101)]
+    rows += [{"step": s, "val_loss": 4.1 - s / 50} for s in range(10, 101, 10)]
+    plots.loss_curve(rows, tmp_path / "loss.png")
+    assert set(checked) == {"rope_distance.png", "rope_frequencies.png",
+                            "alibi_bias_distance.png", "loss.png"}
+    assert checked == dict.fromkeys(checked, 0)
+
+
+def test_points_under_legend_counts_what_a_legend_hides() -> None:
+    from minigpt import plots
+
+    fig, ax = plots.plt.subplots()
+    ax.plot(range(100), [50] * 100, label="flat line through the middle")
+    ax.legend(loc="center")
+    assert plots.points_under_legend(fig) > 0
+    plots.legend_outside(ax)
+    assert plots.points_under_legend(fig) == 0
+    plots.plt.close(fig)

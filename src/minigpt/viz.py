@@ -33,7 +33,7 @@ import matplotlib.pyplot as plt
 from . import positional
 from .config import ModelConfig, merge, preset
 from .errors import MiniGPTError
-from .plots import save
+from .plots import legend_outside, save
 
 # model settings that describe an untrained encoding (and so make no sense with a checkpoint)
 OVERRIDES = ("block_size", "n_head", "d_model", "rope_base")
@@ -267,7 +267,7 @@ def _draw_rope(src: Source, out: Path) -> list[Path]:
         ax.axvline(L, color="k", ls="--", lw=0.8, label=f"trained context {L}")
         ax.axhline(0, color="grey", lw=0.5)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="upper right")
+        legend_outside(ax, fontsize=8)
     paths = [_save(fig, out / "rope_distance.png")]
 
     inv_freq = src.module.inv_freq.detach().double().cpu().numpy()  # (hs/2,)
@@ -281,7 +281,7 @@ def _draw_rope(src: Source, out: Path) -> list[Path]:
     ax1.set_ylabel("rotation per token (radians, log scale)")
     ax1.set_title(f"rope: rotation frequencies, base {base:g}, head size {hs}")
     ax1.grid(alpha=0.3, which="both")
-    ax1.legend(fontsize=8)
+    legend_outside(ax1, fontsize=8)
     angle = np.outer(np.arange(L), inv_freq)  # (T, hs/2)
     im = ax2.imshow(np.cos(angle), aspect="auto", cmap="RdBu_r", vmin=-1, vmax=1,
                     interpolation="nearest")
@@ -338,7 +338,7 @@ def _draw_bias(src: Source, out: Path) -> list[Path]:
     ax.set_title(f"{name}: bias against distance, per head\n{src.label}")
     ax.grid(alpha=0.3)
     if nh <= 16:
-        ax.legend(fontsize=7, ncol=2 if nh > 8 else 1)
+        legend_outside(ax, fontsize=7, ncol=2 if nh > 8 else 1)
     paths.append(_save(fig, out / f"{name}_bias_distance.png"))
     return paths
 
