@@ -48,3 +48,27 @@ def test_page_text_is_the_decode_of_all_ids(kind: str) -> None:
     # the page may hold back the bytes of a character the last token did not finish
     assert page == whole or (kind == "bpe" and whole.startswith(page)
                              and set(whole[len(page):]) == {"\ufffd"})
+
+
+def test_encoding_note_speaks_to_a_browser_user(tmp_path: Path) -> None:
+    """The Encoding tab's note for an encoding with no picture names the page's tabs, not
+    command-line flags (issue 23, point 8)."""
+    from conftest import SMALL_TEXT, tiny_config
+
+    from minigpt.serve.engine import load_entries
+    from minigpt.training import train
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(SMALL_TEXT * 4, encoding="utf-8")
+    train(tiny_config(corpus, {"pos": "nope"}, {"max_steps": 2, "eval_interval": 2}),
+          tmp_path / "nope", progress=False)
+    engine = Engine(load_entries([tmp_path / "nope"]))
+    try:
+        _, images, note = engine.viz("nope")
+    finally:
+        engine.close()
+    assert images == []
+    assert note == ("nope adds no positional information, so there is nothing of the encoding "
+                    "to draw; generate some text, then open the Attention tab to see the "
+                    "attention it leads to.")
+    assert "--" not in note

@@ -56,13 +56,15 @@ class Source:
 
 def draw(pos: str | None, ckpt: str | Path | None, out: str | Path, prompt: str | None = None,
          *, preset_name: str | None = None, overrides: dict[str, Any] | None = None,
-         which: str = "last", log: Callable[[str], None] | None = None) -> list[Path]:
+         which: str = "last", log: Callable[[str], None] | None = None,
+         attention_hint: str | None = None) -> list[Path]:
     """Write the pictures of one encoding (and, with `prompt`, attention maps) into `out`.
 
     `pos` may be None when `ckpt` is given (it is read from the checkpoint). Without a
     checkpoint the encoding is built untrained from `preset_name` (default "small") with
     `overrides` (any of block_size, n_head, d_model, rope_base). Returns the PNG paths
-    written; `log` receives a one-line note when there is nothing to draw.
+    written; `log` receives a one-line note when there is nothing to draw, which ends with
+    `attention_hint` (default: the command-line flags that draw attention maps instead).
     """
     src = _source(pos, ckpt, preset_name, overrides or {}, which, prompt)
     idx = _encode_prompt(src, prompt) if prompt is not None else None
@@ -78,8 +80,9 @@ def draw(pos: str | None, ckpt: str | Path | None, out: str | Path, prompt: str 
     elif idx is None and log is not None:
         what = ("adds no positional information, so there is nothing of the encoding to draw"
                 if type(src.module).where == "nowhere" else "has no picture of its own yet")
-        hint = "--prompt TEXT" if src.model is not None else "--ckpt DIR --prompt TEXT"
-        log(f"{src.pos} {what}; give {hint} to see the attention it leads to.")
+        flags = "--prompt TEXT" if src.model is not None else "--ckpt DIR --prompt TEXT"
+        hint = attention_hint or f"give {flags} to see the attention it leads to"
+        log(f"{src.pos} {what}; {hint}.")
     if idx is not None:
         paths += _draw_attention(src, idx, prompt or "", out)
     return paths
