@@ -494,10 +494,29 @@ ROWS = [
         lambda c: ["import", c.ckpt, "--out", c.out], "already a minigpt checkpoint"),
     Row("import-out", "import", "`--out` holding a run already (never overwritten)",
         lambda c: ["import", c.hf_dir(GPT2), "--out", c.ckpt], "already holds"),
+    # paths that point the wrong way (issue 23)
+    Row("sample-ckpt-file", "sample", "`--ckpt` naming model.safetensors, not its directory",
+        lambda c: ["sample", "--ckpt", c.ckpt / "model.safetensors"],
+        "is a file; give the checkpoint directory that holds it"),
+    Row("sample-study", "sample", "`--ckpt` naming a study folder (a `compare` output)",
+        lambda c: ["sample", "--ckpt", study(c)], "is a study (minigpt compare output)"),
+    Row("serve-study-as-ckpt", "serve", "`--ckpt` naming a study folder (not `--study`)",
+        lambda c: ["serve", "--ckpt", study(c)], "serve them all with minigpt serve --study"),
+    Row("sample-typed-newline", "sample",
+        "a typed `\\n` in the prompt (`--prompt 'ALL:\\nWe'`)",
+        lambda c: ["sample", "--ckpt", c.ckpt, "--prompt", "ALL:\\nWe"],
+        "'\\' (a backslash) (it knows"),
     # any command
     Row("unknown-command", "any", "unknown command (`trian`)",
         lambda c: ["trian"], "invalid choice"),
 ]
+
+
+def study(c: Ctx) -> Path:
+    """A folder laid out as a `minigpt compare` output holding a copy of the fixture run."""
+    d = c.tmp / "study"
+    shutil.copytree(c.ckpt, d / "runs" / "learned-s0")
+    return d
 
 
 def call(argv: list, capsys) -> tuple[int, str, str]:
@@ -523,8 +542,9 @@ def test_bad_input(row: Row, base: Path, tmp_path: Path, capsys) -> None:
     ctx = Ctx(base, tmp_path)
     argv = row.argv(ctx)
     before_base, before_tmp = snapshot(base), snapshot(tmp_path)
-    code, _, err = call(argv, capsys)
+    code, out, err = call(argv, capsys)
     assert_one_sentence(code, err, row.match)
+    assert "minigpt train:" not in out  # no settings header for a run that never starts
     if row.sub:
         r = run_cli(*argv)
         assert_one_sentence(r.returncode, r.stderr, row.match)

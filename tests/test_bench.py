@@ -76,3 +76,17 @@ def test_bench_bad_input_is_one_line(tmp_path):
     r = run_cli("bench", "--preset", "tiny", "--threads", "0", "--out", tmp_path / "b.json")
     assert r.returncode == 2 and "threads" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "b.json").exists()
+
+
+def test_default_char_vocabulary_is_the_embedded_corpus():
+    """bench's "shakespeare chars" vocabulary is the one `train --data shakespeare` builds
+    (77: the training plays' characters and <pad>), not nanoGPT's 65."""
+    from minigpt.bench import _bench_config
+    from minigpt.data import shakespeare_texts
+    from minigpt.tokenizers import train_tokenizer
+
+    tok = train_tokenizer("char", [t for _, t in shakespeare_texts()["train"]])
+    threads = torch.get_num_threads()
+    cfg = _bench_config("tiny", "float32", "off", "cpu", None, None, 4, 1, None)
+    assert torch.get_num_threads() == threads
+    assert cfg.model.vocab_size == tok.vocab_size == 77

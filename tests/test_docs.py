@@ -89,3 +89,30 @@ def test_results_schema_page_is_generated_from_the_schema():
                   "runs[].length_generalization.results[].window_ppl",
                   "aggregates[].steps_to_criterion", "study.length_kinds"):
         assert f"`{field}`" in page
+
+
+TIMING = re.compile(r"\d+(?:[.,]\d+)? ?(?:min\b|s\b|ms\b|seconds\b|minutes\b|hours?\b)"
+                    r"|\d[\d,]* tokens/s")
+
+
+def test_every_time_and_speed_in_the_readme_names_its_machine():
+    """A time or speed in the README's prose is read against the reader's machine: the
+    paragraph it stands in (or the one introducing its log block) names the CPU and its bf16
+    support, the threads and the dtype (issue 23, point 4)."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    paragraphs, prose = [], ""
+    for part in re.split(r"\n\s*\n", FENCE.sub(lambda m: "\x00" + m.group(2), text)):
+        if part.startswith("\x00"):  # a code block: read with the paragraph before it
+            paragraphs.append(prose + "\n" + part)
+        else:
+            prose = part
+            paragraphs.append(part)
+    bare = []
+    for para in paragraphs:
+        if not TIMING.search(para):
+            continue
+        named = ("AVX" in para and "thread" in para
+                 and re.search(r"bf16|bfloat16|float32", para) is not None)
+        if not named:
+            bare.append(TIMING.search(para).group(0) + ": " + para[:80])
+    assert not bare, bare

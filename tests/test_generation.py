@@ -167,3 +167,37 @@ def test_window_limits_what_the_model_sees(pos):
             nxt = torch.multinomial(logits[:, -1].float().softmax(-1), 1, generator=g)
             idx = torch.cat((idx, nxt), 1)
     assert torch.equal(outs[0], idx)
+
+
+WORDS_TEXT = ("The encoding adds a position to every token. The model reads the encoding, "
+              "and the encoding tells it where each word is.\n") * 4
+
+
+def _trained(kind: str):
+    from minigpt.tokenizers import train_tokenizer
+
+    tok = train_tokenizer(kind, [WORDS_TEXT], vocab_size=300)
+    cfg = ModelConfig(vocab_size=tok.vocab_size, block_size=16, n_layer=1, n_head=2,
+                      d_model=16, pos="rope")
+    return GPT(cfg, seed=0).eval(), tok
+
+
+@pytest.mark.parametrize("kind", ["char", "word", "bpe"])
+def test_prompt_and_continuation_read_as_the_decode_of_all_ids(kind):
+    """The word tokenizer's space between the prompt's last word and the first new one
+    (dropped when the continuation was decoded on its own) is there, for every tokenizer,
+    in sample_text and stream_text alike."""
+    from minigpt.generation import prompt_ids
+
+    model, tok = _trained(kind)
+    prompt = "The encoding"
+    kw = dict(max_new_tokens=12, temperature=1.0, seed=5)
+    ids = torch.tensor([prompt_ids(tok, prompt)])
+    all_ids = generate(model, ids, 12, temperature=1.0, generator=torch.Generator().manual_seed(5))
+    whole = tok.decode(all_ids[0].tolist())
+    assert tok.decode(ids[0].tolist()) == prompt  # the prompt round-trips
+    text = sample_text(model, tok, prompt, **kw)[0]
+    assert text == whole
+    assert "".join(piece for _, piece in stream_text(model, tok, prompt, **kw)) == whole
+    if kind == "word":  # the case that was wrong: a space after "encoding" (no punctuation
+        assert text[len(prompt)] == " " or text[len(prompt)] in ".,;:!?"  # follows it here)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SMALL_TEXT, run_cli, tiny_config
+from conftest import ROOT, SMALL_TEXT, run_cli, tiny_config
 
 from minigpt.checkpoint import load
 from minigpt.cli import main
@@ -90,7 +90,13 @@ def one_error_line(capsys) -> str:
 def test_export_learned_is_gpt2_with_same_logits_and_greedy_tokens(trained, root, capsys):
     ck, out = trained("learned-char"), root / "hf-learned"
     assert main(["export", "--ckpt", str(ck), "--to", "hf", "--out", str(out)]) == 0
-    assert "GPT2LMHeadModel" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "GPT2LMHeadModel" in said
+    # one line says how long a sequence transformers can run (it has no sliding window)
+    assert [x for x in said.splitlines() if x.startswith("note:")] == [
+        "note: this learned-position model takes at most 16 tokens in transformers (prompt + "
+        "max_new_tokens <= 16; past that generate() fails); minigpt sample slides its window "
+        "instead."]
     for f in ("config.json", "model.safetensors", "tokenizer.json", "generation_config.json"):
         assert (out / f).is_file(), f
     umask = os.umask(0o022)
@@ -116,6 +122,13 @@ def test_export_learned_is_gpt2_with_same_logits_and_greedy_tokens(trained, root
     back, btok, _, _ = load(root / "learned-back")
     assert max_diff(back, m, cfg.model.vocab_size, 16) < TOL
     assert btok.fingerprint() == tok.fingerprint()
+    # the docs' example runs as written on this 16-token model (it asks for 40 new tokens)
+    doc = (ROOT / "docs" / "hf.md").read_text(encoding="utf-8")
+    example = doc.split("```python\n", 1)[1].split("```", 1)[0]
+    capsys.readouterr()
+    exec(example.replace('"hf/small"', repr(str(out))), {})
+    printed = capsys.readouterr().out
+    assert printed.startswith("ROMEO:") and len(printed) == 16 + 1  # L tokens and a newline
     # exporting again into the same directory is refused
     capsys.readouterr()
     assert main(["export", "--ckpt", str(ck), "--out", str(out)]) == 2
@@ -125,6 +138,7 @@ def test_export_learned_is_gpt2_with_same_logits_and_greedy_tokens(trained, root
 def test_export_rope_is_gpt_neox_and_matches_past_block_size(trained, root, capsys):
     ck, out = trained("rope-bpe"), root / "hf-rope"
     assert main(["export", "--ckpt", str(ck), "--out", str(out)]) == 0
+    assert "note:" not in capsys.readouterr().out  # rope has no length limit there
     m, hft = hf_load(out)
     ours, tok, cfg, _ = load(ck)
     assert type(m).__name__ == "GPTNeoXForCausalLM"

@@ -22,6 +22,7 @@ import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from conftest import SMALL_TEXT, chromium, run_cli, tiny_config
@@ -481,6 +482,109 @@ def test_encoding_tab_and_errors_in_page(page) -> None:
     page.fill("#top_p", "")
     generate_in_page(page, PROMPT, 0, 5)  # the server still serves
     assert page.is_hidden("#error")
+    assert page.errors == []
+
+
+def shot(page, selector: str, tmp_path: Path, name: str):
+    """A screenshot of one element, as an (H, W, 3) int array of RGB pixels."""
+    from PIL import Image
+
+    path = tmp_path / f"{name}.png"
+    page.locator(selector).first.screenshot(path=str(path))
+    return np.asarray(Image.open(path).convert("RGB"), dtype=int)
+
+
+def near(rgb, want, tol: int = 40) -> bool:
+    return all(abs(a - b) <= tol for a, b in zip(rgb, want))
+
+
+BLUE = (31, 111, 235)  # the page's trained-length colour, #1f6feb
+
+
+def test_trained_length_mark_is_a_labelled_explained_marker(page, tmp_path: Path) -> None:
+    generate_in_page(page, PROMPT, 0, 12)  # 15 prompt tokens: token 1 is the first past L = 16
+    for name in ("rope", "learned"):
+        col = f".column[data-model={name}]"
+        mark = page.locator(f"{col} .tok.boundary")
+        assert mark.count() == 1 and mark.get_attribute("data-i") == "1"
+        label = mark.evaluate("e => getComputedStyle(e, '::before').content")
+        assert label.strip('"').startswith("L=16"), label
+        note = page.inner_text(f"{col} .meta .lnote")
+        assert note.startswith("L=16: the trained length. Text after the blue mark is past it")
+        assert ("sees only the last 16 tokens" in note) == (name == "learned")
+        img = shot(page, f"{col} .tok.boundary", tmp_path, f"mark-{name}")
+        blue = int((np.abs(img - np.array(BLUE)).max(axis=-1) <= 40).sum())
+        assert blue >= 60, blue  # a filled label, not a 1-pixel tick
+    assert "first token past the length L" in page.inner_text("#tab-generate .hint")
+    assert column_text(page, "rope").startswith(PROMPT)  # the label is not part of the text
+    assert page.errors == []
+
+
+def test_attention_maps_name_their_axes_and_show_a_colour_scale(page, tmp_path: Path) -> None:
+    generate_in_page(page, PROMPT, 0, 10, models=("rope",))
+    page.locator(".column[data-model=rope] .tok").nth(3).click()
+    page.wait_for_selector("#attn-grid canvas")
+    assert page.is_visible("#attn-scale")
+    bar = shot(page, "#attn-scale-bar", tmp_path, "scale")
+    h, w, _ = bar.shape
+    left, right = bar[h // 2, 3], bar[h // 2, w - 4]
+    assert near(left, (255, 255, 255), 25) and near(right, (25, 5, 135), 25), (left, right)
+    ticks = page.locator("#attn-scale .tick").all_inner_texts()
+    assert ticks == ["0", "¼ max", "max"]
+    assert "square-root" in page.inner_text("#attn-scale .hint")
+    figures = page.locator("#attn-grid figure")
+    assert figures.count() == 4
+    for i in range(4):
+        fig = figures.nth(i)
+        canvas = fig.locator("canvas").bounding_box()
+        ylab, xlab = fig.locator(".ylab"), fig.locator(".xlab")
+        assert ylab.inner_text() == "query (row)" and xlab.inner_text() == "key (column)"
+        yb, xb = ylab.bounding_box(), xlab.bounding_box()
+        assert yb["x"] + yb["width"] <= canvas["x"] + 1  # left of the map
+        assert yb["height"] > yb["width"]  # written upright, along the rows
+        assert xb["y"] >= canvas["y"] + canvas["height"] - 1  # below the map
+    img = shot(page, "#attn-grid figure", tmp_path, "map")
+    dark = int((img.sum(axis=-1) < 200).sum())
+    assert dark > 20  # the labels' text is drawn
+    assert page.errors == []
+
+
+def test_one_bad_prompt_shows_one_error(page) -> None:
+    page.click("#tab-btn-generate")
+    for box in page.query_selector_all("#models input"):
+        box.set_checked(True)
+    page.fill("#prompt", "日本")
+    page.click("#generate")
+    page.wait_for_selector("#error:not([hidden])")
+    page.wait_for_function("[...document.querySelectorAll('.column .status')].every("
+                           "s => s.textContent.startsWith('not started'))")
+    shown = page.evaluate("""() => [...document.querySelectorAll('body *')]
+        .filter(e => e.children.length === 0 && e.offsetParent !== null
+                && e.textContent.includes('does not know'))
+        .map(e => e.textContent)""")
+    assert len(shown) == 1 and shown[0].startswith("the char tokenizer does not know"), shown
+    assert page.locator(".column .status").all_inner_texts() == [
+        "not started: see the message above"] * 2
+    page.fill("#prompt", "")
+    assert page.errors == []
+
+
+def test_encoding_tab_is_a_grid_in_plain_words(page, tmp_path: Path) -> None:
+    page.click("#tab-btn-encoding")
+    page.wait_for_function("document.querySelectorAll('#viz img').length == 4 && "
+                           "[...document.querySelectorAll('#viz img')].every("
+                           "i => i.complete && i.naturalWidth > 0)", timeout=60_000)
+    assert "--" not in page.inner_text("#tab-encoding")
+    height = page.evaluate("document.getElementById('tab-encoding').scrollHeight")
+    assert height < 1600, height  # two pictures a row, not one 5,900-pixel column
+    tops = [b["y"] for b in (page.locator("#viz img").nth(i).bounding_box() for i in range(2))]
+    assert abs(tops[0] - tops[1]) < 2  # one model's pictures side by side
+    path = tmp_path / "encoding.png"
+    page.screenshot(path=str(path), full_page=True)
+    from PIL import Image
+
+    assert Image.open(path).size[1] < 1800
+    page.click("#tab-btn-generate")
     assert page.errors == []
 
 

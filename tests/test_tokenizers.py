@@ -90,3 +90,22 @@ def test_load_rejects_foreign_json(tmp_path):
     p.write_text('{"format": "minigpt-tokenizer", "type": "char", "chars": ["ab"]}')
     with pytest.raises(DataError, match="not a valid minigpt tokenizer"):
         load_tokenizer(p)
+
+
+def test_a_typed_backslash_n_is_named_as_a_backslash_with_a_hint():
+    """`--prompt 'a\\nb'` in a shell is a backslash and an n: the message shows a backslash
+    as one (not Python's '\\\\') and says how to type a real newline."""
+    from minigpt.tokenizers import CharTokenizer, WordTokenizer
+
+    char = CharTokenizer.train(["ab c\n"])
+    with pytest.raises(DataError) as e:
+        char.check_text("ab\\nc")
+    assert "'\\' (a backslash), 'n'" in str(e.value) and "'\\\\'" not in str(e.value)
+    assert "typed \\n, which is a backslash and a letter, not a newline" in str(e.value)
+    assert "$'...\\n...'" in str(e.value)
+    word = WordTokenizer.train(["ab c.\n"])
+    note = word.prompt_warning("ab\\nc")
+    assert "'\\' (a backslash)" in note and "not a newline" in note
+    with pytest.raises(DataError) as e:  # an unknown backslash alone gets no newline hint
+        char.check_text("a\\b")
+    assert "newline" not in str(e.value)

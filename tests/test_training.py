@@ -271,3 +271,47 @@ def test_dropout_streams_are_identical_across_encodings() -> None:
     assert 0.3 < float(first.float().mean()) < 0.7  # dropout really ran
     for pos, m in masks.items():
         assert torch.equal(m, first), pos
+
+
+def _lrs(out) -> dict[int, float]:
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["lr"] for r in rows if "lr" in r}
+
+
+def test_resume_with_more_steps_keeps_the_schedule_and_says_so(corpus, tmp_path):
+    """A larger max_steps on resume trains on at min_lr after the run's own cosine (it does
+    not stretch the cosine, which would raise the rate again), interrupted or finished."""
+    cfg = tiny_config(corpus, train={"warmup_steps": 2})
+    ref = train(cfg, tmp_path / "ref", progress=False)  # the 6-step run, uninterrupted
+    ref_lr = _lrs(ref.out)
+    min_lr = cfg.train.min_lr
+    assert ref_lr[4] > 2 * min_lr  # still decaying near the end
+    for until in (3, None):  # interrupted at step 3, or finished at step 6
+        out = tmp_path / f"run{until}"
+        train(cfg, out, until=until, progress=False)
+        said: list[str] = []
+        res = train(tiny_config(corpus, train={"warmup_steps": 2, "max_steps": 10}), out,
+                    resume=True, progress=False, log=said.append)
+        assert res.step == 10
+        lr = _lrs(out)
+        assert [lr[s] for s in range(1, 7)] == pytest.approx([ref_lr[s] for s in range(1, 7)])
+        assert [lr[s] for s in range(7, 11)] == pytest.approx([min_lr] * 4)
+        note = [m for m in said if m.startswith("max steps 6 -> 10")]
+        assert len(note) == 1 and "not one 10-step run" in note[0], said
+        saved = json.loads((out / "config.json").read_text())["train"]
+        assert saved["max_steps"] == 10 and saved["lr_decay_steps"] == 6
+
+
+def test_resuming_a_finished_run_says_it_is_finished(corpus, tmp_path):
+    out = tmp_path / "run"
+    cmd = ["train", "--preset", "tiny", "--data", corpus, "--out", out, "--quiet",
+           "--max-steps", "4", "--eval-interval", "2", "--sample-tokens", "5"]
+    r = run_cli(*cmd)
+    assert r.returncode == 0 and "--- sample" in r.stdout, r.stderr
+    before = (out / "metrics.jsonl").read_bytes(), (out / "model.safetensors").read_bytes()
+    r = run_cli(*cmd, "--resume")
+    assert r.returncode == 0, r.stderr
+    assert f"{out} is at step 4 and nothing was trained: it is already finished" in r.stdout
+    assert "tokens/s" not in r.stdout and "--- sample" not in r.stdout
+    assert ((out / "metrics.jsonl").read_bytes(), (out / "model.safetensors").read_bytes()) \
+        == before

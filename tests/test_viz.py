@@ -188,3 +188,68 @@ def test_cli_nope_says_so_in_one_line(tmp_path: Path, capsys) -> None:
     assert main(["viz", "--pos", "nope", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert out.count("\n") == 1 and "nope" in out
+
+
+def test_sinusoidal_colour_bar_shows_what_is_added(tmp_path: Path, monkeypatch) -> None:
+    """The sinusoidal table's colours are scale x table, the value embed() adds, and the
+    colour bar says so with the scale."""
+    import torch
+
+    from minigpt.config import merge, preset
+    from minigpt.positional import build
+
+    shown = []
+
+    def record(fig, path):
+        if path.name == "sinusoidal_table.png":
+            im = fig.axes[0].images[0]
+            shown.append((im.get_array().max(), im.get_clim(), fig.axes[1].get_ylabel()))
+        viz.plt.close(fig)
+        return path
+
+    monkeypatch.setattr(viz, "_save", record)
+    viz.draw("sinusoidal", None, tmp_path, overrides={"block_size": 32}, preset_name="tiny")
+    (top, clim, label), = shown
+    cfg = merge(preset("tiny"), {"block_size": 32, "pos": "sinusoidal"}, None).model
+    pos = build(cfg)
+    x = torch.zeros(1, 32, pos.cfg.d_model)
+    added = pos.embed(x, torch.arange(32))  # (1, T, C): what the model adds
+    assert abs(top - float(added.max())) < 1e-5
+    assert clim[1] == pytest.approx(float(added.abs().max()), rel=1e-5)
+    assert f"learned scale {pos.scale.item():.3g} x the sin/cos table" in label
+
+
+def test_no_legend_hides_data(tmp_path: Path, monkeypatch) -> None:
+    """Every legend viz and the training loss curve draw sits outside the plotted data:
+    no line, band or scatter point, and no image, lies under it (issue 23, point 3)."""
+    from minigpt import plots
+
+    checked: dict[str, int] = {}
+    real = plots.atomic_savefig
+
+    def check(fig, path, **kw):
+        if any(ax.get_legend() is not None for ax in fig.axes):
+            checked[Path(path).name] = plots.points_under_legend(fig)
+        return real(fig, path, **kw)
+
+    monkeypatch.setattr(plots, "atomic_savefig", check)
+    for pos in ("rope", "alibi"):
+        viz.draw(pos, None, tmp_path / pos, overrides={"block_size": 32}, preset_name="tiny")
+    rows = [{"step": s, "train_loss": 4 - s / 50} for s in range(1, 101)]
+    rows += [{"step": s, "val_loss": 4.1 - s / 50} for s in range(10, 101, 10)]
+    plots.loss_curve(rows, tmp_path / "loss.png")
+    assert set(checked) == {"rope_distance.png", "rope_frequencies.png",
+                            "alibi_bias_distance.png", "loss.png"}
+    assert checked == dict.fromkeys(checked, 0)
+
+
+def test_points_under_legend_counts_what_a_legend_hides() -> None:
+    from minigpt import plots
+
+    fig, ax = plots.plt.subplots()
+    ax.plot(range(100), [50] * 100, label="flat line through the middle")
+    ax.legend(loc="center")
+    assert plots.points_under_legend(fig) > 0
+    plots.legend_outside(ax)
+    assert plots.points_under_legend(fig) == 0
+    plots.plt.close(fig)

@@ -235,6 +235,11 @@ def run_bench(preset_name: str = "small", *, vs_hf: bool = False, device_name: s
     return res
 
 
+# the char vocabulary of the embedded corpus (its training plays' characters and <pad>), as
+# `minigpt train --data shakespeare` builds it; tests/test_bench.py holds the two together
+SHAKESPEARE_CHAR_VOCAB = 77
+
+
 def _bench_config(preset_name: str, dtype: str, compile_mode: str, device_name: str,
                   batch_size: int | None, vocab_size: int | None, gen_tokens: int, reps: int,
                   threads: int | None) -> Any:
@@ -245,7 +250,8 @@ def _bench_config(preset_name: str, dtype: str, compile_mode: str, device_name: 
         torch.set_num_threads(threads)
     base = preset(preset_name)
     if vocab_size is None:  # the preset's own vocabulary: GPT-2's 50257 BPE ids, else chars
-        vocab_size = base.train.vocab_size_bpe if base.train.tokenizer == "bpe" else 65
+        vocab_size = (base.train.vocab_size_bpe if base.train.tokenizer == "bpe"
+                      else SHAKESPEARE_CHAR_VOCAB)
     if vocab_size < 1:
         raise MiniGPTError(f"--vocab-size must be at least 1, got {vocab_size}.")
     if gen_tokens < 1 or reps < 1:

@@ -264,12 +264,21 @@ def check_trainer_state(out: Path, cfg: RunConfig) -> None:
 
 def read_config(ckpt: str | Path) -> tuple[RunConfig, dict[str, Any]]:
     ckpt_dir = Path(ckpt)
+    if ckpt_dir.is_file():
+        raise CheckpointError(f"{ckpt_dir} is a file; give the checkpoint directory that holds "
+                              f"it ({ckpt_dir.parent}).")
     if not ckpt_dir.is_dir():
         raise CheckpointError(f"checkpoint directory {ckpt_dir} does not exist.")
     p = ckpt_dir / "config.json"
     try:
         raw = json.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
+        runs = sorted(q.parent.name for q in ckpt_dir.glob("runs/*/config.json"))
+        if runs:
+            raise CheckpointError(
+                f"{ckpt_dir} is a study (minigpt compare output), not one checkpoint; give one "
+                f"of its runs ({ckpt_dir / 'runs' / runs[0]}, the runs/<pos>-s<seed> folders), "
+                f"or serve them all with minigpt serve --study {ckpt_dir}.") from None
         raise CheckpointError(f"{ckpt_dir} is not a complete checkpoint: config.json is missing."
                               ) from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):

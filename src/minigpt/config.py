@@ -149,6 +149,9 @@ class TrainConfig:
     min_lr: float = setting(1e-4, "learning rate at the end of the cosine decay",
                             metavar="FLOAT")
     warmup_steps: int = setting(100, "steps of linear learning-rate warm-up")
+    lr_decay_steps: int = setting(0, "step where the cosine decay reaches min_lr (then stays "
+                                  "there); 0: max_steps. A resume that changes max_steps keeps "
+                                  "the run's schedule by fixing it")
     weight_decay: float = setting(0.1, "AdamW weight decay on matrices", metavar="FLOAT")
     beta1: float = setting(0.9, "AdamW beta1", metavar="FLOAT")
     beta2: float = setting(0.99, "AdamW beta2", metavar="FLOAT")
@@ -182,6 +185,7 @@ class TrainConfig:
         _check_int(self, "grad_accum", 1, 1 << 20)
         _check_int(self, "max_steps", 1, 1 << 40)
         _check_int(self, "warmup_steps", 0, 1 << 40)
+        _check_int(self, "lr_decay_steps", 0, 1 << 40)
         _check_int(self, "eval_interval", 1, 1 << 40)
         _check_int(self, "eval_iters", 1, 1 << 20)
         _check_int(self, "log_interval", 1, 1 << 40)

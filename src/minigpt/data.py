@@ -339,8 +339,10 @@ def _key(settings: dict) -> str:
 
 def prepare(data: str, tokenizer: str = "char", *, vocab_size: int = 512, min_freq: int = 1,
             max_vocab: int = 20_000, tokenizer_path: str | Path | None = None,
-            cache: Path | None = None, verbose: bool = False) -> Dataset:
-    """Tokenize (or load from the cache) a corpus; `tokenizer_path` reuses a saved tokenizer."""
+            cache: Path | None = None, verbose: bool = False,
+            log: Callable[[str], None] | None = None) -> Dataset:
+    """Tokenize (or load from the cache) a corpus; `tokenizer_path` reuses a saved tokenizer.
+    `verbose` says when it tokenizes, to `log` (default: print)."""
     ident, files = _identity(data)
     fixed_tok = load_tokenizer(tokenizer_path) if tokenizer_path else None
     settings = {"data": ident, "tokenizer": tokenizer, "vocab_size": vocab_size,
@@ -357,8 +359,8 @@ def prepare(data: str, tokenizer: str = "char", *, vocab_size: int = 512, min_fr
         cached = _read_cache(entry)
     if cached is None:
         if verbose:
-            print(f"tokenizing {data} with the {tokenizer} tokenizer (cached in {entry}) ...",
-                  flush=True)
+            (log or functools.partial(print, flush=True))(
+                f"tokenizing {data} with the {tokenizer} tokenizer (cached in {entry}) ...")
         _make_root(root)
 
         def tokenizer_for_train() -> Tokenizer:

@@ -274,7 +274,7 @@ def sample_windowed(model: torch.nn.Module, tokenizer: Any, prompt: str, *, max_
     samples of all encodings are compared inside the context they were trained on; how an
     encoding copes with longer contexts is what `length_generalization` measures.
     """
-    from .generation import generate
+    from .generation import continuation, generate
 
     tokenizer.check_text(prompt)
     ids = tokenizer.encode(prompt)
@@ -285,7 +285,9 @@ def sample_windowed(model: torch.nn.Module, tokenizer: Any, prompt: str, *, max_
     idx = torch.tensor([ids], dtype=torch.long, device=device)  # (1, T)
     out = generate(model, idx, max_new_tokens, temperature=temperature, generator=gen,
                    use_cache=False, window=window or model.cfg.block_size)
-    return tokenizer.decode(out[0, out.shape[1] - max_new_tokens:].tolist())
+    ids = out[0].tolist()
+    cut = len(ids) - max_new_tokens
+    return continuation(tokenizer, ids[:cut], ids[cut:])
 
 
 # --- generation-quality metrics -------------------------------------------------------------

@@ -188,9 +188,17 @@ def sample_text(model: GPT, tokenizer, prompt: str, *, max_new_tokens: int = 200
     for run in samples.runs:
         for _ in run:
             pass
-        new_ids = run.ids[0, run.ids.shape[1] - max_new_tokens:].tolist()
-        out.append(prompt + tokenizer.decode(new_ids))
+        n_prompt = run.ids.shape[1] - max_new_tokens
+        ids = run.ids[0].tolist()
+        out.append(prompt + continuation(tokenizer, ids[:n_prompt], ids[n_prompt:]))
     return out
+
+
+def continuation(tokenizer, context: list[int], new_ids: list[int]) -> str:
+    """The text `new_ids` add after `context` (the prompt's ids): the decode of the whole
+    sequence past the decode of the context, so a word tokenizer puts its space between the
+    prompt's last word and the first new one, as decoding all the ids would."""
+    return TextStream(tokenizer, context).extend(new_ids)
 
 
 class Samples:
@@ -225,11 +233,14 @@ class Samples:
         self.tell()
         for i, run in enumerate(self.runs):
             yield i, self.prompt
-            text = TextStream(self.tokenizer)
+            text = TextStream(self.tokenizer, run.ids[0].tolist())
             for nxt, _ in run:
                 piece = text.push(int(nxt[0, 0]))
                 if piece:
                     yield i, piece
+            rest = text.extend([])  # bytes left waiting for a character that never came
+            if rest:
+                yield i, rest
 
 
 def prompt_note(model: GPT, n_prompt: int) -> str | None:
@@ -260,13 +271,23 @@ def _default_start(tokenizer) -> int:
 class TextStream:
     """Turns generated ids, one at a time, into the text each one completes.
 
-    Decoding the whole sequence (not token by token) keeps tokenizers that join words with
-    spaces right; BPE bytes may straddle tokens, so a token that ends inside a UTF-8
-    character adds "" and the next one adds the whole character.
+    Decoding the whole sequence (not token by token), after the `context` ids the generation
+    started from (the prompt's), keeps tokenizers that join words with spaces right: the
+    word tokenizer's space before the first new word comes with that word. BPE bytes may
+    straddle tokens, so a token that ends inside a UTF-8 character adds "" and the next one
+    adds the whole character.
     """
 
-    def __init__(self, tokenizer) -> None:
-        self.tok, self.ids, self.done = tokenizer, [], ""
+    def __init__(self, tokenizer, context: list[int] | None = None) -> None:
+        self.tok, self.ids = tokenizer, list(context or [])
+        self.done = tokenizer.decode(self.ids) if self.ids else ""
+
+    def extend(self, ids: list[int]) -> str:
+        """The text all of `ids` add (incomplete UTF-8 at the very end included)."""
+        self.ids.extend(ids)
+        text = self.tok.decode(self.ids)
+        new, self.done = text[len(self.done):], text
+        return new
 
     def push(self, token_id: int) -> str:
         self.ids.append(token_id)

@@ -597,6 +597,16 @@ class ExportResult:
     out: Path
     architecture: str
     max_abs_diff: float  # largest logit difference found by the self-check
+    max_tokens: int | None = None  # the longest sequence transformers can run; None: no limit
+
+    @property
+    def note(self) -> str | None:
+        """What a user of the exported model must know about its length, in one line."""
+        if self.max_tokens is None:
+            return None
+        return (f"note: this learned-position model takes at most {self.max_tokens} tokens in "
+                f"transformers (prompt + max_new_tokens <= {self.max_tokens}; past that "
+                "generate() fails); minigpt sample slides its window instead.")
 
 
 @dataclass
@@ -703,7 +713,10 @@ def export_hf(ckpt: str | Path, out: str | Path, which: str = "last") -> ExportR
     finally:
         if bar:
             hf_logging.enable_progress_bar()
-    return ExportResult(out, export_architecture(cfg.model.pos), diff)
+    from .positional import REGISTRY
+
+    limit = None if REGISTRY[cfg.model.pos].extrapolates else cfg.model.block_size
+    return ExportResult(out, export_architecture(cfg.model.pos), diff, limit)
 
 
 def import_hf(src: str | Path, out: str | Path) -> ImportResult:

@@ -156,7 +156,11 @@ class Learned(PositionalEncoding):
         return x + self.wpe(pos)  # (B, T, C) + (T, C)
 
     def table(self, n: int | None = None) -> torch.Tensor:
+        """(n, C) what `embed` adds to the token embeddings."""
         return self.wpe.weight[: n or self.cfg.block_size].detach()
+
+    def table_label(self) -> str:
+        return "value added to the token embedding"
 
 
 def sinusoid_table(positions: torch.Tensor, d: int) -> torch.Tensor:
@@ -229,9 +233,14 @@ class Sinusoidal(PositionalEncoding):
         return x + (self.pe[pos] * self.scale).to(x.dtype)  # (B, T, C) + (T, C)
 
     def table(self, n: int | None = None) -> torch.Tensor:
+        """(n, C) what `embed` adds to the token embeddings: scale x the closed-form table."""
         n = n or self.cfg.block_size
         self.prepare(n, self.pe.device)
-        return self.pe[:n]
+        return (self.pe[:n] * self.scale).detach()
+
+    def table_label(self) -> str:
+        return (f"value added to the token embedding (learned scale "
+                f"{self.scale.item():.3g} x the sin/cos table)")
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:

@@ -25,6 +25,22 @@ PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<bos>", "<eos>"
 FORMAT_VERSION = 1
 
 
+def show(piece: str) -> str:
+    """A piece of text quoted for a message: repr, but a backslash reads as one (\\)."""
+    return "'\\' (a backslash)" if piece == "\\" else repr(piece)
+
+
+def typed_escape_hint(text: str, unknown: Iterable[str]) -> str:
+    """For a prompt with a typed backslash escape (\\n, \\t) the tokenizer cannot read: a
+    clause saying it is two characters, and how to type the real one in a shell."""
+    typed = [e for e in ("\\n", "\\t") if e in text]
+    if "\\" not in unknown or not typed:
+        return ""
+    real = {"\\n": "newline", "\\t": "tab"}[typed[0]]
+    return (f"; the prompt holds a typed {typed[0]}, which is a backslash and a letter, not a "
+            f"{real}: in bash, write $'...{typed[0]}...' for a real {real}")
+
+
 class Tokenizer:
     kind: ClassVar[str] = ""
 
@@ -84,10 +100,11 @@ class CharTokenizer(Tokenizer):
     def check_text(self, text: str) -> None:
         unknown = sorted({c for c in text if c not in self.stoi})
         if unknown:
-            shown = ", ".join(repr(c) for c in unknown[:5])
+            shown = ", ".join(show(c) for c in unknown[:5])
             e = DataError(
                 f"the char tokenizer does not know the character(s) {shown} (it knows only "
-                "the characters of the text it was built from); use only those characters.")
+                "the characters of the text it was built from); use only those characters"
+                f"{typed_escape_hint(text, unknown)}.")
             e.unknown = unknown  # type: ignore[attr-defined]
             raise e
 
@@ -157,10 +174,11 @@ class WordTokenizer(Tokenizer):
         unknown = list(dict.fromkeys(w for w in self.split(text) if w not in self.stoi))
         if not unknown:
             return None
-        shown = ", ".join(repr(w) for w in unknown[:5])
+        shown = ", ".join(show(w) for w in unknown[:5])
         more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
         return (f"warning: the word tokenizer does not know {shown}{more}; the model sees "
-                f"{'it' if len(unknown) == 1 else 'each'} as {UNK}.")
+                f"{'it' if len(unknown) == 1 else 'each'} as {UNK}"
+                f"{typed_escape_hint(text, unknown)}.")
 
     def encode(self, text: str) -> list[int]:
         get, unk = self.stoi.get, self.unk_id

@@ -46,6 +46,7 @@ class TrainResult:
     elapsed: float  # seconds of training in this process (excluding start-up)
     tokens_per_s: float
     interrupted: bool = False
+    nothing_to_do: bool = False  # a resume of a run already at its stop step: no step taken
     params: int = 0
     pos_params: int = 0
     peak_mem_mb: float = 0.0
@@ -55,12 +56,18 @@ class TrainResult:
 # --- schedule and optimizer ----------------------------------------------------------------
 
 def lr_at(step: int, tc: TrainConfig) -> float:
-    """Linear warm-up to lr, then cosine decay to min_lr at max_steps."""
+    """Linear warm-up to lr, then cosine decay to min_lr at lr_decay_steps (0: max_steps),
+    and min_lr after it (as nanoGPT's lr_decay_iters)."""
     if step < tc.warmup_steps:
         return tc.lr * (step + 1) / tc.warmup_steps
-    span = max(1, tc.max_steps - tc.warmup_steps)
+    span = max(1, decay_steps(tc) - tc.warmup_steps)
     progress = min(1.0, (step - tc.warmup_steps) / span)
     return tc.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (tc.lr - tc.min_lr)
+
+
+def decay_steps(tc: TrainConfig) -> int:
+    """The step where the learning rate reaches min_lr."""
+    return tc.lr_decay_steps or tc.max_steps
 
 
 def make_optimizer(model: GPT, tc: TrainConfig, device: torch.device) -> torch.optim.AdamW:
@@ -156,7 +163,8 @@ def resume_config(cfg: RunConfig, out: Path) -> tuple[RunConfig, dict[str, Any]]
     for section in ("model", "train"):
         old, new = getattr(saved, section).__dict__, getattr(cfg, section).__dict__
         for k, v in new.items():
-            if k in RESUMABLE or old[k] == v or (k == "vocab_size" and v == 0):
+            if k in RESUMABLE or old[k] == v or (k in ("vocab_size", "lr_decay_steps")
+                                                 and v == 0):
                 continue
             changed.append(f"{arg(k)} {old[k]!r} -> {v!r}")
     if changed:
@@ -164,8 +172,10 @@ def resume_config(cfg: RunConfig, out: Path) -> tuple[RunConfig, dict[str, Any]]
             f"cannot resume {out} with changed settings ({'; '.join(changed)}); only "
             f"{', '.join(arg(k) for k in RESUMABLE)} may change, so drop the others, or start "
             "a new run in another output directory.")
-    return merge(saved, None, {k: getattr(cfg.train, k) for k in RESUMABLE},
-                 where="resume"), raw
+    keep = {k: getattr(cfg.train, k) for k in RESUMABLE}
+    if keep["max_steps"] != saved.train.max_steps:  # the schedule of the run stays as it was
+        keep["lr_decay_steps"] = decay_steps(saved.train)
+    return merge(saved, None, keep, where="resume"), raw
 
 
 INIT_CHANGEABLE = ("dropout",)  # model settings a run started from a checkpoint may change
@@ -222,10 +232,11 @@ def init_model(cfg: RunConfig, rank: int = 0) -> GPT:
 
 
 def load_dataset(cfg: RunConfig, tokenizer_path: Path | None = None,
-                 verbose: bool = False) -> Dataset:
+                 verbose: bool = False, log: Log | None = None) -> Dataset:
     tc = cfg.train
     return prepare(tc.data, tc.tokenizer, vocab_size=tc.vocab_size_bpe, min_freq=tc.min_freq,
-                   max_vocab=tc.max_vocab, tokenizer_path=tokenizer_path, verbose=verbose)
+                   max_vocab=tc.max_vocab, tokenizer_path=tokenizer_path, verbose=verbose,
+                   log=log)
 
 
 def with_vocab(cfg: RunConfig, vocab_size: int) -> RunConfig:
@@ -280,7 +291,7 @@ def setup_run(cfg: RunConfig, out: Path, *, resume: bool = False, data: Dataset 
     elif init_from is not None:
         cfg = init_config(cfg, init_from)
     init_from = str(init_from) if init_from is not None else None
-    data = _run_data(cfg, out, ranks, data, resume, init_from, progress)
+    data = _run_data(cfg, out, ranks, data, resume, init_from, progress, log)
     if ranks.main and not resume:  # only now: bad data must not leave an empty directory behind
         make_output(out)
     cfg = with_vocab(cfg, data.tokenizer.vocab_size)
@@ -299,13 +310,13 @@ def setup_run(cfg: RunConfig, out: Path, *, resume: bool = False, data: Dataset 
 
 
 def _run_data(cfg: RunConfig, out: Path, ranks: Dist, data: Dataset | None, resume: bool,
-              init_from: str | None, progress: bool) -> Dataset:
+              init_from: str | None, progress: bool, log: Log = print) -> Dataset:
     """The run's dataset, tokenized with the run's (or the init checkpoint's) tokenizer."""
     tok_path = out / "tokenizer.json" if resume else None
     if init_from is not None and not resume:
         tok_path = Path(init_from) / "tokenizer.json"
     if data is None and ranks.main:  # rank 0 tokenizes into the cache, the others then read it
-        data = load_dataset(cfg, tok_path, verbose=progress)
+        data = load_dataset(cfg, tok_path, verbose=progress, log=log)
     barrier(ranks)
     data = data or load_dataset(cfg, tok_path)
     data.check_block(cfg.model.block_size)
@@ -333,6 +344,12 @@ def _restore(state: RunState, raw: dict[str, Any], log: Log) -> bool:
         log(f"{out} has no complete checkpoint yet; training it again from step 0.")
     elif main:
         log(f"resuming {out} from its checkpoint at step {state.step}")
+        tc, before = state.cfg.train, raw.get("train", {}).get("max_steps")
+        if isinstance(before, int) and before != tc.max_steps and state.step < tc.max_steps:
+            log(f"max steps {before} -> {tc.max_steps}: the learning rate keeps this run's "
+                f"schedule (cosine to {tc.min_lr:g} at step {decay_steps(tc)}, then flat), "
+                f"so this is not one {tc.max_steps}-step run; for a new schedule, start a new "
+                f"run from these weights with init_from (--init-from {out}).")
     if main and not restart and raw.get("step") != state.step:  # stopped between the files
         checkpoint.save_weights(out / "model.safetensors", state.model, state.step)
         checkpoint.write_config(out, state.cfg, state.step, state.extra)
@@ -502,6 +519,17 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, until: int |
                       progress=progress, log=log)
     tc = state.cfg.train
     stop_at = min(tc.max_steps, until) if until is not None else tc.max_steps
+    if resume and state.saved_step is not None and state.step >= stop_at:
+        if state.ranks.main:
+            why = (f"it is already finished (max steps {tc.max_steps}); give a larger max "
+                   "steps to train it further" if state.step >= tc.max_steps
+                   else f"the stop step {stop_at} is not after it")
+            log(f"{state.out} is at step {state.step} and nothing was trained: {why}.")
+        return TrainResult(out=state.out, step=state.step, best_val_loss=state.best_val,
+                           final_val_loss=state.last_val, elapsed=0.0, tokens_per_s=0.0,
+                           params=state.model.num_params(),
+                           pos_params=state.model.pos.num_params(), history=state.history,
+                           nothing_to_do=True)
     interrupted, sink = None, None
     try:
         with _StopFlag() as stop:  # before metrics.jsonl appears: any signal from then on stops

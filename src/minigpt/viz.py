@@ -33,7 +33,7 @@ import matplotlib.pyplot as plt
 from . import positional
 from .config import ModelConfig, merge, preset
 from .errors import MiniGPTError
-from .plots import save
+from .plots import legend_outside, save
 
 # model settings that describe an untrained encoding (and so make no sense with a checkpoint)
 OVERRIDES = ("block_size", "n_head", "d_model", "rope_base")
@@ -56,13 +56,15 @@ class Source:
 
 def draw(pos: str | None, ckpt: str | Path | None, out: str | Path, prompt: str | None = None,
          *, preset_name: str | None = None, overrides: dict[str, Any] | None = None,
-         which: str = "last", log: Callable[[str], None] | None = None) -> list[Path]:
+         which: str = "last", log: Callable[[str], None] | None = None,
+         attention_hint: str | None = None) -> list[Path]:
     """Write the pictures of one encoding (and, with `prompt`, attention maps) into `out`.
 
     `pos` may be None when `ckpt` is given (it is read from the checkpoint). Without a
     checkpoint the encoding is built untrained from `preset_name` (default "small") with
     `overrides` (any of block_size, n_head, d_model, rope_base). Returns the PNG paths
-    written; `log` receives a one-line note when there is nothing to draw.
+    written; `log` receives a one-line note when there is nothing to draw, which ends with
+    `attention_hint` (default: the command-line flags that draw attention maps instead).
     """
     src = _source(pos, ckpt, preset_name, overrides or {}, which, prompt)
     idx = _encode_prompt(src, prompt) if prompt is not None else None
@@ -78,8 +80,9 @@ def draw(pos: str | None, ckpt: str | Path | None, out: str | Path, prompt: str 
     elif idx is None and log is not None:
         what = ("adds no positional information, so there is nothing of the encoding to draw"
                 if type(src.module).where == "nowhere" else "has no picture of its own yet")
-        hint = "--prompt TEXT" if src.model is not None else "--ckpt DIR --prompt TEXT"
-        log(f"{src.pos} {what}; give {hint} to see the attention it leads to.")
+        flags = "--prompt TEXT" if src.model is not None else "--ckpt DIR --prompt TEXT"
+        hint = attention_hint or f"give {flags} to see the attention it leads to"
+        log(f"{src.pos} {what}; {hint}.")
     if idx is not None:
         paths += _draw_attention(src, idx, prompt or "", out)
     return paths
@@ -196,7 +199,7 @@ def _draw_table(src: Source, out: Path) -> list[Path]:
     vmax = float(table.abs().max()) or 1.0
     im = ax.imshow(table.numpy(), aspect="auto", cmap="RdBu_r", vmin=-vmax, vmax=vmax,
                    interpolation="nearest")
-    fig.colorbar(im, ax=ax, label="value added to the token embedding")
+    fig.colorbar(im, ax=ax, label=src.module.table_label())
     ax.set_xlabel("embedding dimension")
     ax.set_ylabel("position")
     ax.set_title(f"{name} position vectors ({n} x {table.shape[1]})\n{src.label}")
@@ -267,7 +270,7 @@ def _draw_rope(src: Source, out: Path) -> list[Path]:
         ax.axvline(L, color="k", ls="--", lw=0.8, label=f"trained context {L}")
         ax.axhline(0, color="grey", lw=0.5)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="upper right")
+        legend_outside(ax, fontsize=8)
     paths = [_save(fig, out / "rope_distance.png")]
 
     inv_freq = src.module.inv_freq.detach().double().cpu().numpy()  # (hs/2,)
@@ -281,7 +284,7 @@ def _draw_rope(src: Source, out: Path) -> list[Path]:
     ax1.set_ylabel("rotation per token (radians, log scale)")
     ax1.set_title(f"rope: rotation frequencies, base {base:g}, head size {hs}")
     ax1.grid(alpha=0.3, which="both")
-    ax1.legend(fontsize=8)
+    legend_outside(ax1, fontsize=8)
     angle = np.outer(np.arange(L), inv_freq)  # (T, hs/2)
     im = ax2.imshow(np.cos(angle), aspect="auto", cmap="RdBu_r", vmin=-1, vmax=1,
                     interpolation="nearest")
@@ -338,7 +341,7 @@ def _draw_bias(src: Source, out: Path) -> list[Path]:
     ax.set_title(f"{name}: bias against distance, per head\n{src.label}")
     ax.grid(alpha=0.3)
     if nh <= 16:
-        ax.legend(fontsize=7, ncol=2 if nh > 8 else 1)
+        legend_outside(ax, fontsize=7, ncol=2 if nh > 8 else 1)
     paths.append(_save(fig, out / f"{name}_bias_distance.png"))
     return paths
 

@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="training/eval batch (default: the preset's)")
     p.add_argument("--vocab-size", type=int, metavar="N",
                    help="vocabulary size of the benchmark models (default: 50257 for gpt2, "
-                        "whose tokenizer is BPE; else 65, shakespeare chars)")
+                        "whose tokenizer is BPE; else 77, the embedded shakespeare corpus's chars)")
     p.add_argument("--sampling-only", action="store_true",
                    help="skip the training and evaluation rows and the no-cache generation "
                         "rows (for big shapes such as --preset gpt2)")

@@ -27,4 +27,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"exported {args.ckpt} as {r.architecture} to {r.out} (largest logit difference "
           f"{r.max_abs_diff:.1e}); load it with "
           f"transformers.AutoModelForCausalLM.from_pretrained({str(r.out)!r})")
+    if r.note:
+        print(r.note)
     return 0

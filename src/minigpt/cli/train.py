@@ -57,11 +57,19 @@ def run(args: argparse.Namespace) -> int:
         src_cfg, _ = read_config(args.init_from)
         cfg = merge(cfg, {**vars(src_cfg.model), **model_o}, None, where="--init-from")
     say = print if main else (lambda *a, **k: None)
-    say(f"minigpt train: {describe(cfg)} -> {out}", flush=True)
+    opening = [f"minigpt train: {describe(cfg)} -> {out}"]
+
+    def log(message: str) -> None:
+        # the settings line waits for training's first message, so input that training
+        # refuses (a data path, a run already there, a changed setting) gets only its error
+        while opening:
+            say(opening.pop(), flush=True)
+        say(message, flush=True)
+
     result = train(cfg, out, resume=args.resume, until=args.until, progress=not args.quiet,
-                   init_from=args.init_from, log=lambda m: say(m, flush=True))
-    if not main:
-        return 0  # under torchrun only rank 0 reports and samples
+                   init_from=args.init_from, log=log)
+    if not main or result.nothing_to_do:
+        return 0  # under torchrun only rank 0 reports and samples; nothing new to report
     best = (f"best val loss {result.best_val_loss:.4f}" if math.isfinite(result.best_val_loss)
             else "no evaluation yet")
     print(f"step {result.step}: {best}, {result.tokens_per_s:,.0f} tokens/s, "

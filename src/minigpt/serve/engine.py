@@ -323,7 +323,9 @@ class Engine:
                     self._viz_dir = tempfile.TemporaryDirectory(prefix="minigpt-serve-")
                 out = Path(self._viz_dir.name) / e.name
                 notes: list[str] = []
-                paths = draw(None, e.path, out, which=e.which, log=notes.append)
+                paths = draw(None, e.path, out, which=e.which, log=notes.append,
+                             attention_hint="generate some text, then open the Attention tab "
+                                            "to see the attention it leads to")
                 self._viz[e.name] = (out, [p.name for p in paths], " ".join(notes))
             return self._viz[e.name]
 
@@ -415,7 +417,7 @@ class Generation:
         from ..generation import TextStream
 
         e = self.entry
-        stream = TextStream(e.tok)
+        stream = TextStream(e.tok, self.ids)
         for nxt, logits in self.steps:
             i = int(nxt[0, 0])
             probs = logits[0].float().softmax(-1)  # (V,) the model's own distribution

@@ -14,10 +14,21 @@ function el(tag, attrs, text) {
   return e;
 }
 
-function showError(message) {
+// The banner shows each distinct message once; when only some of the columns hit it, it
+// names them. Columns that did not start say so in a word and point at the banner.
+const errors = new Map();  // message -> the models it came from ("" for the page itself)
+function showError(message, model) {
+  if (!message) errors.clear();
+  else errors.set(message, [...(errors.get(message) || []), model || ""]);
   const box = $("error");
-  box.textContent = message;
-  box.hidden = !message;
+  box.textContent = "";
+  const all = Object.keys(state.columns);
+  for (const [msg, models] of errors) {
+    const named = models.filter((m) => m);
+    const some = named.length && named.length < all.length ? `${named.join(", ")}: ` : "";
+    box.append(el("div", {}, some + msg));
+  }
+  box.hidden = errors.size === 0;
 }
 
 function shade(p) { return `hsl(${Math.round(120 * p)}, 75%, 82%)`; }
@@ -142,8 +153,9 @@ async function stream(col, p, signal) {
   if (!resp.ok) {
     let msg = `error ${resp.status}`;
     try { msg = (await resp.json()).error || msg; } catch (e) { /* not JSON */ }
-    showError(msg);
-    setStatus(col, msg, true);
+    showError(msg, col.name);
+    setStatus(col, "not started: see the message above", true);
+    col.done = true;
     return;
   }
   const reader = resp.body.getReader();
@@ -179,6 +191,7 @@ function handle(col, ev) {
   if (ev.type === "start") {
     col.prompt = ev.prompt;
     col.L = ev.L;
+    col.extrapolates = ev.extrapolates;
     col.out.append(el("span", { class: "prompt" }, ev.prompt_text));
     if (ev.note) col.el.querySelector(".meta").append(el("div", { class: "note" }, ev.note));
     setStatus(col, "generating…");
@@ -186,7 +199,13 @@ function handle(col, ev) {
     const i = col.tokens.length;
     col.tokens.push(ev);
     const span = el("span", { class: "tok", "data-i": String(i), style: `background:${shade(ev.p)}` }, ev.text);
-    if (col.prompt.length + i === col.L) span.classList.add("boundary");
+    if (col.prompt.length + i === col.L) {  // the first token past the trained length L
+      span.classList.add("boundary");
+      span.dataset.l = String(col.L);
+      const meta = col.el.querySelector(".meta");
+      meta.append(el("div", { class: "lnote" }, `L=${col.L}: the trained length. Text after the blue mark is past it` +
+        (col.extrapolates ? "." : `; this model sees only the last ${col.L} tokens there.`)));
+    }
     if (ev.text.includes("\n")) span.classList.add("nl");  // a visible ↵ to hover and click
     span.title = "";
     col.out.append(span);
@@ -197,8 +216,8 @@ function handle(col, ev) {
     setStatus(col, `done: ${ev.tokens} tokens in ${ev.seconds.toFixed(2)} s${rate}`);
   } else if (ev.type === "error") {
     col.done = true;
-    showError(ev.message);
-    setStatus(col, ev.message, true);
+    showError(ev.message, col.name);
+    setStatus(col, "stopped: see the message above", true);
   }
 }
 
@@ -274,10 +293,25 @@ async function showAttention(query) {
 
 function weight(a, l, h, q, k) { return a.w[((l * a.n_head + h) * a.T + q) * a.T + k] / 255; }
 
+// colour of a map cell: v in [0, 1] is sqrt(weight / the map's largest weight)
+function mapColour(v) { return [255 - 230 * v, 255 - 250 * v, 255 - 120 * v]; }
+
+function drawScale() {
+  const c = $("attn-scale-bar");
+  const ctx = c.getContext("2d");
+  for (let x = 0; x < c.width; x++) {
+    const [r, g, b] = mapColour(x / (c.width - 1));
+    ctx.fillStyle = `rgb(${r}, ${g}, ${b})`;
+    ctx.fillRect(x, 0, 1, c.height);
+  }
+  $("attn-scale").hidden = false;
+}
+
 function drawGrid(a) {
   const grid = $("attn-grid");
   grid.textContent = "";
-  grid.style.gridTemplateColumns = `repeat(${a.n_head}, 156px)`;
+  grid.style.gridTemplateColumns = `repeat(${a.n_head}, 180px)`;
+  drawScale();
   for (let l = 0; l < a.n_layer; l++) {
     for (let h = 0; h < a.n_head; h++) {
       const c = el("canvas", { width: String(a.T), height: String(a.T), "data-layer": String(l), "data-head": String(h) });
@@ -304,7 +338,10 @@ function drawGrid(a) {
         tokenView(Math.min(a.T - 1, Math.floor((e.clientY - r.top) / r.height * a.T)));
       });
       const fig = el("figure");
-      fig.append(c, el("figcaption", {}, `layer ${l} · head ${h}`));
+      const map = el("div", { class: "map" });
+      map.append(el("span", { class: "ylab" }, "query (row)"), c);
+      fig.append(map, el("div", { class: "xlab" }, "key (column)"),
+                 el("figcaption", {}, `layer ${l} · head ${h}`));
       grid.append(fig);
     }
   }
@@ -360,11 +397,20 @@ async function loadViz() {
     const v = await r.json();
     if (!r.ok) { note.textContent = v.error; continue; }
     note.textContent = v.note || "";
+    const pics = el("div", { class: "pics" });
     for (const name of v.images) {
       const fig = el("figure");
-      fig.append(el("img", { src: `/api/viz/${encodeURIComponent(m.name)}/${encodeURIComponent(name)}`, alt: name }), el("figcaption", {}, name));
-      sec.append(fig);
+      const src = `/api/viz/${encodeURIComponent(m.name)}/${encodeURIComponent(name)}`;
+      const link = el("a", { href: src, target: "_blank" });
+      const img = el("img", { src, alt: name });
+      img.addEventListener("load", () => {  // a wide picture (two panels) takes two cells
+        fig.classList.toggle("wide", img.naturalWidth > 1.8 * img.naturalHeight);
+      });
+      link.append(img);
+      fig.append(link, el("figcaption", {}, name));
+      pics.append(fig);
     }
+    sec.append(pics);
   }
 }
 
