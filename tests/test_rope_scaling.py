@@ -18,6 +18,7 @@ from minigpt.generation import generate
 from minigpt.model import GPT
 from minigpt.positional import REGISTRY, rope_frequencies
 from minigpt.training import train
+from minigpt.viz import draw
 
 SHAPES = [(8, 100.0), (32, 10000.0), (64, 500000.0)]  # (head size, base)
 FACTORS = [2.0, 4.0, 8.0]
@@ -196,3 +197,37 @@ def test_zero_shot_sample_and_fine_tune_at_4L(corpus, tmp_path):
     assert r.stderr.strip().count("\n") == 0 and "no context-extension methods" in r.stderr
     raw = json.loads((ft / "config.json").read_text())
     assert raw["init_from"] == str(src)
+    # viz of the checkpoint zero-shot with a method: the wavelength picture is added
+    paths = draw(None, src, tmp_path / "viz", overrides={"rope_scaling": "ntk",
+                                                         "rope_factor": 2.0})
+    assert [p.name for p in paths] == ["rope_distance.png", "rope_frequencies.png",
+                                       "rope_extension.png"]
+    assert [p.name for p in draw(None, src, tmp_path / "viz2")] == [
+        "rope_distance.png", "rope_frequencies.png"]  # plain rope: as before
+
+
+def test_viz_wavelengths_before_and_after_with_L_marked_and_legend_outside(tmp_path):
+    """The extension picture plots 2 pi / theta_i before (plain) and after (the method's),
+    marks the trained length L and s x L, and keeps its legend outside the axes."""
+    import matplotlib.pyplot as plt
+
+    from minigpt import viz
+
+    closed = []
+    real_save = viz._save
+    viz._save = lambda fig, path: closed.append(fig) or real_save(fig, path)
+    try:
+        paths = viz.draw("rope", None, tmp_path, preset_name="tiny",
+                         overrides={"rope_scaling": "linear", "rope_factor": 4.0})
+    finally:
+        viz._save = real_save
+    assert paths[-1].name == "rope_extension.png" and paths[-1].stat().st_size > 10_000
+    fig = closed[-1]
+    ax = fig.axes[0]
+    before, after, trained, aimed = ax.get_lines()
+    assert np.allclose(after.get_ydata(), 4 * before.get_ydata())  # linear: every pair x s
+    assert set(trained.get_ydata()) == {32} and set(aimed.get_ydata()) == {128}
+    fig.canvas.draw()
+    legend = ax.get_legend().get_window_extent()
+    assert legend.x0 >= ax.get_window_extent().x1  # right of the plot, covering no data
+    plt.close(fig)
