@@ -216,13 +216,15 @@ def test_choice_settings_take_their_values_from_their_literal_type():
             seen.append(name)
             assert tuple(choices(cls, name)) == allowed
             assert f"--{name.replace('_', '-')} {{{','.join(allowed)}}}" in train_help
+            extra = {"pos": "rope"} if name == "rope_scaling" else {}  # rope's own setting
             for v in allowed:
-                assert getattr(getattr(merge(preset("tiny"), **{section: {name: v}}), section),
-                               name) == v
+                got = merge(preset("tiny"), **{section: {**extra, name: v}})
+                assert getattr(getattr(got, section), name) == v
             with pytest.raises(MiniGPTError, match=f"must be one of {', '.join(allowed)}, "
                                                    "got 'nonsense'"):
                 merge(preset("tiny"), **{section: {name: "nonsense"}})
-    assert sorted(seen) == ["activation", "batching", "compile", "dtype", "tokenizer"]
+    assert sorted(seen) == ["activation", "batching", "compile", "dtype", "rope_scaling",
+                            "tokenizer"]
 
 
 def test_tokens_per_second_counts_the_tokens_fed_not_padded_rows(tmp_path):

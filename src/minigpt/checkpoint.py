@@ -24,7 +24,7 @@ from safetensors.torch import save as st_save
 from torch.overrides import TorchFunctionMode
 
 from . import __version__
-from .config import RunConfig
+from .config import RunConfig, merge
 from .errors import CheckpointError, ConfigError, MiniGPTError, arg
 from .files import StagedFiles, atomic_write_bytes, remove_stale_temps
 from .model import GPT
@@ -358,11 +358,35 @@ def legacy_tensors(cfg: RunConfig, raw: dict[str, Any], found: Any) -> dict[str,
     return {f"pos.{k}": v for k, v in state.items() if f"pos.{k}" not in found}
 
 
-def load(ckpt: str | Path, which: str = "last", device: str | torch.device = "cpu"
+def extended(cfg: RunConfig, settings: dict[str, Any] | None) -> RunConfig:
+    """`cfg` with context-extension settings changed for this use of its weights (sampling or
+    evaluating a rope checkpoint zero-shot with rope_scaling and rope_factor): only the
+    settings its encoding lists in `extension_settings` may be given; None values are left."""
+    given = {k: v for k, v in (settings or {}).items() if v is not None}
+    if not given:
+        return cfg
+    allowed = REGISTRY[cfg.model.pos].extension_settings
+    wrong = sorted(set(given) - set(allowed))
+    if wrong:
+        flags = ", ".join(arg(k) for k in wrong)
+        raise ConfigError(
+            f"{flags} cannot change for a {cfg.model.pos} checkpoint: " + (
+                f"only {', '.join(arg(k) for k in allowed)} may." if allowed else
+                "its encoding has no context-extension methods (they are rope's)."))
+    return merge(cfg, given, None, where="command line")
+
+
+def load(ckpt: str | Path, which: str = "last", device: str | torch.device = "cpu",
+         extension: dict[str, Any] | None = None
          ) -> tuple[GPT, Tokenizer, RunConfig, dict[str, Any]]:
-    """Load a checkpoint directory -> (model in eval mode, tokenizer, config, raw config)."""
+    """Load a checkpoint directory -> (model in eval mode, tokenizer, config, raw config).
+
+    `extension` changes context-extension settings for this use (see `extended`), e.g.
+    {"rope_scaling": "yarn", "rope_factor": 4.0} to run a rope model at 4x its length
+    zero-shot; the config returned has them."""
     ckpt_dir = Path(ckpt)
     cfg, raw = read_config(ckpt_dir)
+    cfg = extended(cfg, extension)
     if which not in WEIGHT_FILES:
         raise MiniGPTError(f"which must be one of {', '.join(WEIGHT_FILES)}, got {which!r}.")
     wpath = weights_path(ckpt_dir, which)

@@ -38,6 +38,8 @@ Batching = Literal["stream", "documents"]
 Dtype = Literal["auto", "float32", "bfloat16"]
 Compile = Literal["off", "on", "auto"]
 Quantize = Literal["none", "int8"]  # sampling weights (`minigpt sample --quantize`)
+# rope's context-extension methods (positional.rope_frequencies has the formulas and papers)
+RopeScaling = Literal["none", "linear", "ntk", "dynamic", "yarn", "llama3"]
 
 
 def setting(default: Any, help: str, *, metavar: str | None = None,
@@ -72,6 +74,15 @@ class ModelConfig:
     activation: Activation = setting("gelu", "MLP activation: exact (erf) GELU, as nanoGPT, "
                                      "or gelu_tanh, GPT-2's 'gelu_new'")
     rope_base: float = setting(10000.0, "rope only: rotation base (larger = slower rotation)")
+    rope_scaling: RopeScaling = setting(
+        "none", "rope only: context extension: linear (position interpolation, Chen et al.), "
+        "ntk (NTK-aware base, bloc97), dynamic (NTK from the sequence length), yarn (Peng et "
+        "al.) or llama3; none is plain RoPE")
+    rope_factor: float = setting(1.0, "rope only: context-extension factor s (the length it "
+                                 "aims at / rope_original_length); 1 with rope_scaling none")
+    rope_original_length: int = setting(0, "rope only: the length L the rope was first trained "
+                                        "at, which the extension methods scale from, in tokens",
+                                        default_text="block_size")
     t5_num_buckets: int = setting(32, "t5 only: number of relative-distance buckets")
     t5_max_distance: int = setting(0, "t5 only: distance where the last bucket starts, in "
                                    "tokens; every bucket used past it shares one value",
@@ -86,6 +97,8 @@ class ModelConfig:
         if self.t5_max_distance == 0 and isinstance(self.block_size, int):
             self.t5_max_distance = max(self.block_size, self.t5_num_buckets // 2 + 1) \
                 if isinstance(self.t5_num_buckets, int) else self.block_size
+        if self.rope_original_length == 0 and isinstance(self.block_size, int):
+            self.rope_original_length = self.block_size
         _check_int(self, "vocab_size", 0, MAX_VOCAB)
         _check_int(self, "block_size", 1, MAX_BLOCK)
         _check_int(self, "n_layer", 1, MAX_LAYERS)
@@ -94,9 +107,12 @@ class ModelConfig:
         _check_int(self, "d_ff", 1, 8 * MAX_D_MODEL)
         _check_int(self, "t5_num_buckets", 2, 4096)
         _check_int(self, "t5_max_distance", 2, MAX_BLOCK)
+        _check_int(self, "rope_original_length", 1, MAX_BLOCK)
         _check_float(self, "dropout", 0.0, 1.0, hi_open=True)
         _check_float(self, "layer_norm_eps", 0.0, 1.0, lo_open=True)
         _check_float(self, "rope_base", 1.0, 1e12, lo_open=True)
+        _check_float(self, "rope_factor", 0.0, 1e6, lo_open=True)
+        _check_choice(self, "rope_scaling")
         _check_float(self, "sinusoidal_ratio", 0.0, 1e6, lo_open=True)
         if self.d_model % self.n_head:
             raise ConfigError(
@@ -109,7 +125,13 @@ class ModelConfig:
                 f"pos: unknown positional encoding {self.pos!r}; choose one of "
                 f"{', '.join(REGISTRY)}."
             )
-        REGISTRY[self.pos].check_config(self)  # what the encoding itself needs
+        enc = REGISTRY[self.pos]
+        if (self.rope_scaling != "none" or self.rope_factor != 1.0) \
+                and "rope_scaling" not in enc.extension_settings:
+            raise ConfigError(f"{arg('rope_scaling')} and {arg('rope_factor')} extend a rope "
+                              f"model's context; pos {self.pos!r} has no such methods, so "
+                              "leave them at none and 1 or use pos 'rope'.")
+        enc.check_config(self)  # what the encoding itself needs
         _check_choice(self, "activation")
         if self.t5_max_distance <= self.t5_num_buckets // 2:
             raise ConfigError("t5_max_distance must be larger than t5_num_buckets / 2.")
@@ -434,6 +456,9 @@ def merge(base: RunConfig, model: dict[str, Any] | None = None,
             values["d_ff"] = 0  # re-derive 4 * d_model unless given
         if section == "model" and "t5_max_distance" not in overrides and "block_size" in overrides:
             values["t5_max_distance"] = 0  # re-derive from the trained length unless given
+        if section == "model" and "rope_original_length" not in overrides \
+                and "block_size" in overrides:
+            values["rope_original_length"] = 0  # likewise
         out.append(cls(**values))
     return RunConfig(model=out[0], train=out[1])
 

@@ -109,8 +109,8 @@ class Decoding:
             for _ in range(self.max_new_tokens):
                 idx = self.ids
                 visible = idx if window is None else idx[:, -window:]  # a view, no copy
-                if not self.use_cache:
-                    logits, _ = model(visible, last_only=True)
+                if not self.use_cache:  # seq_len: the frequencies a cache would use
+                    logits, _ = model(visible, last_only=True, seq_len=cache_cap)
                 elif cache is None or cache.length + 1 > cache_cap:
                     # (re)fill the cache with the whole visible context
                     cache = model.new_cache(idx.shape[0], cache_cap)

@@ -60,6 +60,7 @@ needs neither `transformers` nor a network; export needs `transformers` (`minigp
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -426,10 +427,51 @@ def hf_config_kwargs(cfg: ModelConfig, ids: dict[str, int | None]) -> tuple[str,
     return "GPTNeoXConfig", dict(
         common, hidden_size=cfg.d_model, num_hidden_layers=cfg.n_layer,
         num_attention_heads=cfg.n_head, intermediate_size=cfg.d_ff,
-        hidden_act=HF_ACT[cfg.activation], max_position_embeddings=cfg.block_size,
-        layer_norm_eps=cfg.layer_norm_eps, use_parallel_residual=False,
-        rotary_pct=1.0, rotary_emb_base=cfg.rope_base, attention_bias=True,
-        hidden_dropout=cfg.dropout, attention_dropout=cfg.dropout)
+        hidden_act=HF_ACT[cfg.activation], layer_norm_eps=cfg.layer_norm_eps,
+        use_parallel_residual=False, rotary_pct=1.0, attention_bias=True,
+        hidden_dropout=cfg.dropout, attention_dropout=cfg.dropout, **hf_rope(cfg))
+
+
+# our rope_scaling -> transformers' rope_type; ntk has none and is written as its base
+HF_ROPE_TYPES = {"linear": "linear", "dynamic": "dynamic", "yarn": "yarn", "llama3": "llama3"}
+NTK_NOTE = "minigpt_rope"  # config.json key that lets an exported ntk model import as ntk
+
+
+def hf_rope(cfg: ModelConfig) -> dict[str, Any]:
+    """GPTNeoXConfig keywords for our rope settings: the base, max_position_embeddings and,
+    for a context-extension method, `rope_scaling` (transformers' rope_parameters); refuses
+    a method transformers cannot compute."""
+    from .positional import (LLAMA3_HIGH_FREQ_FACTOR, LLAMA3_LOW_FREQ_FACTOR, YARN_BETA_FAST,
+                             YARN_BETA_SLOW, ntk_base)
+
+    method, s, L = cfg.rope_scaling, cfg.rope_factor, cfg.rope_original_length
+    out: dict[str, Any] = {"rotary_emb_base": cfg.rope_base,
+                           "max_position_embeddings": cfg.block_size}
+    if method == "none":
+        return out
+    if method == "ntk":  # static NTK-aware scaling is plain rope with a larger base
+        return {**out, "rotary_emb_base": ntk_base(cfg.rope_base, s, cfg.head_size)}
+    if method not in HF_ROPE_TYPES or not _hf_has_rope_type(HF_ROPE_TYPES[method]):
+        raise HFError(f"rope_scaling {method} cannot be exported: this transformers version "
+                      "has no rope type that computes it.")
+    rope: dict[str, Any] = {"rope_type": HF_ROPE_TYPES[method], "factor": s}
+    if method == "dynamic":  # transformers scales from max_position_embeddings
+        out["max_position_embeddings"] = L
+    if method == "yarn":
+        rope.update(original_max_position_embeddings=L, beta_fast=YARN_BETA_FAST,
+                    beta_slow=YARN_BETA_SLOW)
+    if method == "llama3":
+        rope.update(original_max_position_embeddings=L, low_freq_factor=LLAMA3_LOW_FREQ_FACTOR,
+                    high_freq_factor=LLAMA3_HIGH_FREQ_FACTOR)
+    return {**out, "rope_scaling": rope}
+
+
+def _hf_has_rope_type(rope_type: str) -> bool:
+    try:
+        from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+    except ImportError:
+        return False
+    return rope_type in ROPE_INIT_FUNCTIONS
 
 
 def _get(raw: dict, key: str, default: Any, kind: type | tuple = (int, float)) -> Any:
@@ -505,36 +547,85 @@ def _neox_settings(raw: dict[str, Any], where: Path) -> tuple[dict[str, Any], An
         raise HFError(f"{where} uses GPT-NeoX's parallel residual (attention and MLP side by "
                       "side, as Pythia); minigpt's blocks are sequential, so it cannot be "
                       "imported.")
-    base = _neox_rope_base(raw, where)
+    rope = _neox_rope(raw, where)
     act = raw.get("hidden_act", "gelu")
-    if not isinstance(base, (int, float)) or isinstance(base, bool):
-        raise HFError(f"config.json in {where}: rope_theta has an unexpected value {base!r}.")
-    kw = {"block_size": _get(raw, "max_position_embeddings", 2048, int),
+    block = _get(raw, "max_position_embeddings", 2048, int)
+    kw = {"block_size": max(block, rope.get("rope_original_length", 0)),
           "n_layer": _get(raw, "num_hidden_layers", 44, int),
           "n_head": _get(raw, "num_attention_heads", 64, int),
           "d_model": _get(raw, "hidden_size", 6144, int),
           "d_ff": _get(raw, "intermediate_size", 24576, int),
           "dropout": float(_get(raw, "hidden_dropout", 0.0)),
           "layer_norm_eps": float(_get(raw, "layer_norm_eps", 1e-5)), "pos": "rope",
-          "rope_base": float(base), "vocab_size": _get(raw, "vocab_size", 50432, int)}
+          "vocab_size": _get(raw, "vocab_size", 50432, int), **rope}
+    if kw.get("rope_scaling") == "dynamic":  # transformers scales from max_position_embeddings
+        kw["rope_original_length"] = block
     return kw, act
 
 
-def _neox_rope_base(raw: dict[str, Any], where: Path) -> Any:
-    """The rope base of a GPT-NeoX config, refusing scaled or partial rotary embeddings."""
+def _neox_rope(raw: dict[str, Any], where: Path) -> dict[str, Any]:
+    """Our rope settings of a GPT-NeoX config: the base and, for the rope types minigpt
+    computes (linear, dynamic, yarn with beta 32/1 and its own attention factor, llama3 with
+    frequency factors 1/4), the method; refuses others and partial rotary embeddings."""
+    from .positional import (LLAMA3_HIGH_FREQ_FACTOR, LLAMA3_LOW_FREQ_FACTOR, YARN_BETA_FAST,
+                             YARN_BETA_SLOW, ntk_base, yarn_attention_factor)
+
     rope = raw.get("rope_parameters") or raw.get("rope_scaling") or {}
     if not isinstance(rope, dict):
         raise HFError(f"config.json in {where}: rope_parameters must be an object.")
-    rtype = rope.get("rope_type", rope.get("type", "default"))
-    if rtype not in ("default", None):
-        raise HFError(f"{where} uses {rtype!r} rope scaling; minigpt's rope is the "
-                      "plain (default) kind.")
+    rtype = rope.get("rope_type", rope.get("type", "default")) or "default"
     pct = rope.get("partial_rotary_factor", raw.get("partial_rotary_factor",
                                                     raw.get("rotary_pct", 0.25)))
     if pct != 1.0:
         raise HFError(f"{where} rotates only a fraction ({pct}) of each head; minigpt's rope "
                       "rotates the whole head (rotary_pct 1.0).")
-    return rope.get("rope_theta", raw.get("rope_theta", raw.get("rotary_emb_base", 10000.0)))
+    base = rope.get("rope_theta", raw.get("rope_theta", raw.get("rotary_emb_base", 10000.0)))
+    if not isinstance(base, (int, float)) or isinstance(base, bool):
+        raise HFError(f"config.json in {where}: rope_theta has an unexpected value {base!r}.")
+    out: dict[str, Any] = {"rope_base": float(base)}
+    ours = {v: k for k, v in HF_ROPE_TYPES.items()}
+    if rtype == "default":
+        note = raw.get(NTK_NOTE)
+        if isinstance(note, dict) and note.get("rope_scaling") == "ntk":
+            b, s = note.get("rope_base"), note.get("rope_factor")
+            hs = _get(raw, "hidden_size", 6144, int) // _get(raw, "num_attention_heads", 64, int)
+            if _is_num(b) and _is_num(s) and s >= 1 and hs > 2 and \
+                    math.isclose(ntk_base(b, s, hs), base, rel_tol=1e-12):
+                return {"rope_base": float(b), "rope_scaling": "ntk", "rope_factor": float(s)}
+        return out
+    if rtype not in ours:
+        raise HFError(f"{where} uses {rtype!r} rope scaling; minigpt computes "
+                      f"{', '.join(ours)} (and plain rope).")
+    s = rope.get("factor")
+    if not _is_num(s) or s < 1:
+        raise HFError(f"config.json in {where}: the rope factor {s!r} is not a number of 1 "
+                      "or more.")
+    out.update(rope_scaling=ours[rtype], rope_factor=float(s))
+    wants = {"yarn": {"beta_fast": YARN_BETA_FAST, "beta_slow": YARN_BETA_SLOW,
+                      "attention_factor": yarn_attention_factor(s), "truncate": True},
+             "llama3": {"low_freq_factor": LLAMA3_LOW_FREQ_FACTOR,
+                        "high_freq_factor": LLAMA3_HIGH_FREQ_FACTOR}}.get(rtype, {})
+    for key, want in wants.items():
+        got = rope.get(key)
+        if got is not None and got != want:
+            raise HFError(f"{where} sets {rtype} {key} {got!r}; minigpt's {rtype} uses {want}.")
+    if rtype == "llama3" and rope.get("low_freq_factor") is None:
+        raise HFError(f"config.json in {where}: llama3 rope scaling needs low_freq_factor.")
+    if rtype == "yarn" and (rope.get("mscale") or rope.get("mscale_all_dim")):
+        raise HFError(f"{where} sets yarn mscale; minigpt's yarn uses the paper's attention "
+                      "factor 0.1 ln(s) + 1.")
+    if rtype in ("yarn", "llama3"):
+        orig = rope.get("original_max_position_embeddings",
+                        raw.get("original_max_position_embeddings"))
+        if not isinstance(orig, int) or isinstance(orig, bool) or orig < 1:
+            raise HFError(f"config.json in {where}: {rtype} rope scaling needs "
+                          "original_max_position_embeddings.")
+        out["rope_original_length"] = orig
+    return out
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 # --- reading HF weights (safetensors only) ------------------------------------------------------
@@ -641,7 +732,12 @@ def build_hf_model(model: Any, tok: Tokenizer) -> Any:
     cfg = model.cfg
     refuse_unexportable(cfg)
     cls_name, kw = hf_config_kwargs(cfg, special_ids(tok))
-    hf_cfg = getattr(transformers, cls_name)(**kw)
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # llama3 zero-shot: original == max length
+    try:
+        hf_cfg = getattr(transformers, cls_name)(**kw)
+    finally:
+        transformers.logging.set_verbosity(verbosity)
     hf_model = getattr(transformers, export_architecture(cfg.pos))(hf_cfg)
     from .checkpoint import model_state
 
@@ -657,11 +753,12 @@ def build_hf_model(model: Any, tok: Tokenizer) -> Any:
 
 
 @torch.no_grad()
-def compare_logits(model: Any, hf_model: Any, T: int = 16, seed: int = 0
-                   ) -> tuple[float, float]:
-    """(largest |ours - theirs|, largest |ours|) logit on two random sequences of T tokens."""
+def compare_logits(model: Any, hf_model: Any, T: int = 16, seed: int = 0,
+                   limit: int | None = None) -> tuple[float, float]:
+    """(largest |ours - theirs|, largest |ours|) logit on two random sequences of T tokens
+    (at most `limit`, default block_size)."""
     g = torch.Generator().manual_seed(seed)
-    T = min(T, model.cfg.block_size)
+    T = min(T, limit or model.cfg.block_size)
     ids = torch.randint(0, model.cfg.vocab_size, (2, T), generator=g)
     ours, _ = model.cpu().eval()(ids)
     theirs = hf_model(input_ids=ids).logits
@@ -675,18 +772,26 @@ def _update_json(path: Path, updates: dict[str, Any]) -> None:
     atomic_write_json(path, {**old, **updates})
 
 
-def export_hf(ckpt: str | Path, out: str | Path, which: str = "last") -> ExportResult:
-    """Write checkpoint `ckpt` as a transformers model directory `out` (checked for equality)."""
-    from .checkpoint import load, read_config
+def export_hf(ckpt: str | Path, out: str | Path, which: str = "last",
+              extension: dict[str, Any] | None = None) -> ExportResult:
+    """Write checkpoint `ckpt` as a transformers model directory `out` (checked for equality),
+    with a rope model's context-extension `extension` settings if given (checkpoint.load)."""
+    from .checkpoint import extended, load, read_config
 
     out = Path(out)
     cfg, _ = read_config(ckpt)
+    cfg = extended(cfg, extension)
     refuse_unexportable(cfg.model)  # before anything heavy is loaded
+    if cfg.model.pos == "rope":
+        hf_rope(cfg.model)  # a method transformers cannot compute is refused now
     _check_out(out, "a model")
-    model, tok, cfg, _ = load(ckpt, which=which)  # a bad checkpoint is refused before
+    model, tok, cfg, _ = load(ckpt, which=which, extension=extension)  # bad ones refused before
     require_transformers()  # the (slow) transformers import
     hf_model = build_hf_model(model, tok)
     diff, scale = compare_logits(model, hf_model)
+    if cfg.model.rope_scaling != "none":  # the method matters past the trained length
+        past = 2 * cfg.model.block_size
+        diff, scale = max((diff, scale), compare_logits(model, hf_model, past, limit=past))
     if diff > 1e-4 * max(1.0, scale):
         raise HFError(f"the exported model's logits differ from ours by {diff:.2g}; this "
                       "transformers version computes the architecture differently.")
@@ -706,8 +811,12 @@ def export_hf(ckpt: str | Path, out: str | Path, which: str = "last") -> ExportR
             _update_json(tmp / "tokenizer_config.json",
                          {"tokenizer_class": "PreTrainedTokenizerFast"})
             if cfg.model.pos == "rope":
-                _update_json(tmp / "config.json", {"rotary_pct": 1.0,
-                                                   "rotary_emb_base": cfg.model.rope_base})
+                m = cfg.model
+                note = {NTK_NOTE: {"rope_scaling": "ntk", "rope_factor": m.rope_factor,
+                                   "rope_base": m.rope_base}} if m.rope_scaling == "ntk" else {}
+                _update_json(tmp / "config.json", {
+                    "rotary_pct": 1.0, "rotary_emb_base": hf_rope(m)["rotary_emb_base"],
+                    **note})
     except OSError as e:
         raise HFError(f"cannot write {out}: {e.strerror or e}.") from None
     finally:

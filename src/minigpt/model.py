@@ -185,8 +185,13 @@ class GPT(nn.Module):
         return sum(p.numel() for p in self.parameters())  # tied weights counted once
 
     def attention_context(self, T: int, start: int, device: torch.device,
-                          cache: KVCache | None = None) -> AttnContext:
-        """Positions, mask and hooks for T new tokens that follow `start` earlier ones."""
+                          cache: KVCache | None = None, seq_len: int | None = None
+                          ) -> AttnContext:
+        """Positions, mask and hooks for T new tokens that follow `start` earlier ones, in a
+        sequence of `seq_len` tokens (default: the cache's capacity, else start + T)."""
+        if seq_len is None:
+            seq_len = cache.max_len if cache is not None else start + T
+        self.pos.set_length(max(seq_len, start + T))
         self.pos.prepare(start + T, device)
         pos = torch.arange(start, start + T, device=device)
         k_pos = torch.arange(0, start + T, device=device)
@@ -200,12 +205,15 @@ class GPT(nn.Module):
         return AttnContext(pos, bias.unsqueeze(0), False, self.pos.rotate, cache)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *,
-                cache: KVCache | None = None, last_only: bool = False
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """idx (B, T) token ids -> logits (B, T, V) (or (B, 1, V) with last_only), loss."""
+                cache: KVCache | None = None, last_only: bool = False,
+                seq_len: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """idx (B, T) token ids -> logits (B, T, V) (or (B, 1, V) with last_only), loss.
+
+        `seq_len`: the length of the whole sequence these tokens belong to, for values that
+        depend on it (rope's dynamic scaling); default the cache's capacity, else T."""
         B, T = idx.shape
         start = cache.length if cache is not None else 0
-        ctx = self.attention_context(T, start, idx.device, cache)
+        ctx = self.attention_context(T, start, idx.device, cache, seq_len)
         x = self.pos.embed(self.tok_emb(idx), ctx.pos)  # (B, T, C)
         x = self.drop(x)
         for i, block in enumerate(self.blocks):

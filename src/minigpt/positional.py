@@ -7,9 +7,11 @@ at fixed places without ever asking which encoding it has:
     rotate(q, k, pos)  rotates queries and keys per head      rope
     bias(q_pos, k_pos) added to the attention scores          alibi, t5
 
-Each hook is a no-op by default (that is `nope`). Adding an encoding is one subclass and
-one `@register` line. `pos` tensors hold absolute token positions (long, shape (T,)), so the
-same code serves a full forward pass and cached generation at any offset.
+Each hook is a no-op by default (that is `nope`). Before them, every forward pass calls
+`set_length(n)` (the length of the whole sequence the pass belongs to) and `prepare(n)`.
+Adding an encoding is one subclass and one `@register` line. `pos` tensors hold absolute
+token positions (long, shape (T,)), so the same code serves a full forward pass and cached
+generation at any offset.
 """
 
 from __future__ import annotations
@@ -51,6 +53,9 @@ class PositionalEncoding(nn.Module):
     picture: ClassVar[str | None] = None  # what `minigpt viz` draws: table | rotary | bias
     picture_needs_checkpoint: ClassVar[bool] = False  # the picture shows trained values
     hf_architecture: ClassVar[str | None] = None  # the transformers class it exports to exactly
+    # model settings a trained checkpoint may change without changing its weights: given at
+    # load time (sample, evaluation, viz) and, with block_size, when fine-tuning (--init-from)
+    extension_settings: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -62,6 +67,11 @@ class PositionalEncoding(nn.Module):
         Called once per forward pass with plain ints, so the hooks below never need to read
         a tensor back to the host (no syncs, no torch.compile graph breaks).
         """
+
+    def set_length(self, n: int) -> None:
+        """The length of the whole sequence the coming positions belong to: the pass's own
+        length, the capacity of its key/value cache, or what the caller says. Only values
+        that depend on the sequence length read it (rope's dynamic scaling)."""
 
     def embed(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         return x
@@ -248,12 +258,113 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
+# --- rope and its context-extension methods ---------------------------------------------------
+#
+# Each method changes only the rotation frequencies theta_i (i = 0 .. hs/2 - 1) and, for
+# YaRN, the size of q and k; `rope_frequencies` returns both, for a model config and (for
+# dynamic) the sequence length. L is rope_original_length (the trained length), s rope_factor.
+
+YARN_BETA_FAST = 32.0  # YaRN: pairs that turn more than this often within L keep theta_i
+YARN_BETA_SLOW = 1.0  # ... pairs that turn less than once within L are interpolated (theta_i / s)
+LLAMA3_LOW_FREQ_FACTOR = 1.0  # llama3: wavelengths above L / this are interpolated
+LLAMA3_HIGH_FREQ_FACTOR = 4.0  # ... wavelengths below L / this are kept
+
+
+def rope_inv_freq(hs: int, base: float) -> torch.Tensor:
+    """Su et al.: theta_i = base^(-2i/hs), (hs/2,) fp32, computed as transformers does."""
+    return 1.0 / (base ** (torch.arange(0, hs, 2, dtype=torch.float32) / hs))
+
+
+def ntk_base(base: float, factor: float, hs: int) -> float:
+    """NTK-aware scaling (bloc97, 2023): base * s^(hs/(hs-2)), so that the slowest pair turns
+    s times slower (position interpolation there) while the fastest is almost unchanged."""
+    return base * factor ** (hs / (hs - 2))
+
+
+def dynamic_base(base: float, factor: float, hs: int, length: int, original: int) -> float:
+    """Dynamic NTK (emozilla 2023; transformers' `dynamic`): the NTK base for a sequence of
+    `length` tokens, base * (s * n / L - (s - 1))^(hs/(hs-2)) with n = max(length, L), so
+    plain RoPE up to L and a growing base past it."""
+    n = max(length, original)
+    return base * (factor * n / original - (factor - 1)) ** (hs / (hs - 2))
+
+
+def yarn_attention_factor(factor: float) -> float:
+    """YaRN's sqrt(1/t) = 0.1 ln(s) + 1 (Peng et al. 2023, eq. 22): q and k are each
+    multiplied by it, so the attention logits are multiplied by 1/t."""
+    return 1.0 if factor <= 1 else 0.1 * math.log(factor) + 1.0
+
+
+def yarn_ramp_bounds(hs: int, base: float, original: int) -> tuple[int, int]:
+    """The pairs between which YaRN's NTK-by-parts ramp runs: the pair index where a pair
+    turns r = L / wavelength times within L is hs ln(L / (2 pi r)) / (2 ln base); low for
+    r = beta_fast (floor), high for r = beta_slow (ceil), clipped to [0, hs - 1] (the
+    reference code's `find_correction_range`, which transformers follows)."""
+    def pair(rotations: float) -> float:
+        return hs * math.log(original / (rotations * 2 * math.pi)) / (2 * math.log(base))
+
+    low = max(math.floor(pair(YARN_BETA_FAST)), 0)
+    high = min(math.ceil(pair(YARN_BETA_SLOW)), hs - 1)
+    return low, high
+
+
+def rope_frequencies(cfg: ModelConfig, length: int | None = None) -> tuple[torch.Tensor, float]:
+    """(theta (hs/2,) fp32, attention factor) of a rope config; `length` is the sequence
+    length, read by `dynamic` only (default: rope_original_length)."""
+    hs, base, s = cfg.head_size, cfg.rope_base, cfg.rope_factor
+    L, method = cfg.rope_original_length, cfg.rope_scaling
+    if method == "ntk":
+        return rope_inv_freq(hs, ntk_base(base, s, hs)), 1.0
+    if method == "dynamic":
+        return rope_inv_freq(hs, dynamic_base(base, s, hs, length or L, L)), 1.0
+    theta = rope_inv_freq(hs, base)
+    if method == "linear":  # Chen et al. 2023: positions divided by s, i.e. theta_i / s
+        return theta / s, 1.0
+    if method == "yarn":
+        # NTK-by-parts: gamma = 1 keeps theta_i (fast pairs), gamma = 0 interpolates
+        # (theta_i / s, slow pairs), linear in the pair index in between
+        low, high = yarn_ramp_bounds(hs, base, L)
+        ramp = (torch.arange(hs // 2, dtype=torch.float32) - low) / max(high - low, 0.001)
+        gamma = 1 - ramp.clamp(0, 1)
+        wave = base ** (torch.arange(0, hs, 2, dtype=torch.float32) / hs)  # 1 / theta_i
+        return 1 / (s * wave) * (1 - gamma) + theta * gamma, yarn_attention_factor(s)
+    if method == "llama3":
+        # Meta's Llama 3.1: wavelengths above L/low_freq_factor interpolated, below
+        # L/high_freq_factor kept, and a smooth mix (linear in L / wavelength) between
+        wavelen = 2 * math.pi / theta
+        lo_wave, hi_wave = L / LLAMA3_LOW_FREQ_FACTOR, L / LLAMA3_HIGH_FREQ_FACTOR
+        smooth = (L / wavelen - LLAMA3_LOW_FREQ_FACTOR) / (
+            LLAMA3_HIGH_FREQ_FACTOR - LLAMA3_LOW_FREQ_FACTOR)
+        out = torch.where(wavelen > lo_wave, theta / s, theta)
+        mixed = (1 - smooth) * out / s + smooth * out
+        middle = (wavelen >= hi_wave) & (wavelen <= lo_wave)
+        return torch.where(middle, mixed, out), 1.0
+    return theta, 1.0
+
+
+ROPE_PAPERS = {
+    "linear": "position interpolation (Chen et al. 2023)",
+    "ntk": "NTK-aware scaling (bloc97 2023)",
+    "dynamic": "dynamic NTK (emozilla 2023, as transformers' dynamic)",
+    "yarn": "YaRN (Peng et al. 2023; beta_fast 32, beta_slow 1, q and k times 0.1 ln s + 1)",
+    "llama3": "Llama 3.1 scaling (low/high frequency factors 1 and 4)",
+}
+
+
 @register
 class Rotary(PositionalEncoding):
     """RoPE (Su et al. 2021): rotate each (i, i + hs/2) pair of q and k by pos * base^(-2i/hs).
 
     The half-split pairing is GPT-NeoX's convention, so a rope model maps exactly onto
     `GPTNeoXForCausalLM` with the full rotary dimension.
+
+    `rope_scaling` picks a context-extension method (see `rope_frequencies`): they change
+    the frequencies, and YaRN also multiplies the cos/sin tables by its attention factor
+    (so q and k, as transformers and the YaRN reference code do). `dynamic` computes the
+    frequencies from the length of the whole sequence (`set_length`): a forward pass of n
+    tokens uses n, a pass with a key/value cache uses the cache's capacity (a generation's
+    prompt + new tokens, or its window), fixed for the whole generation so that every
+    cached key was rotated with the frequencies the queries use (docs/positional.md).
     """
 
     name = "rope"
@@ -261,20 +372,52 @@ class Rotary(PositionalEncoding):
     where = "rotates queries and keys"
     picture = "rotary"
     hf_architecture = "GPTNeoXForCausalLM"
+    extension_settings = ("rope_scaling", "rope_factor")
 
     @classmethod
     def check_config(cls, cfg: ModelConfig) -> None:
         if cfg.head_size % 2:
             raise ConfigError("pos 'rope' needs an even head size (d_model / n_head).")
+        if cfg.rope_scaling == "none" and cfg.rope_factor != 1.0:
+            raise ConfigError(f"rope_factor {cfg.rope_factor:g} needs a context-extension "
+                              "method: set rope_scaling to linear, ntk, dynamic, yarn or "
+                              "llama3, or leave rope_factor at 1.")
+        if cfg.rope_scaling != "none" and cfg.rope_factor < 1.0:
+            raise ConfigError(f"rope_factor must be at least 1 (the length aimed at over the "
+                              f"trained length), got {cfg.rope_factor:g}.")
+        if cfg.rope_scaling in ("ntk", "dynamic") and cfg.head_size <= 2:
+            raise ConfigError(f"rope_scaling {cfg.rope_scaling} needs a head size above 2 "
+                              "(its base grows as s^(hs/(hs-2))).")
+        if cfg.rope_original_length > cfg.block_size:
+            raise ConfigError(f"rope_original_length ({cfg.rope_original_length}) is the "
+                              f"length rope was first trained at and cannot exceed block_size "
+                              f"({cfg.block_size}).")
+
+    @classmethod
+    def settings_note(cls, cfg: ModelConfig) -> str | None:
+        if cfg.rope_scaling == "none":
+            return None
+        return (f"RoPE context extension: {ROPE_PAPERS[cfg.rope_scaling]}, factor "
+                f"{cfg.rope_factor:g} from the trained length {cfg.rope_original_length} "
+                f"(base {cfg.rope_base:g}).")
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__(cfg)
-        hs = cfg.head_size
-        inv_freq = 1.0 / (cfg.rope_base ** (torch.arange(0, hs, 2, dtype=torch.float32) / hs))
+        inv_freq, self.attn_factor = rope_frequencies(cfg)
+        self.freq_length = cfg.rope_original_length  # dynamic: the length inv_freq is for
         self.register_buffer("inv_freq", inv_freq, persistent=False)  # (hs/2,)
         self.register_buffer("cos", torch.empty(0), persistent=False)
         self.register_buffer("sin", torch.empty(0), persistent=False)
         self.prepare(cfg.block_size, inv_freq.device)
+
+    def set_length(self, n: int) -> None:
+        if self.cfg.rope_scaling != "dynamic":
+            return
+        n = max(n, self.cfg.rope_original_length)  # plain RoPE up to the trained length
+        if n != self.freq_length:
+            self.freq_length = n
+            self.inv_freq = rope_frequencies(self.cfg, n)[0].to(self.inv_freq.device)
+            self.cos = self.cos[:0]  # rebuilt by prepare with the new frequencies
 
     def prepare(self, n: int, device: torch.device) -> None:
         if self.cos.shape[0] < n or self.cos.device != device:
@@ -283,6 +426,8 @@ class Rotary(PositionalEncoding):
             freqs = torch.outer(t, self.inv_freq.to(device))  # (n, hs/2)
             emb = torch.cat((freqs, freqs), dim=-1)  # (n, hs)
             self.cos, self.sin = emb.cos(), emb.sin()
+            if self.attn_factor != 1.0:  # YaRN: q and k each times sqrt(1/t)
+                self.cos, self.sin = self.cos * self.attn_factor, self.sin * self.attn_factor
 
     def rotate(self, q: torch.Tensor, k: torch.Tensor, pos: torch.Tensor
                ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -181,23 +181,38 @@ def resume_config(cfg: RunConfig, out: Path) -> tuple[RunConfig, dict[str, Any]]
 INIT_CHANGEABLE = ("dropout",)  # model settings a run started from a checkpoint may change
 
 
+def init_changeable(pos: str) -> tuple[str, ...]:
+    """The model settings a run started from a checkpoint with encoding `pos` may change:
+    dropout, and for an encoding with context-extension settings (rope) those and
+    block_size, to fine-tune at a longer context."""
+    from .positional import REGISTRY
+
+    ext = REGISTRY[pos].extension_settings
+    return (*INIT_CHANGEABLE, *(("block_size", *ext) if ext else ()))
+
+
 def init_config(cfg: RunConfig, init_from: str | Path) -> RunConfig:
     """The config a run started from the `init_from` checkpoint's weights trains with: `cfg`
-    with the checkpoint's model settings. Every model setting of `cfg` except those in
-    INIT_CHANGEABLE must equal the checkpoint's (`vocab_size` always comes from its
-    tokenizer); each that differs is named with its old and new value. The weights file's
-    header is checked too, before a model of its size is built."""
+    with the checkpoint's model settings. Every model setting of `cfg` except those
+    `init_changeable` names must equal the checkpoint's (`vocab_size` always comes from its
+    tokenizer, and `rope_original_length`, the length rope was first trained at, from the
+    checkpoint unless given); each that differs is named with its old and new value. The
+    weights file's header is checked too, before a model of its size is built."""
     src, raw = checkpoint.read_config(init_from)
+    may = init_changeable(src.model.pos)
+    m = cfg.model  # settings derived from block_size: their values when not given
+    derived = {"rope_original_length": m.block_size,
+               "t5_max_distance": max(m.block_size, m.t5_num_buckets // 2 + 1)}
     changed = [f"{arg(k)} {v!r} -> {getattr(cfg.model, k)!r}"
                for k, v in src.model.__dict__.items()
-               if k not in (*INIT_CHANGEABLE, "vocab_size") and getattr(cfg.model, k) != v]
+               if k not in (*may, "vocab_size")
+               and getattr(cfg.model, k) not in (v, derived.get(k, v))]
     if changed:
         raise ConfigError(
             f"{arg('init_from')} takes the model settings from the checkpoint, and these differ "
-            f"({'; '.join(changed)}); only {', '.join(arg(k) for k in INIT_CHANGEABLE)} may "
-            "change.")
+            f"({'; '.join(changed)}); only {', '.join(arg(k) for k in may)} may change.")
     checkpoint.check_weights(Path(init_from), src, raw=raw)
-    keep = {k: getattr(cfg.model, k) for k in INIT_CHANGEABLE}
+    keep = {k: getattr(cfg.model, k) for k in may}
     return dataclasses.replace(cfg, model=dataclasses.replace(src.model, **keep))
 
 

@@ -3,7 +3,8 @@
     learned, sinusoidal  the position x dimension table, and position-to-position cosine
                          similarity of its rows
     rope                 the query-key score of a fixed vector against relative distance, and
-                         the rotation frequency of every dimension pair
+                         the rotation frequency of every dimension pair; with a context-
+                         extension method, each pair's wavelength before and after it
     alibi, t5            the bias each head adds to the attention scores (query x key), and
                          the same bias against distance
     nope                 nothing: it adds no positional information
@@ -36,7 +37,8 @@ from .errors import MiniGPTError
 from .plots import legend_outside, save
 
 # model settings that describe an untrained encoding (and so make no sense with a checkpoint)
-OVERRIDES = ("block_size", "n_head", "d_model", "rope_base")
+OVERRIDES = ("block_size", "n_head", "d_model", "rope_base", "rope_scaling", "rope_factor")
+EXTENSION = ("rope_scaling", "rope_factor")  # these also apply to a checkpoint (zero-shot)
 DPI = 110
 MAX_TICK_LABELS = 48  # prompts up to this many tokens get their tokens as tick labels
 OTHER_ROPE_BASES = (100.0, 10_000.0, 500_000.0)
@@ -104,6 +106,7 @@ def _source(pos: str | None, ckpt: str | Path | None, preset_name: str | None,
     if ckpt is not None:
         from .checkpoint import load
 
+        ext = {k: given.pop(k) for k in EXTENSION if k in given}
         if preset_name is not None:
             given = {"preset": preset_name, **given}
         if given:
@@ -112,7 +115,7 @@ def _source(pos: str | None, ckpt: str | Path | None, preset_name: str | None,
             raise MiniGPTError(f"{flags} {'applies' if one else 'apply'} only to an untrained "
                                f"encoding, not to a checkpoint; drop {'it' if one else 'them'} "
                                "or drop --ckpt.")
-        model, tok, cfg, raw = load(ckpt, which=which)
+        model, tok, cfg, raw = load(ckpt, which=which, extension=ext)
         found = cfg.model.pos
         if pos is not None and pos != found:
             raise MiniGPTError(f"--pos {pos} does not match the checkpoint, which was trained "
@@ -293,7 +296,37 @@ def _draw_rope(src: Source, out: Path) -> list[Path]:
     ax2.set_ylabel("position")
     ax2.set_title(f"rotation angle per position\n{src.label}")
     paths.append(_save(fig, out / "rope_frequencies.png"))
+    if cfg.rope_scaling != "none":
+        paths.append(_draw_rope_extension(src, out))
     return paths
+
+
+def _draw_rope_extension(src: Source, out: Path) -> Path:
+    """Wavelength (tokens per full turn) of every dimension pair with plain RoPE and with the
+    context-extension method, the trained length and the length aimed at marked."""
+    cfg = src.cfg
+    L, s, method = cfg.rope_original_length, cfg.rope_factor, cfg.rope_scaling
+    plain = dataclasses.replace(cfg, rope_scaling="none", rope_factor=1.0)
+    before = positional.rope_frequencies(plain)[0].double().numpy()
+    target = round(s * L)
+    after, attn = positional.rope_frequencies(cfg, target)  # dynamic: at s x L tokens
+    after = after.double().numpy()
+    i = np.arange(len(before))
+    fig, ax = plt.subplots(figsize=(10, 5), layout="constrained")
+    ax.semilogy(i, 2 * math.pi / before, "o-", ms=3, label="plain RoPE (before)")
+    at = f" at {target} tokens" if method == "dynamic" else ""
+    ax.semilogy(i, 2 * math.pi / after, "s-", ms=3,
+                label=f"{method}, factor {s:g}{at} (after)")
+    ax.axhline(L, color="k", ls="--", lw=0.8, label=f"trained length L = {L}")
+    ax.axhline(target, color="grey", ls=":", lw=1, label=f"aimed-at length {s:g} x L = {target}")
+    ax.set_xlabel(f"dimension pair i (pairs (i, i + {cfg.head_size // 2}))")
+    ax.set_ylabel("wavelength 2π/θ_i (tokens per full turn, log scale)")
+    note = f"; q and k times {attn:.3f}" if attn != 1.0 else ""
+    ax.set_title(f"rope context extension: {method}, factor {s:g}{note}\n"
+                 f"{positional.ROPE_PAPERS[method]}\n{src.label}", fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+    return _save(fig, out / "rope_extension.png")
 
 
 # --- alibi and t5: the score bias ---------------------------------------------------------

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from .options import add_extension_flags, extension
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -17,13 +19,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="PATH", help="directory to write")
     p.add_argument("--which", choices=["last", "best"], default="last",
                    help="latest weights, or those with the best validation loss (default: last)")
+    add_extension_flags(p)
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..hf import export_hf
 
-    r = export_hf(args.ckpt, args.out, which=args.which)
+    r = export_hf(args.ckpt, args.out, which=args.which, extension=extension(args))
     print(f"exported {args.ckpt} as {r.architecture} to {r.out} (largest logit difference "
           f"{r.max_abs_diff:.1e}); load it with "
           f"transformers.AutoModelForCausalLM.from_pretrained({str(r.out)!r})")

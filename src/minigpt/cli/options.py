@@ -102,6 +102,22 @@ def given_settings(args: argparse.Namespace) -> dict[str, Any]:
     return {k[4:]: v for k, v in vars(args).items() if k.startswith("set_") and v is not None}
 
 
+def add_extension_flags(p: argparse.ArgumentParser) -> None:
+    """--rope-scaling and --rope-factor for a command that reads a checkpoint (sample, viz):
+    run a rope model with a context-extension method zero-shot (default: the checkpoint's)."""
+    fields = {f.name: f for f in dataclasses.fields(ModelConfig)}
+    g = p.add_argument_group("context extension (rope checkpoints; default: the checkpoint's)")
+    g.add_argument("--rope-scaling", choices=choices(ModelConfig, "rope_scaling"),
+                   help=fields["rope_scaling"].metadata["help"].removeprefix("rope only: "))
+    g.add_argument("--rope-factor", type=float, metavar="FLOAT",
+                   help=fields["rope_factor"].metadata["help"].removeprefix("rope only: "))
+
+
+def extension(args: argparse.Namespace) -> dict[str, Any]:
+    """The context-extension settings given on the command line (see add_extension_flags)."""
+    return {"rope_scaling": args.rope_scaling, "rope_factor": args.rope_factor}
+
+
 def overrides(args: argparse.Namespace, base: RunConfig
               ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The model and train settings given explicitly on the command line; `base` is the config
@@ -118,9 +134,11 @@ def overrides(args: argparse.Namespace, base: RunConfig
 
 
 def build_config(args: argparse.Namespace, default_preset: str = "small",
-                 base: RunConfig | None = None) -> RunConfig:
+                 base: RunConfig | None = None, init_model: ModelConfig | None = None
+                 ) -> RunConfig:
     """preset < --config FILE.toml < flags; `base` stands in for the preset when none is given
-    (a resumed run starts from its saved config)."""
+    (a resumed run starts from its saved config); `init_model` (the --init-from checkpoint's)
+    replaces the model settings the flags apply to."""
     cfg = preset(args.preset) if args.preset else base or preset(default_preset)
     if getattr(args, "config", None):
         file = load_toml(args.config)
@@ -135,6 +153,8 @@ def build_config(args: argparse.Namespace, default_preset: str = "small",
         if unknown:
             raise ConfigError(f"config file {args.config} has unknown section(s) "
                               f"{', '.join(sorted(unknown))}; use [model] and [train].")
+    if init_model is not None:
+        cfg = RunConfig(model=init_model, train=cfg.train)
     model, train = overrides(args, cfg)
     return merge(cfg, model, train, where="command line")
 
@@ -146,5 +166,5 @@ def describe(cfg: RunConfig) -> str:
             f"x{t.grad_accum}, {t.max_steps} steps, lr {t.lr}")
 
 
-__all__ = ["add_config_flags", "add_settings_flags", "given_settings", "overrides",
-           "build_config", "describe", "RunConfig"]
+__all__ = ["add_config_flags", "add_settings_flags", "given_settings", "add_extension_flags",
+           "extension", "overrides", "build_config", "describe", "RunConfig"]

@@ -7,6 +7,7 @@ import sys
 import typing
 
 from ..config import Dtype, Quantize
+from .options import add_extension_flags, extension
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -42,6 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quantize", choices=typing.get_args(Quantize), default="none",
                    help="int8: weight-only int8 linear layers with one scale per output "
                         "channel (about half the bytes of bf16 per token) (default: none)")
+    add_extension_flags(p)
     p.set_defaults(handler=run)
 
 
@@ -50,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
     from ..generation import stream_text
     from ..runtime import resolve_device
 
-    model, tok, _, _ = load(args.ckpt, which=args.which, device=resolve_device(args.device))
+    model, tok, _, _ = load(args.ckpt, which=args.which, device=resolve_device(args.device),
+                            extension=extension(args))
     pieces = stream_text(model, tok, args.prompt, max_new_tokens=args.max_new_tokens,
                          temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                          seed=args.seed, num_samples=args.num_samples,

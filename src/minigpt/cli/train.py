@@ -8,7 +8,7 @@ import shlex
 from pathlib import Path
 
 from ..errors import MiniGPTError
-from .options import add_config_flags, build_config, describe, overrides
+from .options import add_config_flags, build_config, describe
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -39,7 +39,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..checkpoint import read_config
-    from ..config import merge
     from ..generation import sample_text
     from ..runtime import is_main_process
     from ..training import train
@@ -51,11 +50,9 @@ def run(args: argparse.Namespace) -> int:
     base = None
     if args.resume and (out / "config.json").exists():
         base, _ = read_config(out)  # without --preset/--config, flags apply to the saved run
-    cfg = build_config(args, base=base)
-    if args.init_from:  # model settings not given as flags come from the checkpoint
-        model_o, _ = overrides(args, cfg)
-        src_cfg, _ = read_config(args.init_from)
-        cfg = merge(cfg, {**vars(src_cfg.model), **model_o}, None, where="--init-from")
+    # with --init-from, model settings not given as flags come from the checkpoint
+    init_model = read_config(args.init_from)[0].model if args.init_from else None
+    cfg = build_config(args, base=base, init_model=init_model)
     say = print if main else (lambda *a, **k: None)
     opening = [f"minigpt train: {describe(cfg)} -> {out}"]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..config import ModelConfig, choices
+from .options import add_extension_flags, extension
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -35,6 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="embedding width (default: the preset's)")
     g.add_argument("--rope-base", type=float, metavar="FLOAT",
                    help="rope rotation base (default: 10000)")
+    add_extension_flags(p)  # also with --ckpt: a rope checkpoint zero-shot
     p.set_defaults(handler=run)
 
 
@@ -42,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from ..viz import draw
 
     overrides = {"block_size": args.block_size, "n_head": args.n_head, "d_model": args.d_model,
-                 "rope_base": args.rope_base}
+                 "rope_base": args.rope_base, **extension(args)}
     paths = draw(args.pos, args.ckpt, args.out, args.prompt, preset_name=args.preset,
                  overrides=overrides, which=args.which, log=print)
     for path in paths:
