@@ -301,3 +301,11 @@ def test_pos_overhead_times_every_encoding_against_nope(tmp_path: Path):
     assert "kerple" in format_table(res) and "vs nope" in format_table(res)
     with pytest.raises(MiniGPTError, match="unknown positional encoding 'fir'"):
         run(encodings=["fir"])
+
+
+def test_parameter_counts_of_the_new_encodings():
+    from minigpt.positional import build
+
+    c = cfg("fire", n_head=4, d_model=16)  # MLP 1 -> 32 -> 4, plus c and the threshold
+    assert build(c).num_params() == (32 + 32) + (32 * 4 + 4) + 2
+    assert build(cfg("kerple", n_head=4, d_model=16)).num_params() == 8
