@@ -20,8 +20,8 @@ def cfg(pos: str, **kw) -> ModelConfig:
     return ModelConfig(**{**base, **kw})
 
 
-def test_registry_has_all_six():
-    assert set(ALL) == {"learned", "sinusoidal", "rope", "alibi", "nope", "t5"}
+def test_registry_has_all_eight():
+    assert set(ALL) == {"learned", "sinusoidal", "rope", "alibi", "nope", "t5", "fire", "kerple"}
 
 
 def test_sinusoidal_closed_form():
@@ -142,7 +142,7 @@ def test_learned_refuses_positions_past_block_size():
         model(torch.zeros(1, 17, dtype=torch.long))
 
 
-@pytest.mark.parametrize("pos", ["sinusoidal", "rope", "alibi", "nope", "t5"])
+@pytest.mark.parametrize("pos", ["sinusoidal", "rope", "alibi", "nope", "t5", "fire", "kerple"])
 def test_extrapolating_encodings_evaluate_past_block_size(pos):
     model = GPT(cfg(pos))
     logits, loss = model(torch.zeros(1, 64, dtype=torch.long), torch.zeros(1, 64, dtype=torch.long))

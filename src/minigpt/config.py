@@ -90,6 +90,12 @@ class ModelConfig:
     sinusoidal_ratio: float = setting(0.7, "sinusoidal only: position-signal rms / token-"
                                       "embedding rms at init (Vaswani et al. ~0.7); the scale "
                                       "is learned")
+    fire_mlp_width: int = setting(32, "fire only: hidden width of the MLP that maps the "
+                                  "normalised distance to one bias per head")
+    random_positions: int = setting(0, "randomized positions (Ruoss et al. 2023): 0 off, or N: "
+                                    "a length-n sequence gets a sorted random sample of n "
+                                    "positions from [0, N) instead of 0..n-1; N >= block_size",
+                                    metavar="N")
 
     def __post_init__(self) -> None:
         if self.d_ff == 0:
@@ -108,6 +114,8 @@ class ModelConfig:
         _check_int(self, "t5_num_buckets", 2, 4096)
         _check_int(self, "t5_max_distance", 2, MAX_BLOCK)
         _check_int(self, "rope_original_length", 1, MAX_BLOCK)
+        _check_int(self, "fire_mlp_width", 1, MAX_D_MODEL)
+        _check_int(self, "random_positions", 0, MAX_BLOCK)
         _check_float(self, "dropout", 0.0, 1.0, hi_open=True)
         _check_float(self, "layer_norm_eps", 0.0, 1.0, lo_open=True)
         _check_float(self, "rope_base", 1.0, 1e12, lo_open=True)
@@ -132,6 +140,12 @@ class ModelConfig:
                               f"model's context; pos {self.pos!r} has no such methods, so "
                               "leave them at none and 1 or use pos 'rope'.")
         enc.check_config(self)  # what the encoding itself needs
+        if self.random_positions and not REGISTRY[self.pos].reads_positions:
+            raise ConfigError(f"random_positions applies only to encodings that read positions "
+                              f"and {self.pos} reads none; set random_positions to 0.")
+        if 0 < self.random_positions < self.block_size:
+            raise ConfigError(f"random_positions ({self.random_positions}) must be 0 (off) or at "
+                              f"least block_size ({self.block_size}).")
         _check_choice(self, "activation")
         if self.t5_max_distance <= self.t5_num_buckets // 2:
             raise ConfigError("t5_max_distance must be larger than t5_num_buckets / 2.")

@@ -717,6 +717,10 @@ def _check_out(out: Path, what: str) -> None:
 
 
 def refuse_unexportable(cfg: ModelConfig) -> None:
+    if cfg.random_positions:
+        raise HFError("a model trained with random_positions cannot be exported to Hugging "
+                      "Face: transformers numbers positions 0..n-1 and has no randomized "
+                      "positions.")
     if export_architecture(cfg.pos) is None:
         from .positional import REGISTRY
 

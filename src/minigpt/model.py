@@ -34,6 +34,7 @@ class KVCache:
         self._k, self._v = self.k.unbind(0), self.v.unbind(0)  # per-layer views, made once
         self.length = 0  # tokens already stored
         self.max_len = max_len
+        self.positions: torch.Tensor | None = None  # (max_len,) with random_positions
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor
                ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -169,7 +170,7 @@ class GPT(nn.Module):
         for name, p in self.named_parameters():
             name_seed = (seed * 1_000_003 + zlib.crc32(name.encode())) % 2**62
             g = torch.Generator().manual_seed(name_seed)
-            if name.startswith("pos.") and self.pos.init_parameter(name[4:], p):
+            if name.startswith("pos.") and self.pos.init_parameter(name[4:], p, g):
                 continue  # the encoding chose this value itself
             if name.endswith(".bias"):
                 p.zero_()
@@ -192,9 +193,12 @@ class GPT(nn.Module):
         if seq_len is None:
             seq_len = cache.max_len if cache is not None else start + T
         self.pos.set_length(max(seq_len, start + T))
-        self.pos.prepare(start + T, device)
-        pos = torch.arange(start, start + T, device=device)
-        k_pos = torch.arange(0, start + T, device=device)
+        if self.cfg.random_positions:
+            pos, k_pos = self.random_positions(T, start, device, cache)
+        else:
+            self.pos.prepare(start + T, device)
+            pos = torch.arange(start, start + T, device=device)
+            k_pos = torch.arange(0, start + T, device=device)
         bias = self.pos.bias(pos, k_pos)  # (nh, Tq, Tk) or None
         if bias is None:
             if start == 0:
@@ -203,6 +207,28 @@ class GPT(nn.Module):
             return AttnContext(pos, mask, False, self.pos.rotate, cache)
         bias = bias.masked_fill(k_pos[None, :] > pos[:, None], float("-inf"))
         return AttnContext(pos, bias.unsqueeze(0), False, self.pos.rotate, cache)
+
+    def random_positions(self, T: int, start: int, device: torch.device,
+                         cache: KVCache | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Randomized positions (Ruoss et al. 2023): (T,) query and (start + T,) key positions.
+
+        Training draws a fresh sorted sample from [0, N) per forward pass from torch's global
+        CPU generator (seeded by the run and saved in its checkpoints); outside training each
+        length has one fixed sample (`positional.eval_positions`), and a cache holds the
+        sample of its whole length, so tokens keep their positions as it fills.
+        """
+        N = self.cfg.random_positions
+        self.pos.prepare(N, device)
+        if cache is not None:
+            if cache.positions is None:
+                cache.positions = positional.eval_positions(cache.max_len, N).to(device)
+            return cache.positions[start:start + T], cache.positions[:start + T]
+        if self.training:
+            pos = positional.sample_positions(T, N)
+        else:
+            pos = positional.eval_positions(T, N)
+        pos = pos.to(device)
+        return pos, pos
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *,
                 cache: KVCache | None = None, last_only: bool = False,

@@ -56,6 +56,7 @@ class PositionalEncoding(nn.Module):
     # model settings a trained checkpoint may change without changing its weights: given at
     # load time (sample, evaluation, viz) and, with block_size, when fine-tuning (--init-from)
     extension_settings: ClassVar[tuple[str, ...]] = ()
+    reads_positions: ClassVar[bool] = True  # False: random_positions has nothing to act on
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -90,9 +91,11 @@ class PositionalEncoding(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def init_parameter(self, name: str, p: torch.Tensor) -> bool:
+    def init_parameter(self, name: str, p: torch.Tensor,
+                       generator: torch.Generator | None = None) -> bool:
         """Give parameter `name` (relative to this module) its initial value and return True,
-        or return False to let the model draw it like any other weight (std 0.02)."""
+        or return False to let the model draw it like any other weight (std 0.02).
+        `generator` is the parameter's own seeded generator, for random initial values."""
         return False
 
     def bias_reach(self) -> int | None:
@@ -131,6 +134,7 @@ class NoPE(PositionalEncoding):
 
     name = "nope"
     description = "no positional information: the causal mask is the only cue"
+    reads_positions = False
 
 
 @register
@@ -147,19 +151,20 @@ class Learned(PositionalEncoding):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__(cfg)
-        self.wpe = nn.Embedding(cfg.block_size, cfg.d_model)
+        self.size = cfg.random_positions or cfg.block_size  # random positions: [0, N)
+        self.wpe = nn.Embedding(self.size, cfg.d_model)
 
     def untrained(self, trained_len: int, eval_len: int) -> str | None:
-        if eval_len > trained_len:
+        if eval_len > trained_len and not self.cfg.random_positions:
             return f"learned positions {trained_len}-{eval_len - 1} never received a gradient"
         return None
 
     def prepare(self, n: int, device: torch.device) -> None:
-        if n > self.cfg.block_size:
+        if n > self.size:
+            limit = "random_positions" if self.cfg.random_positions else "block_size"
             raise PositionLimitError(
-                f"learned positions stop at block_size {self.cfg.block_size}: this model "
-                f"cannot score position {n - 1}; use a sequence of at most "
-                f"{self.cfg.block_size} tokens."
+                f"learned positions stop at {limit} {self.size}: this model cannot score "
+                f"position {n - 1}; use a sequence of at most {self.size} tokens."
             )
 
     def embed(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
@@ -213,7 +218,8 @@ class Sinusoidal(PositionalEncoding):
     def initial_scale(self) -> float:
         return self.cfg.sinusoidal_ratio * TOKEN_EMBED_STD / TABLE_RMS
 
-    def init_parameter(self, name: str, p: torch.Tensor) -> bool:
+    def init_parameter(self, name: str, p: torch.Tensor,
+                       generator: torch.Generator | None = None) -> bool:
         p.fill_(self.initial_scale())
         return True
 
@@ -513,6 +519,7 @@ class T5Bias(PositionalEncoding):
         return set(t5_bucket(-n, self.cfg.t5_num_buckets, self.cfg.t5_max_distance).tolist())
 
     def untrained(self, trained_len: int, eval_len: int) -> str | None:
+        trained_len = max(trained_len, self.cfg.random_positions)  # distances seen in training
         never = sorted(self.buckets_used(eval_len) - self.buckets_used(trained_len))
         if not never:
             return None
@@ -524,3 +531,159 @@ class T5Bias(PositionalEncoding):
         rel = k_pos[None, :] - q_pos[:, None]  # (Tq, Tk)
         buckets = t5_bucket(rel, self.cfg.t5_num_buckets, self.cfg.t5_max_distance)
         return self.rel_bias(buckets).permute(2, 0, 1)  # (Tq, Tk, nh) -> (nh, Tq, Tk)
+
+
+# --- encodings built for length generalization --------------------------------------------
+
+def positive(p: torch.Tensor, floor: float) -> torch.Tensor:
+    """p clamped to at least `floor`, with the gradient of p itself (straight through).
+
+    The Kerple reference clamps its parameters' data in place before each use; the value
+    here is the same, but the op is pure (no side effect in forward), and a parameter pushed
+    below the floor still gets a gradient that can bring it back.
+    """
+    return p + (p.clamp(min=floor) - p).detach()
+
+
+FIRE_C0 = 0.1  # initial c of psi(x) = log(c x + 1), as the reference FIRE
+FIRE_EPS = 1e-6  # keeps the normaliser away from zero (reference)
+
+
+def fire_inputs(q_pos: torch.Tensor, k_pos: torch.Tensor, c: torch.Tensor,
+                threshold: torch.Tensor) -> torch.Tensor:
+    """Li et al. 2023, eq. (FIRE): psi(i - j) / psi(max(L, i)) with psi(x) = log(|c| x + 1).
+
+    (Tq,), (Tk,) positions -> (Tq, Tk) MLP inputs, in [0, 1] for keys at or before the
+    query (future keys, masked anyway, are treated as distance 0).
+    """
+    c = c.abs()
+    dist = (q_pos[:, None] - k_pos[None, :]).clamp(min=0).to(c.dtype)  # (Tq, Tk)
+    norm = torch.log(c * torch.maximum(q_pos.to(c.dtype), threshold) + 1)  # (Tq,)
+    return torch.log(c * dist + 1) / (norm[:, None] + FIRE_EPS)
+
+
+@register
+class FIRE(PositionalEncoding):
+    """FIRE (Li et al. 2023): a small MLP f of the log-scaled distance, normalised by the
+    log-scaled query position (but at least a learned threshold L), one output per head:
+    bias(i, j) = f(psi(i - j) / psi(max(L, i))), psi(x) = log(c x + 1), c learned.
+
+    As the reference (mcleish7/arithmetic `FIRE`): MLP 1 -> width -> n_head with ReLU, c
+    starts at 0.1, and L is a fixed start value (here block_size) times a learned multiplier
+    that starts at 1. One bias serves every layer, as with t5 here.
+    """
+
+    name = "fire"
+    description = "a learned MLP of the normalised log distance per head (Li et al. 2023)"
+    where = "biases attention scores"
+    picture = "bias"
+    picture_needs_checkpoint = True
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__(cfg)
+        w = cfg.fire_mlp_width
+        self.mlp = nn.Sequential(nn.Linear(1, w), nn.ReLU(), nn.Linear(w, cfg.n_head))
+        self.c = nn.Parameter(torch.tensor(FIRE_C0))
+        self.threshold_scale = nn.Parameter(torch.tensor(1.0))
+        self.register_buffer("threshold0", torch.tensor(float(cfg.block_size)),
+                             persistent=False)
+
+    def init_parameter(self, name: str, p: torch.Tensor,
+                       generator: torch.Generator | None = None) -> bool:
+        if name.startswith("mlp."):  # PyTorch's nn.Linear default: U(+-1/sqrt(fan_in))
+            fan_in = self.mlp[int(name.split(".")[1])].in_features
+            bound = fan_in ** -0.5
+            p.copy_((torch.rand(p.shape, generator=generator) * 2 - 1) * bound)
+        else:
+            p.fill_(FIRE_C0 if name == "c" else 1.0)
+        return True
+
+    def threshold(self) -> torch.Tensor:
+        return (self.threshold_scale * self.threshold0).abs()
+
+    def inputs(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
+        return fire_inputs(q_pos, k_pos, self.c, self.threshold())
+
+    def bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
+        x = self.inputs(q_pos, k_pos)  # (Tq, Tk)
+        return self.mlp(x[..., None]).permute(2, 0, 1)  # (Tq, Tk, nh) -> (nh, Tq, Tk)
+
+    def untrained(self, trained_len: int, eval_len: int) -> str | None:
+        """The MLP's inputs a longer evaluation reaches that training never did: training
+        (positions below `trained_len`, or below random_positions N) reaches at most
+        psi(n - 1) / psi(max(L, n - 1))."""
+        seen = max(self.cfg.random_positions, trained_len)
+        with torch.no_grad():
+            hi = [float(self.inputs(torch.tensor([n - 1]), torch.tensor([0]))[0, 0])
+                  for n in (seen, eval_len)]
+        if hi[1] <= hi[0] + 1e-6:
+            return None
+        return (f"fire's MLP inputs {hi[0]:.3f}-{hi[1]:.3f} (normalised distances past the "
+                f"trained {seen} positions) were never seen in training")
+
+    @classmethod
+    def settings_note(cls, cfg: ModelConfig) -> str | None:
+        return (f"FIRE: MLP width {cfg.fire_mlp_width}, c starts at {FIRE_C0:g}, threshold "
+                f"L starts at block_size {cfg.block_size} (both learned).")
+
+
+KERPLE_FLOOR = 1e-2  # the reference's eps: r1, r2 never go below it
+
+
+@register
+class KerpleLog(PositionalEncoding):
+    """Kerple, logarithmic variant (Chi et al. 2022): bias(i, j) = -r1 log(1 + r2 |i - j|)
+    with r1, r2 > 0 learned per head (reference: chijames/KERPLE `ParallelKerpleLog`).
+
+    The reference draws r1 ~ U(0, 2) and r2 ~ U(0, 1) per head; here head h starts at the
+    midpoints of those ranges' n_head equal slices, r1 = 2 (h + 1/2) / n_head and
+    r2 = (h + 1/2) / n_head, so every seed and every run starts with the same spread of heads.
+    """
+
+    name = "kerple"
+    description = "a learned logarithmic distance penalty per head (Chi et al. 2022)"
+    where = "biases attention scores"
+    picture = "bias"
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__(cfg)
+        self.r1 = nn.Parameter(self.initial(2.0))
+        self.r2 = nn.Parameter(self.initial(1.0))
+
+    def initial(self, scale: float) -> torch.Tensor:
+        return (torch.arange(self.cfg.n_head, dtype=torch.float32) + 0.5) / self.cfg.n_head * scale
+
+    def init_parameter(self, name: str, p: torch.Tensor,
+                       generator: torch.Generator | None = None) -> bool:
+        p.copy_(self.initial(2.0 if name == "r1" else 1.0))
+        return True
+
+    def bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
+        r1 = positive(self.r1, KERPLE_FLOOR)[:, None, None]  # (nh, 1, 1)
+        r2 = positive(self.r2, KERPLE_FLOOR)[:, None, None]
+        dist = (q_pos[:, None] - k_pos[None, :]).clamp(min=0).to(r1.dtype)  # (Tq, Tk)
+        return -r1 * torch.log1p(r2 * dist)  # (nh, Tq, Tk)
+
+
+def sample_positions(n: int, limit: int, generator: torch.Generator | None = None
+                     ) -> torch.Tensor:
+    """Ruoss et al. 2023: n distinct positions drawn uniformly from [0, limit), sorted.
+
+    Drawn on the CPU (the same sample on every device) from `generator`, or from torch's
+    global CPU generator when None (training: seeded by the run's seed, saved and restored
+    with the checkpoint). Returns (n,) long.
+    """
+    if n > limit:
+        raise PositionLimitError(
+            f"random_positions is {limit}, so a sequence of {n} tokens cannot get {n} distinct "
+            f"positions; use at most {limit} tokens or train with a larger random_positions."
+        )
+    return torch.randperm(limit, generator=generator)[:n].sort().values
+
+
+def eval_positions(n: int, limit: int) -> torch.Tensor:
+    """The positions of an n-token sequence outside training: one fixed sorted sample per
+    length n (a generator seeded with n), so every evaluation and every sampling run of a
+    random-positions model sees the same positions, and evaluating consumes nothing of the
+    training stream."""
+    return sample_positions(n, limit, torch.Generator().manual_seed(n))

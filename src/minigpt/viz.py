@@ -5,14 +5,15 @@
     rope                 the query-key score of a fixed vector against relative distance, and
                          the rotation frequency of every dimension pair; with a context-
                          extension method, each pair's wavelength before and after it
-    alibi, t5            the bias each head adds to the attention scores (query x key), and
-                         the same bias against distance
+    alibi, t5, fire,     the bias each head adds to the attention scores (query x key), and
+    kerple               the same bias against distance (trained context L marked)
     nope                 nothing: it adds no positional information
     any checkpoint       with a prompt, the attention weights of every head, one grid per layer
                          ({pos}_attention_layer{i}.png)
 
-Trained encodings (learned, t5) are drawn from a checkpoint; the fixed ones (sinusoidal, rope,
-alibi) can also be drawn untrained from a preset. Everything is written as PNG with the Agg
+Trained encodings (learned, t5, fire) are drawn from a checkpoint; the fixed ones (sinusoidal,
+rope, alibi) and kerple (whose initial values are fixed) can also be drawn untrained from a
+preset. Everything is written as PNG with the Agg
 backend, so no display is needed.
 """
 
@@ -361,7 +362,7 @@ def _draw_bias(src: Source, out: Path) -> list[Path]:
     with torch.no_grad():
         row = src.module.bias(torch.tensor([far]), torch.arange(far + 1)).float().cpu()
     by_dist = row[:, 0, :].flip(-1).numpy()  # (nh, far + 1), column d = distance d
-    fig, ax = plt.subplots(figsize=(8, 5), layout="constrained")
+    fig, ax = plt.subplots(figsize=(9, 5), layout="constrained")
     d = np.arange(far + 1)
     for h in range(nh):
         lab = f"head {h}" + (f" (slope {float(slopes[h]):.3g})" if slopes is not None else "")
@@ -371,7 +372,8 @@ def _draw_bias(src: Source, out: Path) -> list[Path]:
         ax.axvline(reach, color="grey", ls=":", lw=0.8, label=f"bias constant past {reach}")
     ax.set_xlabel("distance from query back to key (tokens)")
     ax.set_ylabel("bias added to the attention score")
-    ax.set_title(f"{name}: bias against distance, per head\n{src.label}")
+    ax.set_title(f"{name}: bias against distance, per head (query at position {far})"
+                 f"\n{src.label}")
     ax.grid(alpha=0.3)
     if nh <= 16:
         legend_outside(ax, fontsize=7, ncol=2 if nh > 8 else 1)

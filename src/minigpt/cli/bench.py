@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import typing
+from pathlib import Path
 
 from ..config import Dtype
 
@@ -31,23 +32,42 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "rows (for big shapes such as --preset gpt2)")
     p.add_argument("--gen-tokens", type=int, default=256, metavar="N",
                    help="new tokens per generation (default: 256)")
-    p.add_argument("--reps", type=int, default=7, metavar="N",
-                   help="timed repetitions per measure (default: 7)")
+    p.add_argument("--reps", type=int, metavar="N",
+                   help="timed repetitions per measure (default: 7; 20 with --pos-overhead)")
     p.add_argument("--threads", type=int, metavar="N",
                    help="torch threads (default: torch's choice)")
+    p.add_argument("--pos-overhead", action="store_true",
+                   help="instead: time a training step of every positional encoding, "
+                        "interleaved in one process at the quick study's shapes, in float32 "
+                        "and (where native) bf16 autocast; prints median ms and the ratio to "
+                        "nope (--reps rounds, default 20)")
     p.add_argument("--out", default="bench.json", metavar="PATH",
                    help="where to write the JSON results (default: bench.json)")
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.pos_overhead:
+        return pos_overhead(args)
     from ..bench import bench, format_table
 
     res = bench(args.out, preset_name=args.preset, vs_hf=args.vs == "hf",
                 device_name=args.device, dtype=args.dtype, compile_mode=args.compile,
                 batch_size=args.batch_size, vocab_size=args.vocab_size,
-                gen_tokens=args.gen_tokens, reps=args.reps, threads=args.threads,
+                gen_tokens=args.gen_tokens, reps=args.reps or 7, threads=args.threads,
                 sampling_only=args.sampling_only)
     print(format_table(res))
+    print(f"wrote {args.out}")
+    return 0
+
+
+def pos_overhead(args: argparse.Namespace) -> int:
+    from ..bench_positions import format_table, run
+    from ..files import atomic_write_json
+
+    res = run(device_name=args.device, dtype=args.dtype, rounds=args.reps or 20,
+              threads=args.threads)
+    print(format_table(res))
+    atomic_write_json(Path(args.out), res)
     print(f"wrote {args.out}")
     return 0
