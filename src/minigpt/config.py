@@ -322,7 +322,7 @@ STUDY_PRESETS: dict[str, dict[str, Any]] = {
         "train": {"tokenizer": "char", "batch_size": 16, "max_steps": 800, "lr": 2e-3,
                   "min_lr": 2e-4, "warmup_steps": 60, "eval_interval": 100, "eval_iters": 8,
                   "log_interval": 10, "sample_tokens": 300},
-        "task": {"batch_size": 32, "max_steps": 1000, "batching": "documents",
+        "task": {"batch_size": 32, "max_steps": 3000, "batching": "documents",
                  "sample_tokens": 0, "eval_interval": 250},
         "seeds": 1,
         "lengths": "1x,2x,4x,8x",

@@ -54,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
     res = bench(args.out, preset_name=args.preset, vs_hf=args.vs == "hf",
                 device_name=args.device, dtype=args.dtype, compile_mode=args.compile,
                 batch_size=args.batch_size, vocab_size=args.vocab_size,
-                gen_tokens=args.gen_tokens, reps=args.reps or 7, threads=args.threads,
+                gen_tokens=args.gen_tokens, reps=7 if args.reps is None else args.reps,
+                threads=args.threads,
                 sampling_only=args.sampling_only)
     print(format_table(res))
     print(f"wrote {args.out}")
@@ -65,7 +66,8 @@ def pos_overhead(args: argparse.Namespace) -> int:
     from ..bench_positions import format_table, run
     from ..files import atomic_write_json
 
-    res = run(device_name=args.device, dtype=args.dtype, rounds=args.reps or 20,
+    res = run(device_name=args.device, dtype=args.dtype,
+              rounds=20 if args.reps is None else args.reps,
               threads=args.threads)
     print(format_table(res))
     atomic_write_json(Path(args.out), res)
