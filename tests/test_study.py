@@ -341,8 +341,14 @@ def test_changed_settings_refused_without_force(study: SimpleNamespace, tmp_path
     shutil.copytree(study.out, out)
     changed = run_cli("compare", *study.args, "--lengths", "1x,2x", "--out", out)
     assert changed.returncode == 2
-    assert "--force" in changed.stderr and "lengths" in changed.stderr
+    assert "--force" in changed.stderr and "lengths: 16,32,64,128 -> 16,32" in changed.stderr
     assert "Traceback" not in changed.stderr
+    steps = run_cli("compare", *study.args, "--max-steps", "5", "--out", out)
+    assert steps.returncode == 2 and "train.max_steps: 4 -> 5" in steps.stderr
+    # adding an encoding: --force trains only the new one, and the message says so
+    added = run_cli("compare", *study.args, "--pos", "learned,alibi,t5,nope", "--out", out)
+    assert added.returncode == 2
+    assert "pass --force to train only the new encoding(s) nope" in added.stderr
     # --force keeps the trained models (same training config) and only re-evaluates
     forced = run_cli("compare", *study.args, "--lengths", "1x,2x", "--force", "--out", out)
     assert forced.returncode == 0, forced.stderr
@@ -457,3 +463,97 @@ def test_our_validator_agrees_with_jsonschema(study: SimpleNamespace) -> None:
     assert all(ours == theirs for ours, theirs in verdicts), \
         [i for i, (a, b) in enumerate(verdicts) if a != b][:5]
     assert sum(not ours for ours, _ in verdicts) > 120  # many mutations are violations
+
+
+def test_evaluation_blocks_are_spread_over_the_validation_text() -> None:
+    val = np.arange(100_000)
+    blocks = evaluation.eval_blocks(val, [64, 512], 32, tokens=8192, blocks=16)
+    assert len(blocks) == 16 and len({len(b) for b in blocks}) == 1
+    starts = [int(b[0]) for b in blocks]
+    assert starts[0] == 0 and starts[-1] > 90_000  # from the start to the end of the split
+    per = evaluation.span_geometry(blocks[0], [64, 512], 32)[1]
+    assert per * 16 * 32 >= 8192
+    # a split too short for several blocks falls back to one span from its start
+    (one,) = evaluation.eval_blocks(np.arange(700), [64, 512], 32, tokens=8192)
+    assert one[0] == 0
+
+
+def test_several_runs_at_once_and_ctrl_c(tmp_path: Path, corpus: Path) -> None:
+    """--jobs 2 trains two runs at once in separate processes: the study completes with every
+    run and says the machine was shared; Ctrl-C stops both runs at a saved step, and running
+    the same command again resumes and completes."""
+    import signal
+    import sys
+    import time
+
+    args = [*TINY, "--pos", "alibi,rope", "--data", str(corpus), "--jobs", "2",
+            "--max-steps", "400", "--eval-interval", "200"]
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "minigpt", "compare", *args, "--out",
+                             str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    metrics = [out / "runs" / f"{p}-s1337" / "metrics.jsonl" for p in ("alibi", "rope")]
+    while time.time() < deadline and not all(m.exists() and m.stat().st_size for m in metrics):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "Traceback" not in stderr and "run the same command again" in stdout
+    assert json.loads((out / "study.json").read_text())["status"] == "interrupted"
+    again = run_cli("compare", *args, "--out", out, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "2 run(s) at a time" in again.stdout and "resuming from step" in again.stdout
+    results = json.loads((out / "results.json").read_text())
+    assert [r["training"]["steps"] for r in results["runs"]] == [400, 400]
+    assert results["environment"]["jobs"] == 2 and results["environment"]["torch_threads"] >= 1
+    assert any("2 runs at a time" in line for line in results["study"]["held_equal"])
+
+
+def test_no_study_plot_hides_data_under_its_legend(study: SimpleNamespace, monkeypatch) -> None:
+    """Every plot of the LM report (and, in test_tasks, of a task report) keeps its legend
+    outside the axes: no plotted point lies under it. With one seed the loss curves do not
+    promise a band over seeds."""
+    import matplotlib.pyplot as plt
+
+    from minigpt.plots import points_under_legend
+    from minigpt.study import figures, lm_report
+    from minigpt.study.render import plots_for
+
+    figs = []
+
+    def keep(fig, path, *a, **k):
+        figs.append(fig)
+        return path
+
+    monkeypatch.setattr(figures, "save", keep)
+    monkeypatch.setattr(lm_report, "save", keep)
+    results = json.loads((study.out / "results.json").read_text())
+    for _, (_, draw) in plots_for(results).items():
+        draw(results, study.out / "unused.png")
+    assert len(figs) == 4
+    assert all(points_under_legend(f) == 0 for f in figs)
+    assert not any("std over seeds" in ax.get_title() for f in figs for ax in f.axes)
+    for f in figs:
+        plt.close(f)
+
+
+def test_summary_words_what_the_numbers_say() -> None:
+    """A model 2.5x worse than the unigram baseline is 'worse than' it, not 'close to' it;
+    equal step times are one number, not '69.0-69.0 ms'; one seed never ranks."""
+    from minigpt.study import get_objective
+    from minigpt.study.summary import summarize
+
+    def agg(pos: str, ppl: float) -> dict:
+        return {"pos": pos, "extrapolates": True, "seeds": 1, "pos_params": {"mean": 0.0},
+                "step_time_ms": {"mean": 69.0, "std": 0.0, "n": 1}, "pos_state": {},
+                "length_ppl": [{"length": 64, "ppl": {"mean": ppl, "std": None, "n": 1}}]}
+
+    results = {"study": {"block_size": 64, "lengths": [64], "seeds": [1], "unigram_ppl": 28.6},
+               "environment": {"jobs": 1}, "runs": [],
+               "aggregates": [agg("rope", 71.5), agg("alibi", 27.0)]}
+    text = summarize(results, get_objective("lm"))["text"]
+    assert "alibi (27.00) is close to and rope (71.50) is worse than the context-free unigram" \
+        in text
+    assert "stay near" not in text and "69.0-69.0" not in text
+    assert "A steady-state training step took 69.0 ms (median)." in text
+    assert "(one seed: described, not ranked)" in text and " is best" not in text

@@ -262,3 +262,59 @@ def test_task_study_settings() -> None:
     assert s.as_dict()["criterion"] == 0.95
     assert s.fingerprint() != make_study("quick", task="add", pos="rope,alibi",
                                          criterion=0.9).fingerprint()
+
+
+def test_a_run_that_missed_the_criterion_is_never_read_past_L(task_study: SimpleNamespace
+                                                              ) -> None:
+    """Take the tiny study's results and make rope converge on both seeds while learned
+    does not: only rope is read past L, learned is listed as not converged, and only a
+    dependency-past-L length can carry a claim about using context past L."""
+    from minigpt.study import get_objective
+    from minigpt.study.summary import summarize
+
+    results = json.loads((task_study.out / "results.json").read_text())
+    for run in results["runs"]:
+        ok = run["pos"] == "rope"
+        run["training"]["checks"] = [{"step": 3, "val_accuracy": 0.97 if ok else 0.4}]
+        for row in run["task_accuracy"]["results"]:
+            if row["accuracy"] is not None:
+                hits = [1] * 9 + [0] * 3 if ok else [1] * 12
+                row.update(per_instance=hits, correct=sum(hits), accuracy=sum(hits) / 12)
+    obj = get_objective("copy")
+    from minigpt.study.records import aggregate
+
+    results["aggregates"] = aggregate(results["runs"], ["learned", "rope"], obj)
+    out = summarize(results, obj)
+    text, findings = out["text"], out["findings"]
+    assert findings["converged"] == ["rope"]
+    assert "Did not converge, so not read past L: learned (0 of 2 seeds" in text
+    assert "At length 10 (22 tokens; longest dependency 11 <= L: sequence past L)" in text
+    assert "At length 21 (44 tokens; longest dependency 22 > L: dependency past L)" in text
+    past = [s for s in text.split(". ") if s.startswith("At length") and "accuracy" in s]
+    assert past and all("learned" not in s for s in past)  # 1.00 everywhere, never read
+    assert set(findings["uses_context_past_L"]) == {"21", "28"}
+
+
+def test_task_plots_keep_their_legends_off_the_data(task_study: SimpleNamespace,
+                                                    monkeypatch) -> None:
+    import matplotlib.pyplot as plt
+
+    from minigpt.plots import points_under_legend
+    from minigpt.study import figures
+    from minigpt.study import task_report
+    from minigpt.study.render import plots_for
+
+    figs = []
+
+    def keep(fig, path, *a, **k):
+        figs.append(fig)
+        return path
+
+    monkeypatch.setattr(figures, "save", keep)
+    monkeypatch.setattr(task_report, "save", keep)
+    results = json.loads((task_study.out / "results.json").read_text())
+    for _, (_, draw) in plots_for(results).items():
+        draw(results, task_study.out / "unused.png")
+    assert len(figs) == 3 and all(points_under_legend(f) == 0 for f in figs)
+    for f in figs:
+        plt.close(f)

@@ -24,13 +24,11 @@ def color(pos: str) -> Any:
     return plt.get_cmap("tab10")(i % 10)
 
 
-def legend_outside(ax: Any, **kw: Any) -> Any:
-    """A legend to the right of the axes, outside the plotting area."""
-    handles, labels = ax.get_legend_handles_labels()
-    if not handles:
-        return None
-    return ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0,
-                     fontsize=8, **kw)
+def legend_outside(ax: Any) -> Any:
+    """plots.legend_outside for an axes that has labelled artists (none: no legend)."""
+    from ..plots import legend_outside as outside
+
+    return outside(ax, fontsize=8) if ax.get_legend_handles_labels()[0] else None
 
 
 def mark_L(ax: Any, x: float, text: str) -> None:

@@ -104,6 +104,8 @@ def do_run(job: Job, log: Log, data: Any = None) -> str:
     if state == "done":
         log(f"{tag}: finished earlier, skipped")
         return "skipped"
+    if _STOP["requested"]:
+        return "interrupted"
     if data is None:
         data = study.objective.data(study, False)
     if state == "trained":
@@ -158,7 +160,7 @@ def train_run(cfg: RunConfig, run_dir: Path, resume: bool, data: Any, study: Stu
         until = min(cfg.train.max_steps, (step // every + 1) * every)
         res = train(cfg, run_dir, resume=resume, until=until, progress=progress, data=data,
                     log=log)
-        if res.interrupted:
+        if res.interrupted or _STOP["requested"]:
             return False
         resume, step = True, res.step
         if not uses_criterion(study):
@@ -232,11 +234,18 @@ def plan_jobs(study: Study, requested: int) -> Plan:
     return Plan(n, threads, why=f"{why}; {cpus} cores, {threads} thread(s) per run")
 
 
+_STOP = {"requested": False}  # a worker's Ctrl-C outside training (training has its own)
+
+
+def _note_stop(signum: int, frame: Any) -> None:
+    _STOP["requested"] = True
+
+
 def _init_worker(threads: int, devices: Any) -> None:
     import torch
 
     os.setpgrp()  # the terminal's Ctrl-C reaches the study, which passes on exactly one
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # training installs its own handler
+    signal.signal(signal.SIGINT, _note_stop)  # training installs its own handler meanwhile
     torch.set_num_threads(threads)
     if devices is not None:
         os.environ["MINIGPT_STUDY_DEVICE"] = devices.get()
