@@ -509,14 +509,9 @@ def test_several_runs_at_once_and_ctrl_c(tmp_path: Path, corpus: Path) -> None:
     assert any("2 runs at a time" in line for line in results["study"]["held_equal"])
 
 
-def test_no_study_plot_hides_data_under_its_legend(study: SimpleNamespace, monkeypatch) -> None:
-    """Every plot of the LM report (and, in test_tasks, of a task report) keeps its legend
-    outside the axes: no plotted point lies under it. With one seed the loss curves do not
-    promise a band over seeds."""
-    import matplotlib.pyplot as plt
-
-    from minigpt.plots import points_under_legend
-    from minigpt.study import figures, lm_report
+def drawn_figures(results: dict, monkeypatch) -> list:
+    """Draw every plot of a study's report and return the figures instead of saving them."""
+    from minigpt.study import figures, lm_report, task_report
     from minigpt.study.render import plots_for
 
     figs = []
@@ -525,11 +520,22 @@ def test_no_study_plot_hides_data_under_its_legend(study: SimpleNamespace, monke
         figs.append(fig)
         return path
 
-    monkeypatch.setattr(figures, "save", keep)
-    monkeypatch.setattr(lm_report, "save", keep)
-    results = json.loads((study.out / "results.json").read_text())
+    for module in (figures, lm_report, task_report):
+        monkeypatch.setattr(module, "save", keep)
     for _, (_, draw) in plots_for(results).items():
-        draw(results, study.out / "unused.png")
+        draw(results, Path("unused.png"))
+    return figs
+
+
+def test_no_study_plot_hides_data_under_its_legend(study: SimpleNamespace, monkeypatch) -> None:
+    """Every plot of the LM report (and, in test_tasks, of a task report) keeps its legend
+    outside the axes: no plotted point lies under it. With one seed the loss curves do not
+    promise a band over seeds."""
+    import matplotlib.pyplot as plt
+
+    from minigpt.plots import points_under_legend
+
+    figs = drawn_figures(json.loads((study.out / "results.json").read_text()), monkeypatch)
     assert len(figs) == 4
     assert all(points_under_legend(f) == 0 for f in figs)
     assert not any("std over seeds" in ax.get_title() for f in figs for ax in f.axes)

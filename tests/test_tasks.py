@@ -298,23 +298,11 @@ def test_a_run_that_missed_the_criterion_is_never_read_past_L(task_study: Simple
 def test_task_plots_keep_their_legends_off_the_data(task_study: SimpleNamespace,
                                                     monkeypatch) -> None:
     import matplotlib.pyplot as plt
+    from test_study import drawn_figures
 
     from minigpt.plots import points_under_legend
-    from minigpt.study import figures
-    from minigpt.study import task_report
-    from minigpt.study.render import plots_for
 
-    figs = []
-
-    def keep(fig, path, *a, **k):
-        figs.append(fig)
-        return path
-
-    monkeypatch.setattr(figures, "save", keep)
-    monkeypatch.setattr(task_report, "save", keep)
-    results = json.loads((task_study.out / "results.json").read_text())
-    for _, (_, draw) in plots_for(results).items():
-        draw(results, task_study.out / "unused.png")
+    figs = drawn_figures(json.loads((task_study.out / "results.json").read_text()), monkeypatch)
     assert len(figs) == 3 and all(points_under_legend(f) == 0 for f in figs)
     for f in figs:
         plt.close(f)

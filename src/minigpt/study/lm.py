@@ -251,10 +251,16 @@ class LanguageModelling(Objective):
                          loss_items(results, window_pos, L)).key
 
         def word() -> str:
-            won = family.differs(key) and family.comparisons[key].diff < 0
-            findings["beats_best_window"] = won
-            return (f"{best} at {at} beats the best window of L {noise_words(results, family)}."
-                    if won else f"No encoding at {at} beats the best window of L beyond noise.")
+            differs, diff = family.differs(key), family.comparisons[key].diff
+            findings["beats_best_window"] = differs and diff < 0
+            if differs and diff < 0:
+                return (f"{best} at {at} beats the best window of L "
+                        f"{noise_words(results, family)}.")
+            if differs:
+                return (f"The best window of L ({window_pos} keeping its last L tokens) beats "
+                        f"every encoding at {at}, the best of them {best} included, "
+                        f"{noise_words(results, family)}.")
+            return f"No encoding at {at} beats the best window of L beyond noise."
 
         return word
 

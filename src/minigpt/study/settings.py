@@ -19,7 +19,7 @@ from ..errors import ConfigError, MiniGPTError
 from ..results_schema import SCHEMA_VERSION
 from .parsing import parse_lengths, parse_list  # noqa: F401  (part of the study's API)
 
-DEFAULT_ENCODINGS = ["learned", "sinusoidal", "rope", "alibi", "nope"]
+DEFAULT_ENCODINGS = ["learned", "sinusoidal", "rope", "alibi", "nope", "fire", "kerple"]
 # Settings that may differ between invocations without making it another study.
 NOT_FINGERPRINTED = {"device", "compile"}
 EVAL_VERSION = 3  # bump when an evaluation's numbers change meaning (forces re-evaluation)
