@@ -158,6 +158,10 @@ def test_study_settings() -> None:
         S.make_study(task="copy", criterion=1.5)
     with pytest.raises(ConfigError, match="--jobs"):
         S.make_study(jobs=-1)
+    with pytest.raises(ConfigError, match="longest evaluation needs 512 tokens"):
+        S.make_study(pos="rope", model={"random_positions": 256})  # 8L = 512 > 256
+    rp = S.make_study(task="passkey", pos="rope", model={"random_positions": 256})
+    assert rp.objective.longest_tokens(rp) == 232 <= 256
     s = S.make_study("quick", pos="learned,alibi", seeds=3, train={"seed": 7})
     assert s.seeds == [7, 8, 9] and len(s.runs()) == 6
     assert s.runs()[:2] == [("learned-s7", "learned", 7), ("alibi-s7", "alibi", 7)]

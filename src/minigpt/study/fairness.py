@@ -66,6 +66,10 @@ def held_equal(study: Study, vocab: int, verification: dict[str, Any], jobs: int
     ]
     notes = (REGISTRY[name].settings_note(m) for name in REGISTRY if name in study.encodings)
     lines += [note for note in notes if note]
+    if m.random_positions:
+        lines.append(f"Randomized positions (Ruoss et al. 2023) for every encoding: in training "
+                     f"each sequence reads a sorted random sample of positions from [0, "
+                     f"{m.random_positions}), at evaluation one fixed sample per length.")
     share = (f"{jobs} runs at a time, each in its own process with its share of the threads, "
              "so step times come from runs that shared the machine the same way"
              if jobs > 1 else "one run at a time")

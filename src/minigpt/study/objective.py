@@ -35,6 +35,10 @@ class Objective:
     def lengths(self, spec: str | None, L: int, preset_spec: str) -> list[int]:
         raise NotImplementedError
 
+    def longest_tokens(self, study: Any) -> int:
+        """The longest sequence, in tokens, its evaluation feeds a model."""
+        return max(study.lengths)
+
     def eval_settings(self, study: Any) -> dict[str, Any]:
         """The settings of its evaluation (fingerprinted; a change re-evaluates)."""
         return {}

@@ -208,6 +208,11 @@ def make_study(preset_name: str = "quick", *, model: dict[str, Any] | None = Non
                   base=base, objective=objective)
     for _, pos, seed in study.runs():  # validate every run's config now (e.g. rope head size)
         study.run_config(pos, seed)
+    N, longest = base.model.random_positions, objective.longest_tokens(study)
+    if N and longest > N:
+        raise ConfigError(f"--random-positions {N} gives positions below {N}, but the longest "
+                          f"evaluation needs {longest} tokens; raise --random-positions to at "
+                          "least that or evaluate shorter --lengths.")
     return study
 
 

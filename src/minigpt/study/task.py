@@ -57,6 +57,9 @@ class TaskObjective(Objective):
     def lengths(self, spec: str | None, L: int, preset_spec: str) -> list[int]:
         return test_lengths(self.task, L, spec)
 
+    def longest_tokens(self, study: Any) -> int:
+        return self.task.example_tokens(max(study.lengths))
+
     def eval_settings(self, study: Any) -> dict[str, Any]:
         return {"task_instances": study.task_instances}
 
@@ -177,8 +180,7 @@ class TaskObjective(Objective):
             if below:
                 s.append(f"{join(below)} {'is' if len(below) == 1 else 'are'} not above it "
                          "beyond noise: not learned")
-            text = "; ".join(s)
-            return text[0].upper() + text[1:] + "."
+            return "Of the encodings that did not converge, " + "; ".join(s) + "."
 
         return parts + [word]
 
