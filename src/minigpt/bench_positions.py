@@ -28,7 +28,7 @@ from .runtime import autocast, autocast_dtype, resolve_device
 from .training import make_optimizer
 
 # the quick study's shapes (docs/study.md) and the character vocabulary of shakespeare
-SHAPES = dict(block_size=64, n_layer=4, n_head=4, d_model=128, vocab_size=65, dropout=0.0)
+SHAPES = dict(block_size=64, n_layer=4, n_head=4, d_model=128, vocab_size=77, dropout=0.0)
 BATCH = 16
 
 

@@ -437,19 +437,8 @@ class Rotary(PositionalEncoding):
 
     def rotate(self, q: torch.Tensor, k: torch.Tensor, pos: torch.Tensor
                ) -> tuple[torch.Tensor, torch.Tensor]:
-        cos, sin = self._tables(pos, q.dtype)  # (T, hs)
+        cos, sin = self.cos[pos].to(q.dtype), self.sin[pos].to(q.dtype)  # (T, hs)
         return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
-
-    def _tables(self, pos: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
-        """cos and sin at `pos` in `dtype`, gathered once per forward pass: every layer gets
-        the same `pos` tensor, so the other layers reuse the first layer's tables."""
-        if torch.compiler.is_compiling():  # the compiled graph fuses this itself
-            return self.cos[pos].to(dtype), self.sin[pos].to(dtype)
-        key = (pos, dtype, self.cos)
-        last = getattr(self, "_last", None)
-        if last is None or any(a is not b for a, b in zip(last[0], key)):
-            self._last = (key, (self.cos[pos].to(dtype), self.sin[pos].to(dtype)))
-        return self._last[1]
 
 
 def alibi_slopes(n_head: int) -> torch.Tensor:
