@@ -218,7 +218,8 @@ class TaskObjective(Objective):
             findings.setdefault("uses_context_past_L", {})[str(n)] = users
             if not users:
                 return (f"At length {n} no converged encoding beats the best input-blind "
-                        "baseline beyond noise: no evidence of using context past L.")
+                        f"baseline beyond noise with {n_seeds(results)} seeds, so this study "
+                        "cannot say whether context past L is used there.")
             return (f"At length {n}, {join(users)} beat{'s' if len(users) == 1 else ''} the "
                     f"best input-blind baseline {noise_words(results, family)}: "
                     f"{'it answers' if len(users) == 1 else 'they answer'} from more than L = "
