@@ -118,8 +118,9 @@ def do_run(job: Job, log: Log, data: Any = None) -> str:
     if not is_main_process():
         return "trained"  # under DDP only rank 0 evaluates and writes
     ensure_prepared(study, data)
-    model, tok, _, _ = checkpoint.load(run_dir, device=cfg.train.device
-                                       if cfg.train.device != "auto" else "cpu")
+    from ..runtime import resolve_device
+
+    model, tok, _, _ = checkpoint.load(run_dir, device=resolve_device(cfg.train.device))
     record = run_record(model, cfg, run_dir, job.name, study.objective.evaluate(
         model, tok, cfg, study))
     if uses_criterion(study):
@@ -256,7 +257,10 @@ def _work(job: Job) -> tuple[str, str]:
     if device:
         base = job.study.base
         job.study.base = merge(base, {}, {"device": device}, where="study device")
-    return job.name, do_run(job, lambda m: print(m, flush=True))
+    try:
+        return job.name, do_run(job, lambda m: print(m, flush=True))
+    except KeyboardInterrupt:  # a second Ctrl-C: stopped at once, the last checkpoint kept
+        return job.name, "interrupted"
 
 
 def run_parallel(jobs: list[Job], plan: Plan, log: Log) -> tuple[list[str], list[str], bool]:
@@ -274,18 +278,23 @@ def run_parallel(jobs: list[Job], plan: Plan, log: Log) -> tuple[list[str], list
     pool = ProcessPoolExecutor(plan.jobs, mp_context=ctx, initializer=_init_worker,
                                initargs=(plan.threads, devices))
     pending = {pool.submit(_work, j) for j in jobs}
+    signals = {"n": 0}
+
+    def on_signal(signum: int, frame: Any) -> None:  # installed explicitly: a study started
+        signals["n"] += 1  # with SIGINT ignored (in the background) still stops on it
+        _signal_workers(pool)  # each run stops at a saved step; a second signal at once
+
+    old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
+        announced = False
         while pending:
-            try:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            except KeyboardInterrupt:
-                interrupted = True
+            done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+            if signals["n"] and not announced:
+                interrupted = announced = True
                 log("stopping: every running run saves a checkpoint at its next step "
                     "(Ctrl-C again stops them at once)")
-                _signal_workers(pool)
                 for f in pending:
                     f.cancel()
-                continue
             for f in done:
                 if f.cancelled():
                     continue
@@ -296,8 +305,11 @@ def run_parallel(jobs: list[Job], plan: Plan, log: Log) -> tuple[list[str], list
                     skipped.append(name)
                 elif status == "trained":
                     trained.append(name)
+            pending = {f for f in pending if not f.cancelled()}
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
     return trained, skipped, interrupted
 
 
