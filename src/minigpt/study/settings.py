@@ -8,7 +8,6 @@ then scores them with its objective (language modelling or an algorithmic task).
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
@@ -243,7 +242,3 @@ def config_diff(a: RunConfig, b: RunConfig) -> list[str]:
         for k in NOT_FINGERPRINTED:
             settings["train"].pop(k, None)
     return diff_settings(da, db)
-
-
-def settings_fields() -> list[dataclasses.Field]:
-    return list(dataclasses.fields(StudySettings))
