@@ -2,7 +2,7 @@
 uses (type, const, enum, required, properties, items), so the results are checked with no
 extra dependency. Why not the `jsonschema` package: it would add five runtime packages (one
 compiled) for these 25 lines, and its "number" admits NaN and infinity, which results.json
-must not hold. tests/test_compare.py checks that this validator gives jsonschema's Draft
+must not hold. tests/test_study.py checks that this validator gives jsonschema's Draft
 2020-12 verdict on a real results.json and hundreds of corrupted copies.
 
 This module holds the parts every study shares; each objective adds its own fragment
