@@ -58,10 +58,7 @@ def eval_span(val: np.ndarray, lengths: Sequence[int], stride: int, tokens: int,
               start: int = 0) -> np.ndarray:
     """The validation ids that strided scoring at every length needs: T_max + (n-1)*s + 1
     tokens from `start`, n = ceil(tokens / s) windows (fewer if the split is too short)."""
-    if not lengths or min(lengths) < 1:
-        raise MiniGPTError("evaluation lengths must be positive token counts.")
-    if tokens < 1:
-        raise MiniGPTError(f"the number of scored tokens must be at least 1, got {tokens}.")
+    _check_span_args(lengths, tokens)
     longest = max(lengths)
     n = -(-tokens // stride)
     avail = len(val) - start - longest - 1  # room for windows after the first
@@ -73,16 +70,20 @@ def eval_span(val: np.ndarray, lengths: Sequence[int], stride: int, tokens: int,
     return np.asarray(val[start: start + longest + (n - 1) * stride + 1], dtype=np.int64)
 
 
+def _check_span_args(lengths: Sequence[int], tokens: int) -> None:
+    if not lengths or min(lengths) < 1:
+        raise MiniGPTError("evaluation lengths must be positive token counts.")
+    if tokens < 1:
+        raise MiniGPTError(f"the number of scored tokens must be at least 1, got {tokens}.")
+
+
 def eval_blocks(val: np.ndarray, lengths: Sequence[int], stride: int, tokens: int, *,
                 blocks: int = 16) -> list[np.ndarray]:
     """Spans for strided scoring spread over the whole validation split: up to `blocks`
     spans of equal size, evenly spaced, together scoring at least `tokens` targets. Windows
     inside one span overlap and are correlated, so a bootstrap resamples whole spans (blocks).
     A split too short for several spans gives one span from its start (as `eval_span`)."""
-    if not lengths or min(lengths) < 1:
-        raise MiniGPTError("evaluation lengths must be positive token counts.")
-    if tokens < 1:
-        raise MiniGPTError(f"the number of scored tokens must be at least 1, got {tokens}.")
+    _check_span_args(lengths, tokens)
     longest, n = max(lengths), -(-tokens // stride)
     for k in range(min(blocks, n), 1, -1):
         w = -(-n // k)  # windows per block
@@ -225,18 +226,6 @@ def paired_bootstrap(a: Sequence[float], b: Sequence[float], *, n_boot: int = 20
     means = d[idx].mean(1)
     lo, hi = np.percentile(means, [2.5, 97.5])
     return {"diff": float(d.mean()), "lo": float(lo), "hi": float(hi)}
-
-
-def unpaired_bootstrap_median(a: Sequence[float], b: Sequence[float], *, n_boot: int = 2000,
-                              seed: int = 0) -> dict[str, float]:
-    """Median of a minus median of b with a 95% percentile-bootstrap interval, resampling each
-    sample on its own (for step times: intervals of two runs are not paired)."""
-    xa, xb = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    ma = np.median(xa[rng.integers(0, len(xa), size=(n_boot, len(xa)))], axis=1)
-    mb = np.median(xb[rng.integers(0, len(xb), size=(n_boot, len(xb)))], axis=1)
-    lo, hi = np.percentile(ma - mb, [2.5, 97.5])
-    return {"diff": float(np.median(xa) - np.median(xb)), "lo": float(lo), "hi": float(hi)}
 
 
 def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:

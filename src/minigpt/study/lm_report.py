@@ -9,18 +9,12 @@ import numpy as np
 
 from .figures import color, legend_outside, mark_L, plt, save
 from .objective import Table
-from .summary import mult
+from .summary import fmt_stat, mult
 
 
 def _ppl_at(agg: dict[str, Any], length: int) -> float | None:
     return next((row["ppl"]["mean"] for row in agg["length_ppl"] if row["length"] == length),
                 None)
-
-
-def _fmt(s: dict[str, Any], digits: int = 2) -> str:
-    if s["mean"] is None:
-        return "n/a"
-    return f"{s['mean']:.{digits}f}" + (f" ± {s['std']:.{digits}f}" if s["n"] > 1 else "")
 
 
 def _length_table(results: dict[str, Any]) -> Table:
@@ -32,7 +26,7 @@ def _length_table(results: dict[str, Any]) -> Table:
         row = [a["pos"]]
         for c in a["length_ppl"]:
             flag = " (untrained parameters)" if c.get("untrained") and c["reason"] is None else ""
-            row.append(_fmt(c["ppl"]) + flag if c["ppl"]["mean"] is not None
+            row.append(fmt_stat(c["ppl"], 2) + flag if c["ppl"]["mean"] is not None
                        else (c["reason"] or "n/a"))
         rows.append(row)
     at_L = [(a["pos"], _ppl_at(a, L)) for a in aggs if _ppl_at(a, L) is not None]
@@ -54,9 +48,10 @@ def _generation_table(results: dict[str, Any]) -> Table:
     for a in results["aggregates"]:
         ppl = next((c["ppl"] for c in a["length_ppl"] if c["length"] == L), None)
         for g in a["generation"]:
-            rows.append([a["pos"], f"{g['temperature']:g}", _fmt(ppl) if ppl else "n/a",
-                         _fmt(g["distinct_1"], 3), _fmt(g["distinct_2"], 3),
-                         _fmt(g["repeated_4gram_share"], 3), _fmt(g["known_word_share"], 3)])
+            rows.append([a["pos"], f"{g['temperature']:g}", fmt_stat(ppl, 2) if ppl else "n/a",
+                         *(fmt_stat(g[k], 3) for k in ("distinct_1", "distinct_2",
+                                                       "repeated_4gram_share",
+                                                       "known_word_share"))])
     return head, rows
 
 

@@ -14,6 +14,7 @@ from ..text import plural
 from .figures import GENERIC_PLOTS
 from .objective import Objective, Table
 from .registry import get_objective
+from .summary import fmt_stat
 
 GENERIC_DEFINITIONS = [
     ("Noise: with two or more seeds, one encoding is called better or faster than another only "
@@ -63,16 +64,6 @@ def html_table(head: list[str], rows: list[list[str]]) -> str:
     th = "".join(f"<th>{e(h)}</th>" for h in head)
     body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rows)
     return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def fmt_stat(s: dict[str, Any], digits: int = 3, *, integer: bool = False) -> str:
-    if s["mean"] is None:
-        return "n/a"
-    if integer:
-        text = f"{s['mean']:,.0f}"
-        return text + (f" ± {s['std']:,.0f}" if s["n"] > 1 and s["std"] else "")
-    text = f"{s['mean']:.{digits}f}"
-    return text + (f" ± {s['std']:.{digits}f}" if s["n"] > 1 else "")
 
 
 def tables(results: dict[str, Any]) -> dict[str, Table]:

@@ -22,7 +22,7 @@ from typing import Any
 from ..config import RunConfig, merge
 from ..errors import MiniGPTError
 from ..files import atomic_write_json
-from ..runtime import is_main_process
+from ..runtime import is_main_process, resolve_device
 from .records import read_peak, read_trained, reset_peak, run_record
 from .settings import Study, config_diff
 
@@ -113,13 +113,11 @@ def do_run(job: Job, log: Log, data: Any = None) -> str:
     else:
         what = f"resuming from step {start}" if state == "partial" else "training"
         log(f"{tag}: {what} ({job.pos}, seed {job.seed}, up to {cfg.train.max_steps} steps)")
-        if not train_run(cfg, run_dir, state == "partial", data, study, job.progress, log, tag):
+        if not train_run(cfg, run_dir, start, data, study, job.progress, log, tag):
             return "interrupted"
     if not is_main_process():
         return "trained"  # under DDP only rank 0 evaluates and writes
     ensure_prepared(study, data)
-    from ..runtime import resolve_device
-
     model, tok, _, _ = checkpoint.load(run_dir, device=resolve_device(cfg.train.device))
     record = run_record(model, cfg, run_dir, job.name, study.objective.evaluate(
         model, tok, cfg, study))
@@ -143,19 +141,18 @@ def uses_criterion(study: Study) -> bool:
     return type(study.objective).converged is not Objective.converged
 
 
-def train_run(cfg: RunConfig, run_dir: Path, resume: bool, data: Any, study: Study,
+def train_run(cfg: RunConfig, run_dir: Path, step: int, data: Any, study: Study,
               progress: bool, log: Log, tag: str) -> bool:
-    """Train one run to its criterion (checked every check_every steps) or to max_steps;
-    False when it was interrupted (Ctrl-C)."""
+    """Train one run from its saved `step` (0: a fresh run) to its criterion (checked every
+    check_every steps) or to max_steps; False when it was interrupted (Ctrl-C)."""
     from ..checkpoint import load
-    from ..runtime import resolve_device
     from ..training import train
 
     device = resolve_device(cfg.train.device)
     reset_ok = reset_peak(device)
     every = study.settings.check_every if uses_criterion(study) else cfg.train.max_steps
+    resume = step > 0
     checks = _checks(run_dir) if resume else []
-    step = int(json.loads((run_dir / "config.json").read_text())["step"]) if resume else 0
     stopped = "budget"
     while step < cfg.train.max_steps:
         until = min(cfg.train.max_steps, (step // every + 1) * every)

@@ -73,6 +73,16 @@ def rank(results: dict[str, Any], family: Family, key: str, scores: list[tuple[s
     return word
 
 
+def fmt_stat(s: dict[str, Any], digits: int = 3, *, integer: bool = False) -> str:
+    if s["mean"] is None:
+        return "n/a"
+    if integer:
+        text = f"{s['mean']:,.0f}"
+        return text + (f" ± {s['std']:,.0f}" if s["n"] > 1 and s["std"] else "")
+    text = f"{s['mean']:.{digits}f}"
+    return text + (f" ± {s['std']:.{digits}f}" if s["n"] > 1 else "")
+
+
 def summarize(results: dict[str, Any], objective: Any) -> dict[str, Any]:
     """One paragraph of findings computed from the numbers, the findings as data, and every
     comparison made (with its raw and Holm-adjusted p-value)."""

@@ -10,7 +10,7 @@ from ..text import plural
 from .figures import color, legend_outside, mark_L, plt, save
 from .objective import Table
 from .stats import Items
-from .summary import join, n_seeds
+from .summary import fmt_stat, join, n_seeds
 
 IN, SEQ, DEP = "in distribution", "sequence past L", "dependency past L"
 
@@ -67,7 +67,8 @@ def _convergence(aggs: list[dict[str, Any]], steps: int) -> list[str]:
         parts.append(
             "Did not converge, so not read past L: " + join([
                 f"{a['pos']} ({a['converged']} of {plural(a['seeds'], 'seed')}; validation "
-                f"accuracy {_fmt(a['val_accuracy'])} after up to {steps} steps)" for a in rest])
+                f"accuracy {fmt_stat(a['val_accuracy'], 2)} after up to {steps} steps)"
+                for a in rest])
             + ".")
     return parts
 
@@ -78,18 +79,12 @@ def _steps(s: dict[str, Any]) -> str:
     return f"{s['mean']:.0f}" + (f" ± {s['std']:.0f}" if s["n"] > 1 else "")
 
 
-def _fmt(s: dict[str, Any], digits: int = 2) -> str:
-    if s["mean"] is None:
-        return "n/a"
-    return f"{s['mean']:.{digits}f}" + (f" ± {s['std']:.{digits}f}" if s["n"] > 1 else "")
-
-
 def _acc_cell(results: dict[str, Any], pos: str, row: dict[str, Any]) -> str:
     if row["accuracy"]["mean"] is None:
         return row["reason"] or "n/a"
     flag = " (untrained parameters)" if row.get("untrained") and row["reason"] is None else ""
     if row["accuracy"]["n"] > 1:
-        return _fmt(row["accuracy"]) + flag
+        return fmt_stat(row["accuracy"], 2) + flag
     run = next(r for r in results["runs"] if r["pos"] == pos)
     one = next(x for x in run["task_accuracy"]["results"] if x["length"] == row["length"])
     return f"{one['accuracy']:.2f} [{one['ci_low']:.2f}, {one['ci_high']:.2f}]" + flag
