@@ -328,6 +328,7 @@ STUDY_PRESETS: dict[str, dict[str, Any]] = {
         "lengths": "1x,2x,4x,8x",
         "eval_tokens": 8192,  # scored targets at every length (256 windows of stride 32)
         "task_instances": 200,
+        "finetune_steps": 100,  # compare --extend: fine-tune steps at s x L
     },
     "full": {
         "base": "small",
@@ -340,6 +341,7 @@ STUDY_PRESETS: dict[str, dict[str, Any]] = {
         "lengths": "1x,2x,4x,8x",
         "eval_tokens": 32768,
         "task_instances": 500,
+        "finetune_steps": 400,
     },
 }
 

@@ -53,8 +53,9 @@ def run(args: argparse.Namespace) -> int:
     study = make_study(name, model=model_o, train=train_o, **settings)
     out = Path(args.out)
     runs = study.runs()
+    extra = (f" + {plural(len(study.variants), 'rope variant')}" if study.variants else "")
     say(f"minigpt compare ({study.objective.title}): "
-        f"{plural(len(study.encodings), 'encoding')} ({', '.join(study.encodings)}) x "
+        f"{plural(len(study.encodings), 'encoding')} ({', '.join(study.encodings)}){extra} x "
         f"{plural(len(study.seeds), 'seed')} = {plural(len(runs), 'run')}, "
         f"L = {study.block_size}, lengths {', '.join(map(str, study.lengths))} -> {out}",
         flush=True)

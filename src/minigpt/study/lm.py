@@ -59,6 +59,7 @@ class LanguageModelling(Objective):
     name = "lm"
     scores_text = True
     title = "language modelling"
+    score_name, score_fmt, higher_is_better = "perplexity", ".2f", False
 
     # --- settings and data -------------------------------------------------------------------
     def lengths(self, spec: str | None, L: int, preset_spec: str) -> list[int]:
@@ -263,6 +264,24 @@ class LanguageModelling(Objective):
             return f"No encoding at {at} beats the best window of L beyond noise."
 
         return word
+
+    def score_at(self, agg: dict[str, Any], length: int) -> dict[str, Any] | None:
+        return next((row["ppl"] for row in agg["length_ppl"] if row["length"] == length
+                     and row["ppl"]["mean"] is not None), None)
+
+    def score_items(self, results: dict[str, Any], pos: str, length: int) -> Items:
+        return loss_items(results, pos, length)
+
+    def reference(self, results: dict[str, Any], length: int) -> tuple[str, Items, float] | None:
+        """The best window of L among the encodings trained at L."""
+        L = results["study"]["block_size"]
+        at_L = [(_ppl_at(a, L), a["pos"]) for a in results["aggregates"]
+                if "extension" not in a and _ppl_at(a, L) is not None]
+        if not at_L:
+            return None
+        v, pos = min(at_L)
+        return (f"the best window of L ({pos} keeping its last L tokens)",
+                loss_items(results, pos, L), v)
 
     # --- report ------------------------------------------------------------------------------
     def tables(self, results: dict[str, Any]) -> dict[str, Table]:

@@ -26,6 +26,9 @@ class Objective:
     scores_text: ClassVar[bool] = False  # true for language modelling (strided text scoring)
     title: ClassVar[str] = ""  # what the report's title calls it
     prepared: bool = False  # `prepare` has run in this process
+    score_name: ClassVar[str] = "score"  # what `score_at` gives, for sentences and tables
+    score_fmt: ClassVar[str] = ".3f"
+    higher_is_better: ClassVar[bool] = True
 
     # --- settings --------------------------------------------------------------------------
     def preset_overrides(self, study_preset: dict[str, Any]) -> dict[str, Any]:
@@ -51,6 +54,12 @@ class Objective:
     def data(self, study: Any, progress: bool) -> Any:
         """The dataset every run trains on (training.Dataset's interface)."""
         raise NotImplementedError
+
+    def finetune_data(self, study: Any, data: Any, block_size: int) -> Any:
+        """The data a context-extension fine-tune at `block_size` trains on (--extend); the
+        default is the study's (text windows and task instances follow the run's block
+        size)."""
+        return data
 
     def prepare(self, study: Any, data: Any) -> None:
         """Build what evaluation needs once per study (evaluation spans, test sets)."""
@@ -103,6 +112,25 @@ class Objective:
     def samples(self, results: dict[str, Any]) -> list[tuple[str, float, str]]:
         """(encoding, temperature, text) to show, if the objective samples text."""
         return []
+
+    # --- the shared reading of one length (used by the context-extension section) ------------
+    def score_at(self, agg: dict[str, Any], length: int) -> dict[str, Any] | None:
+        """The aggregate's headline score at an evaluation length ({mean, std, n}), or None."""
+        return None
+
+    def score_items(self, results: dict[str, Any], pos: str, length: int) -> Any:
+        """Per seed, the evaluation items behind `score_at` (stats.Items), for comparisons."""
+        raise NotImplementedError
+
+    def reference(self, results: dict[str, Any], length: int) -> tuple[str, Any, float] | None:
+        """What a score at `length` must beat to mean something: (its name, its Items, its
+        value), or None."""
+        return None
+
+    def length_within(self, results: dict[str, Any], tokens: int) -> int | None:
+        """The longest evaluation length whose sequences fit in `tokens` tokens."""
+        fit = [n for n in results["study"]["lengths"] if n <= tokens]
+        return max(fit) if fit else None
 
     def run_schema(self) -> dict[str, Any]:
         """Properties this objective adds to each run record in results.json."""

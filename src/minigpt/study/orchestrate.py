@@ -29,6 +29,7 @@ from ..errors import MiniGPTError
 from ..files import atomic_write_json, read_json
 from ..results_schema import SCHEMA, SCHEMA_VERSION, validate
 from ..runtime import is_main_process, resolve_device
+from .extension import study_fields as extension_fields
 from .fairness import held_equal, verify_shared_init
 from .records import aggregate, environment
 from .render import write_report
@@ -117,8 +118,13 @@ def run_study(study: Study, out: str | Path, *, force: bool = False, progress: b
     jobs = [Job(study, out, name, pos, seed, i, vocab, force, progress and plan.jobs == 1)
             for i, (name, pos, seed) in enumerate(study.runs(), 1)]
     try:
-        if plan.jobs > 1:
-            trained, skipped, interrupted = run_parallel(jobs, plan, log)
+        if plan.jobs > 1:  # the variants start from the rope runs: those first
+            first = [j for j in jobs if study.variant(j.pos) is None]
+            trained, skipped, interrupted = run_parallel(first, plan, log)
+            then = [j for j in jobs if study.variant(j.pos) is not None]
+            if then and not interrupted:
+                more = run_parallel(then, plan, log)
+                trained, skipped, interrupted = trained + more[0], skipped + more[1], more[2]
         else:
             trained, skipped, interrupted = run_sequential(jobs, data, log)
     except KeyboardInterrupt:  # a second Ctrl-C in training, or one during evaluation
@@ -153,7 +159,7 @@ def collect_results(study: Study, out: Path, vocab: int, device: Any,
         rec.pop("eval_fingerprint", None)
         runs.append(rec)
     order = [name for name, _, _ in study.runs()]
-    runs.sort(key=lambda r: (study.seeds.index(r["seed"]), study.encodings.index(r["pos"])))
+    runs.sort(key=lambda r: (study.seeds.index(r["seed"]), study.contenders.index(r["pos"])))
     t = study.base.train
     base = study.base.to_dict()
     base["model"]["vocab_size"] = vocab
@@ -162,11 +168,12 @@ def collect_results(study: Study, out: Path, vocab: int, device: Any,
         "schema_version": SCHEMA_VERSION,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "study": {
-            "preset": study.preset, "task": study.task, "encodings": study.encodings,
+            "preset": study.preset, "task": study.task, "encodings": study.contenders,
             "seeds": study.seeds, "run_order": order, "block_size": study.block_size,
             "lengths": study.lengths, "eval_tokens": study.eval_tokens,
             "eval_stride": study.eval_stride, "task_instances": study.task_instances,
-            **study.objective.study_fields(study), "temperatures": list(t.sample_temperatures),
+            **study.objective.study_fields(study), "extension": extension_fields(study),
+            "temperatures": list(t.sample_temperatures),
             "sample_tokens": t.sample_tokens, "fingerprint": study.fingerprint(),
             "base_config": base,
             "held_equal": held_equal(study, vocab, verification, plan.jobs),
@@ -174,5 +181,5 @@ def collect_results(study: Study, out: Path, vocab: int, device: Any,
         },
         "environment": environment(device, study.base.train, plan.jobs, plan.threads),
         "runs": runs,
-        "aggregates": aggregate(runs, study.encodings, study.objective),
+        "aggregates": aggregate(runs, study.contenders, study.objective),
     }

@@ -17,6 +17,7 @@ from .. import __version__
 from ..metrics import read_metrics
 from ..results_schema import GEN_METRICS
 from ..runtime import autocast_dtype
+from .extension import aggregate_fields as variant_fields
 from .stats import mean_std
 
 
@@ -201,6 +202,7 @@ def aggregate(runs: list[dict[str, Any]], encodings: list[str], objective: Any
         keys = sorted({k for r in rs for k in r.get("pos_state", {})})
         agg["pos_state"] = {k: mean_std(r["pos_state"].get(k) for r in rs) for k in keys}
         agg.update(objective.aggregate(rs))
+        agg.update(variant_fields(rs))
         gen = []
         for j, g in enumerate(rs[0].get("generation", [])):
             col = [r["generation"][j] for r in rs if len(r["generation"]) > j]

@@ -11,6 +11,9 @@ from typing import Any
 
 from ..files import atomic_write_text
 from ..text import plural
+from .extension import encodings_only
+from .extension import plot as ext_plot
+from .extension import table as ext_table
 from .figures import GENERIC_PLOTS
 from .objective import Objective, Table
 from .registry import get_objective
@@ -42,11 +45,17 @@ def objective_of(results: dict[str, Any]) -> Objective:
 
 
 def plots_for(results: dict[str, Any]) -> dict[str, Any]:
-    return {**objective_of(results).plots(), **GENERIC_PLOTS}
+    extension = ({"extension.png": ("Context extension of the rope runs: each factor's "
+                                    "variants against the encodings trained at L", ext_plot)}
+                 if results["study"].get("extension") else {})
+    return {**objective_of(results).plots(), **GENERIC_PLOTS, **extension}
 
 
 def write_plots(results: dict[str, Any], out: Path) -> list[Path]:
-    return [draw(results, out / name) for name, (_, draw) in plots_for(results).items()]
+    """The encodings' plots from their own runs; the extension plot from all."""
+    own = encodings_only(results)
+    return [draw(results if name == "extension.png" else own, out / name)
+            for name, (_, draw) in plots_for(results).items()]
 
 
 def md_table(head: list[str], rows: list[list[str]]) -> str:
@@ -68,8 +77,11 @@ def html_table(head: list[str], rows: list[list[str]]) -> str:
 
 def tables(results: dict[str, Any]) -> dict[str, Table]:
     """Every table of the report as (header, rows) of strings, shared by md and html."""
-    return {**objective_of(results).tables(results), "training": _training_table(results),
-            "settings": (["setting", "value"], _settings_rows(results))}
+    own = encodings_only(results)
+    extension = ({"extension": ext_table(results, objective_of(results))}
+                 if results["study"].get("extension") else {})
+    return {**objective_of(results).tables(own), "training": _training_table(own),
+            **extension, "settings": (["setting", "value"], _settings_rows(results))}
 
 
 def _step_cell(results: dict[str, Any], a: dict[str, Any]) -> str:
@@ -119,8 +131,17 @@ def _settings_rows(results: dict[str, Any]) -> list[list[str]]:
 
 
 def _sections(results: dict[str, Any]) -> list[tuple[str, str, list[str]]]:
-    return [*objective_of(results).sections(results),
+    extension = [("Context extension (rope runs at s x L)", EXTENSION_INTRO,
+                  ["extension", "extension.png"])] if results["study"].get("extension") else []
+    return [*objective_of(results).sections(encodings_only(results)), *extension,
             ("Training", "", ["training", "loss_curves.png", "cost.png"])]
+
+
+EXTENSION_INTRO = (
+    "Each rope run trained at L, run at s x L by a context-extension method (rope_scaling): "
+    "zero-shot (its weights as trained) and, marked +ft, fine-tuned from it at s x L for the "
+    "steps shown. Fine-tune time is wall time per run, several runs sharing the machine. "
+    "The encodings trained at L are repeated for reference.")
 
 
 def _title(results: dict[str, Any]) -> str:

@@ -96,6 +96,11 @@ def do_run(job: Job, log: Log, data: Any = None) -> str:
     from .. import checkpoint
 
     study = job.study
+    variant = study.variant(job.pos)
+    if variant is not None:
+        from .extension import do_variant
+
+        return do_variant(job, variant, log, data)
     cfg = merge(study.run_config(job.pos, job.seed), {"vocab_size": job.vocab}, {},
                 where=f"run {job.name}")
     run_dir = job.out / "runs" / job.name

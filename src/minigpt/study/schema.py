@@ -17,6 +17,10 @@ def build_schema() -> dict[str, Any]:
     run = props["runs"]["items"]["properties"]
     agg = props["aggregates"]["items"]["properties"]
     study = props["study"]["properties"]
+    from .extension import RUN_SCHEMA, STUDY_SCHEMA
+
+    run.update(RUN_SCHEMA)
+    study.update(STUDY_SCHEMA)
     for name in objective_names():
         obj = get_objective(name)
         for target, fragment in ((run, obj.run_schema()), (agg, obj.aggregate_schema()),

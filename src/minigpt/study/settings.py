@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import STUDY_PRESETS, RunConfig, merge, preset, setting
@@ -57,6 +57,18 @@ class StudySettings:
                                "that reach it are read past L", metavar="FLOAT")
     check_every: int = setting(250, "tasks: steps between convergence checks")
     val_instances: int = setting(200, "tasks: validation instances per convergence check")
+    extend: str | None = setting(
+        None, "rope context extension: methods evaluated on every rope run, comma-separated "
+        "(linear, ntk, dynamic, yarn, llama3; none = plain rope, fine-tuned only), each "
+        "zero-shot and after a short fine-tune at every --extend-factors multiple of L",
+        metavar="A,B,...")
+    extend_factors: str = setting("2,4", "with --extend: the factors s (each method runs at "
+                                  "s x L)", metavar="LIST")
+    finetune_steps: int | None = setting(
+        None, "with --extend: fine-tune steps at s x L from each rope run (0: zero-shot only)",
+        default_text="quick 100, full 400")
+    finetune_lr: float | None = setting(None, "with --extend: the fine-tune's constant learning "
+                                        "rate", metavar="FLOAT", default_text="the run's min-lr")
     jobs: int | None = setting(
         None, "runs trained at once, each in its own process with its share of the threads "
         "(one per GPU on several GPUs)", default_text="one per CPU core, or per GPU; printed")
@@ -78,6 +90,15 @@ class StudySettings:
             if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= hi:
                 raise ConfigError(f"--{name.replace('_', '-')} must be a whole number from 1 "
                                   f"to {hi}, got {v}.")
+        if self.finetune_steps is not None and (
+                not isinstance(self.finetune_steps, int) or isinstance(self.finetune_steps, bool)
+                or not 0 <= self.finetune_steps <= 1 << 30):
+            raise ConfigError(f"--finetune-steps must be a whole number from 0, got "
+                              f"{self.finetune_steps}.")
+        lr = self.finetune_lr
+        if lr is not None and (not isinstance(lr, (int, float)) or isinstance(lr, bool)
+                               or not 0 < lr <= 10):
+            raise ConfigError(f"--finetune-lr must be a learning rate in (0, 10], got {lr}.")
         for name in ("check_every", "val_instances"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
@@ -114,6 +135,16 @@ class Study:
     task_instances: int
     base: RunConfig  # the shared configuration (its pos and seed are overridden per run)
     objective: Any  # an Objective (objective.py)
+    variants: list[Any] = field(default_factory=list)  # extension.Variant: rope extended
+
+    @property
+    def contenders(self) -> list[str]:
+        """What the study compares: the encodings, then the variants of the rope runs."""
+        return self.encodings + [v.label for v in self.variants]
+
+    def variant(self, name: str) -> Any:
+        """The extension.Variant a contender names, or None for an encoding."""
+        return next((v for v in self.variants if v.label == name), None)
 
     @property
     def preset(self) -> str:
@@ -128,16 +159,24 @@ class Study:
         return self.base.model.block_size
 
     def run_config(self, pos: str, seed: int) -> RunConfig:
+        """The config of one run: an encoding's, or a variant's (extension.variant_config)."""
+        v = self.variant(pos)
+        if v is not None:
+            from .extension import variant_config
+
+            return variant_config(self, v, seed)
         return merge(self.base, {"pos": pos}, {"seed": seed}, where=f"run {pos}-s{seed}")
 
     def runs(self) -> list[tuple[str, str, int]]:
         """(name, pos, seed) in training order: all encodings of a seed, then the next seed,
         so an interrupted study already holds complete comparisons for its first seeds. The
-        encoding order rotates by one place per seed, so no encoding always runs last."""
+        encoding order rotates by one place per seed, so no encoding always runs last. The
+        variants of a seed follow its encodings (they start from its rope run)."""
         out = []
         for i, s in enumerate(self.seeds):
             k = i % len(self.encodings)
             out += [(run_name(p, s), p, s) for p in self.encodings[k:] + self.encodings[:k]]
+            out += [(run_name(v.label, s), v.label, s) for v in self.variants]
         return out
 
     def eval_settings(self) -> dict[str, Any]:
@@ -153,7 +192,14 @@ class Study:
         return {"schema_version": SCHEMA_VERSION, "preset": self.preset, "task": self.task,
                 "encodings": self.encodings, "seeds": self.seeds, "lengths": self.lengths,
                 **self.eval_settings(), **self.objective.training_settings(self),
-                "config": cfg}
+                **self.extension_settings(), "config": cfg}
+
+    def extension_settings(self) -> dict[str, Any]:
+        """The variants' settings (absent without --extend: older studies keep their
+        fingerprint)."""
+        from .extension import study_fields
+
+        return {"extension": study_fields(self)} if self.variants else {}
 
     def fingerprint(self) -> str:
         return _hash(self.as_dict())
@@ -201,10 +247,14 @@ def make_study(preset_name: str = "quick", *, model: dict[str, Any] | None = Non
             check_stride(stride, lens, L)
         except MiniGPTError as e:
             raise ConfigError(f"--eval-stride: {e}") from None
+    from .extension import parse_variants
+
+    ft = sp["finetune_steps"] if st.finetune_steps is None else st.finetune_steps
     study = Study(settings=st, encodings=names, seeds=[base.train.seed + i for i in range(n)],
                   lengths=lens, eval_tokens=st.eval_tokens or sp["eval_tokens"],
                   eval_stride=stride, task_instances=st.task_instances or sp["task_instances"],
-                  base=base, objective=objective)
+                  base=base, objective=objective,
+                  variants=parse_variants(st.extend, st.extend_factors, ft, names))
     for _, pos, seed in study.runs():  # validate every run's config now (e.g. rope head size)
         study.run_config(pos, seed)
     N, longest = base.model.random_positions, objective.longest_tokens(study)

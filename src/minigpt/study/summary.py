@@ -86,9 +86,13 @@ def fmt_stat(s: dict[str, Any], digits: int = 3, *, integer: bool = False) -> st
 def summarize(results: dict[str, Any], objective: Any) -> dict[str, Any]:
     """One paragraph of findings computed from the numbers, the findings as data, and every
     comparison made (with its raw and Holm-adjusted p-value)."""
+    from .extension import encodings_only, summary_parts
+
     family = Family()
-    parts, findings = objective.summary(results, family)
-    parts += cost_parts(results, family, findings)
+    trained_at_L = encodings_only(results)  # the variants of the rope runs read on their own
+    parts, findings = objective.summary(trained_at_L, family)
+    parts += cost_parts(trained_at_L, family, findings)
+    parts += summary_parts(results, objective, family, findings)
     family.resolve()
     text = [p() if callable(p) else p for p in parts]
     untrained = sorted({row["untrained"] for a in results["aggregates"]

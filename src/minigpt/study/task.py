@@ -45,6 +45,8 @@ _TASK_ROW = {
 class TaskObjective(Objective):
     scores_text = False
 
+    score_name, score_fmt, higher_is_better = "accuracy", ".3f", True
+
     def __init__(self, name: str) -> None:
         self.name = name
         self.task = get_task(name)
@@ -84,6 +86,21 @@ class TaskObjective(Objective):
         acc = evaluate_task(model, self.dataset, study.lengths, study.task_instances,
                             seed=study.seeds[0])
         return {"task_accuracy": acc, "generation": []}
+
+    def score_at(self, agg: dict[str, Any], length: int) -> dict[str, Any] | None:
+        return next((row["accuracy"] for row in agg["accuracy"] if row["length"] == length
+                     and row["accuracy"]["mean"] is not None), None)
+
+    def score_items(self, results: dict[str, Any], pos: str, length: int) -> Any:
+        return acc_items(results, pos, length)
+
+    def reference(self, results: dict[str, Any], length: int) -> tuple[str, Any, float] | None:
+        name, value = best_baseline(results["study"], length)
+        return f"the best input-blind baseline ({name})", baseline_items(results, length), value
+
+    def length_within(self, results: dict[str, Any], tokens: int) -> int | None:
+        fit = [k["length"] for k in results["study"]["length_kinds"] if k["tokens"] <= tokens]
+        return max(fit) if fit else None
 
     def kinds(self, L: int, lengths: list[int]) -> list[dict[str, Any]]:
         nmax = self.task.max_train_length(L)
