@@ -186,6 +186,43 @@ def test_rerun_skips_and_a_retrained_rope_run_redoes_its_variants(study: SimpleN
     assert "rope+linear2x-s1338: finished earlier, skipped" in redo.stdout
 
 
+def test_existing_rope_checkpoints_as_the_rope_runs(study: SimpleNamespace,
+                                                   tmp_path: Path) -> None:
+    """--rope-checkpoints: existing rope checkpoints (here the study's own rope runs) are
+    evaluated, never trained or changed, and extended; their numbers are the ones the study
+    that trained them measured."""
+    ckpts = [study.out / "runs" / f"rope-s{s}" for s in (1337, 1338)]
+    before = {p: (p / "model.safetensors").read_bytes() for p in ckpts}
+    out = tmp_path / "adopted"
+    r = run_cli("compare", "--rope-checkpoints", ",".join(map(str, ckpts)), "--extend",
+                "dynamic", "--extend-factors", "2", "--finetune-steps", "0", "--eval-tokens",
+                "64", "--quiet", "--out", out, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "evaluating the existing checkpoint" in r.stdout
+    res = json.loads((out / "results.json").read_text())
+    assert res["study"]["seeds"] == [1337, 1338]
+    assert res["study"]["encodings"] == ["rope", "rope+dynamic2x"]
+    for seed in (1337, 1338):
+        mine, theirs = _run(res, "rope", seed), _run(study.results, "rope", seed)
+        assert mine["dir"] == str(ckpts[seed - 1337].resolve())
+        for n in (16, 32, 64, 128):
+            assert _row(mine, n)["loss"] == pytest.approx(_row(theirs, n)["loss"], rel=1e-9)
+        assert _row(_run(res, "rope+dynamic2x", seed), 64)["loss"] == pytest.approx(
+            _row(_run(study.results, "rope+dynamic2x", seed), 64)["loss"], rel=1e-9)
+    assert all((p / "model.safetensors").read_bytes() == b for p, b in before.items())
+    assert not list(out.glob("runs/rope-s*/model.safetensors"))  # nothing copied or trained
+    for args, message in (
+            (["--rope-checkpoints", str(ckpts[0]), "--seeds", "2"], "drop --seeds"),
+            (["--rope-checkpoints", str(ckpts[0]), "--n-layer", "2"], "drop --n-layer"),
+            (["--rope-checkpoints", f"{ckpts[0]},{ckpts[0]}"], "share a seed"),
+            (["--rope-checkpoints", str(study.out / "runs" / "alibi-s1337")],
+             "is not a rope checkpoint (its encoding is alibi)"),
+            (["--rope-checkpoints", str(tmp_path / "nowhere")], "does not exist")):
+        bad = run_cli("compare", *args, "--extend", "yarn", "--out", tmp_path / "bad")
+        assert bad.returncode == 2 and message in bad.stderr, bad.stderr
+        assert "Traceback" not in bad.stderr and not (tmp_path / "bad").exists()
+
+
 def test_task_study_extends_to_longer_instances(tmp_path: Path) -> None:
     """In a task study a variant is read at the longest instance that fits s x L, and its
     fine-tune trains on instances up to that length."""

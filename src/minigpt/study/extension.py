@@ -114,12 +114,6 @@ def variant_config(study: Any, v: Variant, seed: int) -> RunConfig:
     return merge(base, model, train, where=f"variant {v.label}-s{seed}")
 
 
-def base_dir(out: Path, seed: int) -> Path:
-    from .settings import run_name
-
-    return out / "runs" / run_name(EXTENDS, seed)
-
-
 def _base_stamp(run_dir: Path) -> dict[str, Any]:
     """What identifies the rope run a variant was made from: a retrained one changes it."""
     from ..checkpoint import weights_path
@@ -137,18 +131,21 @@ def do_variant(job: Any, v: Variant, log: Any, data: Any = None) -> str:
     from .. import checkpoint
     from ..runtime import resolve_device
     from ..training import train
-    from .records import read_trained, run_record
+    from .records import run_record
     from .runs import _STOP, ensure_prepared, run_state, uses_criterion
 
+    from .settings import run_name
+
     study, run_dir = job.study, job.out / "runs" / job.name
-    src = base_dir(job.out, job.seed)
+    src = study.model_dir(job.out, EXTENDS, job.seed)  # the rope run's weights
+    base_name = run_name(EXTENDS, job.seed)
     tag = f"[{job.index}/{len(study.runs())}] {job.name}"
     cfg = merge(variant_config(study, v, job.seed), {"vocab_size": job.vocab}, {},
                 where=f"variant {job.name}")
     stamp = {"eval": study.eval_fingerprint(), "base": _base_stamp(src)}
-    if not (src / "result.json").exists():
-        raise ConfigError(f"{job.name} needs the finished {EXTENDS} run {src}; run the study "
-                          "again to train it first.")
+    if not (job.out / "runs" / base_name / "result.json").exists():
+        raise ConfigError(f"{job.name} needs the finished {EXTENDS} run {base_name}; run the "
+                          "study again to train it first.")
     if _STOP["requested"]:
         return "interrupted"
     if data is None:
@@ -163,7 +160,7 @@ def do_variant(job: Any, v: Variant, log: Any, data: Any = None) -> str:
             log(f"{tag}: finished earlier, skipped")
             return "skipped"
         if state in ("fresh", "partial"):
-            log(f"{tag}: fine-tuning {src.name} at {cfg.model.block_size} tokens with "
+            log(f"{tag}: fine-tuning {base_name} at {cfg.model.block_size} tokens with "
                 f"{v.scaling}, {v.finetune_steps} steps" +
                 (f" (resuming from step {step})" if step else ""))
             ft_data = study.objective.finetune_data(study, data, cfg.model.block_size)
@@ -179,13 +176,14 @@ def do_variant(job: Any, v: Variant, log: Any, data: Any = None) -> str:
             return "skipped"
         model_dir = src
         extension = {"rope_scaling": v.scaling, "rope_factor": v.factor}
-        log(f"{tag}: evaluating {src.name} zero-shot with {v.scaling}, factor {v.factor:g}")
+        log(f"{tag}: evaluating {base_name} zero-shot with {v.scaling}, factor {v.factor:g}")
     ensure_prepared(study, data)
     model, tok, _, _ = checkpoint.load(model_dir, device=resolve_device(cfg.train.device),
                                        extension=extension)
     record = run_record(model, cfg, src, job.name, study.objective.evaluate(model, tok, cfg,
                                                                             study))
-    base_train = read_trained(src)
+    base_rec = read_json_dict(job.out / "runs" / base_name / "result.json")
+    cost: dict[str, Any]
     if v.finetune_steps:  # the fine-tune's own cost; convergence stays the rope run's
         ft_rec = run_record(model, cfg, run_dir, job.name, {})["training"]
         cost = {"steps": ft_rec["steps"], "time_s": ft_rec["train_time_s"],
@@ -194,18 +192,98 @@ def do_variant(job: Any, v: Variant, log: Any, data: Any = None) -> str:
         record["dir"] = f"runs/{job.name}"
     else:
         cost = {"steps": 0, "time_s": 0.0, "tokens": 0, "final_val_loss": None}
-        record["dir"] = f"runs/{src.name}"
+        record["dir"] = _dir_text(job.out, src)
     if uses_criterion(study):
-        record["training"]["checks"] = base_train["checks"]
+        record["training"]["checks"] = base_rec.get("training", {}).get("checks", [])
         record["training"]["criterion"] = study.settings.criterion
-    record["pos"] = job.name.rsplit("-s", 1)[0]
-    record["extension"] = {**v.as_dict(), "base_run": src.name, "finetune": cost,
+    record["pos"] = v.label
+    record["extension"] = {**v.as_dict(), "base_run": base_name, "finetune": cost,
                            "eval_s": time.perf_counter() - started}
+    _write(run_dir, record, study, stamp)
+    return "trained" if v.finetune_steps else "evaluated"
+
+
+def _dir_text(out: Path, path: Path) -> str:
+    """A run folder as results.json names it: relative to the study, or an adopted one's."""
+    return f"runs/{path.name}" if path.parent == out / "runs" else str(path.resolve())
+
+
+def _write(run_dir: Path, record: dict[str, Any], study: Any, stamp: dict[str, Any]) -> None:
     record["eval_fingerprint"] = study.eval_fingerprint()
     record["variant_stamp"] = stamp
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run_dir / "result.json", record)
-    return "trained" if v.finetune_steps else "evaluated"
+
+
+# --- existing rope checkpoints as the study's rope runs (--rope-checkpoints) ------------------
+
+def adopt(st: Any, names: list[str], model: dict[str, Any], train: dict[str, Any]
+          ) -> tuple[RunConfig, dict[int, Path]]:
+    """The study's base config and {seed: checkpoint} from existing rope checkpoints: one per
+    seed, equal in every setting but the seed (what a study holds equal)."""
+    from ..checkpoint import read_config
+    from ..errors import arg
+    from .settings import config_diff
+
+    if model:
+        raise ConfigError(f"--rope-checkpoints takes the model settings from the checkpoints; "
+                          f"drop {', '.join(arg(k) for k in model)}.")
+    if st.seeds is not None:
+        raise ConfigError("--rope-checkpoints gives one seed per checkpoint; drop --seeds.")
+    if EXTENDS not in names:
+        raise ConfigError(f"--rope-checkpoints are the {EXTENDS} runs; keep {EXTENDS} in --pos.")
+    paths = [Path(p) for p in parse_list(st.rope_checkpoints)]
+    if not paths:
+        raise ConfigError("--rope-checkpoints needs at least one checkpoint directory.")
+    cfgs = [read_config(p)[0] for p in paths]  # a bad folder: CheckpointError, one sentence
+    for p, c in zip(paths, cfgs):
+        if c.model.pos != EXTENDS or c.model.rope_scaling != "none":
+            what = (f"not a {EXTENDS} checkpoint (its encoding is {c.model.pos})"
+                    if c.model.pos != EXTENDS else
+                    f"trained with rope_scaling {c.model.rope_scaling}")
+            raise ConfigError(f"--rope-checkpoints: {p} is {what}; give checkpoints of plain "
+                              f"{EXTENDS} runs trained at one length.")
+    seeds = [c.train.seed for c in cfgs]
+    if len(set(seeds)) < len(seeds):
+        raise ConfigError(f"--rope-checkpoints: two checkpoints share a seed ({seeds}); a study "
+                          "takes one run per seed.")
+    for p, c in zip(paths[1:], cfgs[1:]):
+        diff = config_diff(merge(cfgs[0], {}, {"seed": c.train.seed}, where=str(paths[0])), c)
+        if diff:
+            raise ConfigError(f"--rope-checkpoints: {p} differs from {paths[0]} in "
+                              f"{'; '.join(diff[:3])}; a study holds everything but the seed "
+                              "equal.")
+    base = merge(cfgs[0], {"pos": names[0]}, train, where="command line")
+    return base, dict(zip(seeds, paths))
+
+
+def do_adopted(job: Any, src: Path, log: Any, data: Any = None) -> str:
+    """Evaluate an adopted checkpoint as this seed's rope run (never trained or changed)."""
+    from .. import checkpoint
+    from ..runtime import resolve_device
+    from .records import run_record
+    from .runs import ensure_prepared, uses_criterion
+
+    study, run_dir = job.study, job.out / "runs" / job.name
+    tag = f"[{job.index}/{len(study.runs())}] {job.name}"
+    stamp = {"eval": study.eval_fingerprint(), "base": _base_stamp(src)}
+    if _stamp(run_dir) == stamp:
+        log(f"{tag}: finished earlier, skipped")
+        return "skipped"
+    log(f"{tag}: evaluating the existing checkpoint {src}")
+    if data is None:
+        data = study.objective.data(study, False)
+    ensure_prepared(study, data)
+    model, tok, cfg, raw = checkpoint.load(src, device=resolve_device(study.base.train.device))
+    record = run_record(model, cfg, src, job.name, study.objective.evaluate(model, tok, cfg,
+                                                                            study))
+    record["dir"] = _dir_text(job.out, src)
+    if uses_criterion(study):  # one convergence check, as if training had stopped here
+        acc = study.objective.converged(model, study, data)
+        record["training"]["checks"] = [{"step": int(raw.get("step", 0)), "val_accuracy": acc}]
+        record["training"]["criterion"] = study.settings.criterion
+    _write(run_dir, record, study, stamp)
+    return "evaluated"
 
 
 def read_json_dict(path: Path) -> dict[str, Any]:

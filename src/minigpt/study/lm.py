@@ -72,7 +72,7 @@ class LanguageModelling(Objective):
     def data(self, study: Any, progress: bool) -> Any:
         from ..training import load_dataset
 
-        return load_dataset(study.base, verbose=progress)
+        return load_dataset(study.base, study.tokenizer_path(), verbose=progress)
 
     def prepare(self, study: Any, data: Any) -> None:
         from .. import evaluation

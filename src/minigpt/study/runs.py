@@ -101,6 +101,10 @@ def do_run(job: Job, log: Log, data: Any = None) -> str:
         from .extension import do_variant
 
         return do_variant(job, variant, log, data)
+    if job.pos == "rope" and job.seed in study.adopted:  # an existing checkpoint: evaluate it
+        from .extension import do_adopted
+
+        return do_adopted(job, study.adopted[job.seed], log, data)
     cfg = merge(study.run_config(job.pos, job.seed), {"vocab_size": job.vocab}, {},
                 where=f"run {job.name}")
     run_dir = job.out / "runs" / job.name

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ..config import STUDY_PRESETS, RunConfig, merge, preset, setting
@@ -69,6 +70,10 @@ class StudySettings:
         default_text="quick 100, full 400")
     finetune_lr: float | None = setting(None, "with --extend: the fine-tune's constant learning "
                                         "rate", metavar="FLOAT", default_text="the run's min-lr")
+    rope_checkpoints: str | None = setting(
+        None, "existing rope checkpoints, one per seed, used as the study's rope runs instead of "
+        "training them (the study takes its model, data and training settings from them; "
+        "with --extend)", metavar="DIR,DIR,...")
     jobs: int | None = setting(
         None, "runs trained at once, each in its own process with its share of the threads "
         "(one per GPU on several GPUs)", default_text="one per CPU core, or per GPU; printed")
@@ -136,11 +141,26 @@ class Study:
     base: RunConfig  # the shared configuration (its pos and seed are overridden per run)
     objective: Any  # an Objective (objective.py)
     variants: list[Any] = field(default_factory=list)  # extension.Variant: rope extended
+    adopted: dict[int, Path] = field(default_factory=dict)  # seed -> existing rope checkpoint
 
     @property
     def contenders(self) -> list[str]:
         """What the study compares: the encodings, then the variants of the rope runs."""
         return self.encodings + [v.label for v in self.variants]
+
+    def model_dir(self, out: Path, pos: str, seed: int) -> Path:
+        """Where a run's weights are: its folder under out/runs, or the existing checkpoint
+        the study adopted as that seed's rope run (--rope-checkpoints)."""
+        if pos == "rope" and seed in self.adopted:
+            return self.adopted[seed]
+        return out / "runs" / run_name(pos, seed)
+
+    def tokenizer_path(self) -> Path | None:
+        """The tokenizer the study's data is encoded with: the adopted checkpoints' (the
+        weights only read that one), else None (built from the data as in training)."""
+        if not self.adopted:
+            return None
+        return next(iter(self.adopted.values())) / "tokenizer.json"
 
     def variant(self, name: str) -> Any:
         """The extension.Variant a contender names, or None for an encoding."""
@@ -192,7 +212,9 @@ class Study:
         return {"schema_version": SCHEMA_VERSION, "preset": self.preset, "task": self.task,
                 "encodings": self.encodings, "seeds": self.seeds, "lengths": self.lengths,
                 **self.eval_settings(), **self.objective.training_settings(self),
-                **self.extension_settings(), "config": cfg}
+                **self.extension_settings(), "config": cfg,
+                **({"rope_checkpoints": [str(p) for p in self.adopted.values()]}
+                   if self.adopted else {})}
 
     def extension_settings(self) -> dict[str, Any]:
         """The variants' settings (absent without --extend: older studies keep their
@@ -232,12 +254,21 @@ def make_study(preset_name: str = "quick", *, model: dict[str, Any] | None = Non
     model, train = dict(model or {}), dict(train or {})
     if "pos" in model:
         raise ConfigError("the study sets the encoding per run; list encodings with --pos.")
-    names = parse_encodings(st.pos)  # None: the default list
     objective = get_objective(st.task)
-    base = merge(preset(sp["base"]), sp["model"], sp["train"], where=f"study preset {st.preset}")
-    base = merge(base, {}, objective.preset_overrides(sp), where=f"study preset {st.preset}")
-    base = merge(base, {**model, "pos": names[0]}, train, where="command line")
-    n = st.seeds or sp["seeds"]  # None: the preset's
+    adopted: dict[int, Path] = {}
+    if st.rope_checkpoints is not None:
+        from .extension import adopt
+
+        names = parse_encodings(st.pos or "rope")
+        base, adopted = adopt(st, names, model, train)
+        n = len(adopted)
+    else:
+        names = parse_encodings(st.pos)  # None: the default list
+        base = merge(preset(sp["base"]), sp["model"], sp["train"],
+                     where=f"study preset {st.preset}")
+        base = merge(base, {}, objective.preset_overrides(sp), where=f"study preset {st.preset}")
+        base = merge(base, {**model, "pos": names[0]}, train, where="command line")
+        n = st.seeds or sp["seeds"]  # None: the preset's
     L = base.model.block_size
     lens = objective.lengths(st.lengths, L, sp["lengths"])
     stride = 1
@@ -250,11 +281,13 @@ def make_study(preset_name: str = "quick", *, model: dict[str, Any] | None = Non
     from .extension import parse_variants
 
     ft = sp["finetune_steps"] if st.finetune_steps is None else st.finetune_steps
-    study = Study(settings=st, encodings=names, seeds=[base.train.seed + i for i in range(n)],
+    seeds = list(adopted) or [base.train.seed + i for i in range(n)]
+    study = Study(settings=st, encodings=names, seeds=seeds,
                   lengths=lens, eval_tokens=st.eval_tokens or sp["eval_tokens"],
                   eval_stride=stride, task_instances=st.task_instances or sp["task_instances"],
                   base=base, objective=objective,
-                  variants=parse_variants(st.extend, st.extend_factors, ft, names))
+                  variants=parse_variants(st.extend, st.extend_factors, ft, names),
+                  adopted=adopted)
     for _, pos, seed in study.runs():  # validate every run's config now (e.g. rope head size)
         study.run_config(pos, seed)
     N, longest = base.model.random_positions, objective.longest_tokens(study)
