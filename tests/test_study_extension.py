@@ -159,11 +159,14 @@ def test_report_reads_variants_apart(study: SimpleNamespace) -> None:
     assert "rope+" not in at_L  # the encodings' own reading has only the encodings
     assert "Context extension of the rope runs (4 variants" in text
     assert "At s = 2 (length 32; L = 16), perplexity" in text
-    assert "best window of L" in text and "A fine-tune of 3 steps took" in text
+    assert "each against the window of L of the same weights" in text
+    assert "A fine-tune of 3 steps took" in text
     found = res["summary"]["findings"]["extension"]["2"]
     assert found["length"] == 32 and set(found["perplexity"]) == {
         "rope", "alibi", "rope+linear2x", "rope+linear2x+ft", "rope+dynamic2x", "rope+none2x+ft"}
     assert found["best"] == min(found["perplexity"], key=found["perplexity"].get)
+    assert set(found["against_reference"]) == set(found["perplexity"])
+    assert set(found["against_reference"].values()) <= {"better", "within noise", "worse"}
     md = (out / "report.md").read_text()
     section = md.split("## Context extension")[1].split("\n## ")[0]
     assert "| rope+none2x+ft | none | 2 | 3 |" in section and "extension.png" in section

@@ -379,9 +379,9 @@ def _groups(results: dict[str, Any], objective: Any) -> list[tuple[float, int, l
 def summary_parts(results: dict[str, Any], objective: Any, family: Any,
                   findings: dict[str, Any]) -> list[Any]:
     """Sentences on the variants: at each factor's length, who is best beyond noise, and
-    whether the best beats the objective's reference (the best window of L, or the best
-    input-blind baseline); then what the fine-tunes cost."""
-    from .summary import noise_words, rank
+    each against the objective's reference (lm: the window of L of the same weights; tasks:
+    the best input-blind baseline); then what the fine-tunes cost."""
+    from .summary import rank
 
     if not results["study"].get("extension"):
         return []
@@ -403,29 +403,42 @@ def summary_parts(results: dict[str, Any], objective: Any, family: Any,
                           lambda p, n=n: objective.score_items(results, p, n),
                           objective.score_fmt, f"At s = {s:g} (length {n}; L = {L}), "
                           f"{objective.score_name}"))
-        ref = objective.reference(results, n)
-        if ref is None or len(results["study"]["seeds"]) < 2:
-            continue
-        name, items, value = ref
-        best, bv = scores[0]
-        key = family.add(f"ext{s:g}@{n}:{best}-reference", objective.score_items(results, best, n),
-                         items).key
-
-        def word(best: str = best, bv: float = bv, key: str = key, name: str = name,
-                 value: float = value, s: float = s) -> str:
-            c = family.comparisons[key]
-            better = (c.diff > 0) if objective.higher_is_better else (c.diff < 0)
-            found[f"{s:g}"]["beats_reference"] = family.differs(key) and better
-            f = objective.score_fmt
-            if family.differs(key):
-                how = "beats" if better else "is worse than"
-                return (f"At s = {s:g}, the best, {best} ({bv:{f}}), {how} {name} ({value:{f}}) "
-                        f"{noise_words(results, family)}.")
-            return f"At s = {s:g}, the best, {best}, is within noise of {name} ({value:{f}})."
-
-        parts.append(word)
+        if len(results["study"]["seeds"]) > 1:
+            parts.append(_verdicts(results, objective, family, found[f"{s:g}"], s, n, scores))
     parts.append(_cost_sentence(results))
     return parts
+
+
+def _verdicts(results: dict[str, Any], objective: Any, family: Any, found: dict[str, Any],
+              s: float, n: int, scores: list[tuple[str, float]]) -> Any:
+    """Every contender at s x L against its reference (objective.reference), worded after
+    Holm: better beyond noise, within noise, or worse."""
+    from .summary import join, noise_words
+
+    keys = {}
+    for pos, _ in scores:
+        ref = objective.reference(results, pos, n)
+        if ref is not None:
+            items, value = ref
+            keys[pos] = (family.add(f"ext{s:g}@{n}:{pos}-reference",
+                                    objective.score_items(results, pos, n), items).key, value)
+
+    def word() -> str:
+        f, val = objective.score_fmt, dict(scores)
+        groups: dict[str, list[str]] = {"better": [], "within noise": [], "worse": []}
+        verdicts = {}
+        for pos, (key, value) in keys.items():
+            diff = family.comparisons[key].diff
+            better = diff > 0 if objective.higher_is_better else diff < 0
+            g = ("better" if better else "worse") if family.differs(key) else "within noise"
+            verdicts[pos] = g
+            groups[g].append(f"{pos} ({val[pos]:{f}} vs {value:{f}})")
+        found["against_reference"] = verdicts
+        said = [f"{g}: {join(names)}" for g, names in groups.items() if names]
+        return (f"At s = {s:g}, each against {objective.reference_name} "
+                f"{noise_words(results, family)}, {'; '.join(said)}.") if said else ""
+
+    return word
 
 
 def _cost_sentence(results: dict[str, Any]) -> str:

@@ -272,16 +272,20 @@ class LanguageModelling(Objective):
     def score_items(self, results: dict[str, Any], pos: str, length: int) -> Items:
         return loss_items(results, pos, length)
 
-    def reference(self, results: dict[str, Any], length: int) -> tuple[str, Items, float] | None:
-        """The best window of L among the encodings trained at L."""
+    reference_name = ("the window of L of the same weights (its perplexity at L; for a "
+                      "zero-shot variant the rope run's, which needs no extension method)")
+
+    def reference(self, results: dict[str, Any], pos: str, length: int
+                  ) -> tuple[Items, float] | None:
+        """The window of L of the same weights: a model's own perplexity at L (the rope
+        run's for a zero-shot variant, whose window of L needs no extension method; its own
+        for a fine-tuned one, which also trained on more tokens)."""
         L = results["study"]["block_size"]
-        at_L = [(_ppl_at(a, L), a["pos"]) for a in results["aggregates"]
-                if "extension" not in a and _ppl_at(a, L) is not None]
-        if not at_L:
-            return None
-        v, pos = min(at_L)
-        return (f"the best window of L ({pos} keeping its last L tokens)",
-                loss_items(results, pos, L), v)
+        agg = next(a for a in results["aggregates"] if a["pos"] == pos)
+        ext = agg.get("extension")
+        src = ext["base"] if ext and not ext["finetune_steps"] else pos
+        value = next((_ppl_at(a, L) for a in results["aggregates"] if a["pos"] == src), None)
+        return None if value is None else (loss_items(results, src, L), value)
 
     # --- report ------------------------------------------------------------------------------
     def tables(self, results: dict[str, Any]) -> dict[str, Table]:

@@ -122,8 +122,11 @@ class Objective:
         """Per seed, the evaluation items behind `score_at` (stats.Items), for comparisons."""
         raise NotImplementedError
 
-    def reference(self, results: dict[str, Any], length: int) -> tuple[str, Any, float] | None:
-        """What a score at `length` must beat to mean something: (its name, its Items, its
+    reference_name: ClassVar[str] = ""  # what `reference` is, for sentences
+
+    def reference(self, results: dict[str, Any], pos: str, length: int
+                  ) -> tuple[Any, float] | None:
+        """What `pos`'s score at `length` must beat to mean something: (its Items, its
         value), or None."""
         return None
 
