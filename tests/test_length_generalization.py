@@ -7,11 +7,12 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import SMALL_TEXT, run_cli, tiny_config
 
-from minigpt import viz
+from minigpt import evaluation, viz
 from minigpt.config import ModelConfig
 from minigpt.errors import ConfigError, MiniGPTError
 from minigpt.model import GPT
@@ -190,6 +191,13 @@ def test_learned_table_has_n_rows_and_training_reaches_past_block_size():
     touched = (model.pos.wpe.weight.grad.abs().sum(1) > 0).nonzero().flatten()
     assert touched.max() >= 16  # rows a block_size table would not have
     assert model.pos.untrained(16, 64) is None
+    # so it is read past block_size (up to N) like any encoding that extrapolates
+    assert model.pos.extrapolates and not GPT(cfg("learned"), seed=0).pos.extrapolates
+    spans = [np.arange(200) % 50]
+    lg = evaluation.length_generalization(model.eval(), spans, [16, 32, 64, 128], stride=8)
+    rows = {r["length"]: r for r in lg["results"]}
+    assert all(rows[n]["loss"] is not None and rows[n]["reason"] is None for n in (32, 64))
+    assert rows[128]["loss"] is None and "stop" in rows[128]["reason"]  # past N = 64
 
 
 def test_random_positions_are_refused_where_they_do_not_apply():
@@ -309,3 +317,15 @@ def test_parameter_counts_of_the_new_encodings():
     c = cfg("fire", n_head=4, d_model=16)  # MLP 1 -> 32 -> 4, plus c and the threshold
     assert build(c).num_params() == (32 + 32) + (32 * 4 + 4) + 2
     assert build(cfg("kerple", n_head=4, d_model=16)).num_params() == 8
+
+
+@pytest.mark.parametrize("pos", ["learned", "rope"])
+def test_sampling_past_random_positions_n_keeps_a_window_of_n(pos):
+    """A model trained on positions below N samples any number of tokens: it sees at most
+    its last N (a learned table has no row N, and N positions run out for the others)."""
+    from minigpt.generation import generate
+
+    model = GPT(cfg(pos, random_positions=24), seed=0).eval()
+    out = generate(model, torch.zeros((1, 1), dtype=torch.long), max_new_tokens=40,
+                   generator=torch.Generator().manual_seed(0))
+    assert out.shape == (1, 41)

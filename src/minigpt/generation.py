@@ -88,6 +88,9 @@ class Decoding:
         if not self.model.pos.extrapolates:
             L = self.model.cfg.block_size
             window = L if window is None else min(window, L)
+        N = self.model.cfg.random_positions  # trained on positions below N: none past it
+        if N:
+            window = N if window is None else min(window, N)
         self.window = window
         self.ids = idx if window is None else idx[:, -window:]  # (B, T)
         self.max_new_tokens, self.use_cache = max_new_tokens, use_cache

@@ -153,6 +153,9 @@ class Learned(PositionalEncoding):
         super().__init__(cfg)
         self.size = cfg.random_positions or cfg.block_size  # random positions: [0, N)
         self.wpe = nn.Embedding(self.size, cfg.d_model)
+        # Trained on positions drawn from [0, N), the table is defined past block_size (up to
+        # N, where `prepare` stops it): this model does extrapolate, the plain one does not.
+        self.extrapolates = bool(cfg.random_positions)
 
     def untrained(self, trained_len: int, eval_len: int) -> str | None:
         if eval_len > trained_len and not self.cfg.random_positions:

@@ -148,7 +148,7 @@ def _encode_prompt(src: Source, prompt: str) -> torch.Tensor:
     if not ids:
         raise MiniGPTError("--prompt holds no tokens; give some text to look at.")
     L = src.cfg.block_size
-    if len(ids) > L and not type(src.module).extrapolates:
+    if len(ids) > L and not src.module.extrapolates:
         raise MiniGPTError(f"the prompt is {len(ids)} tokens but {src.pos} positions stop at the "
                            f"trained context of {L}; use a shorter prompt.")
     return torch.tensor([ids], dtype=torch.long)  # (1, T)
