@@ -17,9 +17,10 @@ def build_schema() -> dict[str, Any]:
     run = props["runs"]["items"]["properties"]
     agg = props["aggregates"]["items"]["properties"]
     study = props["study"]["properties"]
-    from .extension import RUN_SCHEMA, STUDY_SCHEMA
+    from .extension import AGGREGATE_SCHEMA, RUN_SCHEMA, STUDY_SCHEMA
 
     run.update(RUN_SCHEMA)
+    agg.update(AGGREGATE_SCHEMA)
     study.update(STUDY_SCHEMA)
     for name in objective_names():
         obj = get_objective(name)
