@@ -38,6 +38,7 @@ from .parsing import parse_list
 METHODS = tuple(m for m in get_args(RopeScaling))  # none, linear, ntk, dynamic, yarn, llama3
 ZERO_SHOT_ONLY = ("dynamic",)
 EXTENDS = "rope"  # the encoding whose runs are extended (the one with extension settings)
+METHOD_COLOURS = {"none": 0, "linear": 1, "ntk": 6, "dynamic": 3, "yarn": 4, "llama3": 5}  # Dark2
 
 
 @dataclass(frozen=True)
@@ -493,10 +494,12 @@ def plot(results: dict[str, Any], path: Path) -> Path:
             if not pts:
                 continue
             x, y, e = zip(*pts)
-            tuned = is_variant(a) and a["extension"]["finetune_steps"]
+            ext = a.get("extension")
+            tuned = bool(ext and ext["finetune_steps"])
+            c = (plt.get_cmap("Dark2")(METHOD_COLOURS[ext["scaling"]]) if ext
+                 else color(a["pos"]))  # a method keeps its colour; +ft is dashed
             ax.errorbar(x, y, yerr=e if len(results["study"]["seeds"]) > 1 else None,
-                        fmt="o-" if not tuned else "s--", color=color(a["pos"]), label=a["pos"],
-                        capsize=2, ms=4)
+                        fmt="s--" if tuned else "o-", color=c, label=a["pos"], capsize=2, ms=4)
         mark_L(ax, L, "L")
         ax.axvline(s * L, color="k", ls=":", lw=1, label=f"s x L ({s * L:g})")
         ax.set_xscale("log", base=2)
