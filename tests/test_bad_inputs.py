@@ -247,7 +247,7 @@ ROWS = [
         "unknown section(s) optim"),
     Row("config-type", "config", "wrong type (`n_layer = \"two\"`)",
         lambda c: [*TRAIN, "--config", c.file("c.toml", '[model]\nn_layer = "two"\n'), "--out",
-                   c.out], "n_layer must be of type int"),
+                   c.out], "n_layer must be a whole number"),
     Row("config-toml", "config", "not TOML",
         lambda c: [*TRAIN, "--config", c.file("c.toml", "[model\nn_layer = 2\n"), "--out",
                    c.out], "not valid TOML"),
@@ -356,7 +356,7 @@ ROWS = [
         "unknown model setting(s) n_layers"),
     Row("ckpt-config-type", "sample", "config.json with a wrong type",
         lambda c: ["sample", "--ckpt", c.copy(edit_config(model__n_head="two"))],
-        "n_head must be of type int"),
+        "n_head must be a whole number"),
     Row("ckpt-config-absurd", "sample", "config.json with absurd sizes (vocab 10**12)",
         lambda c: ["sample", "--ckpt", c.copy(edit_config(
             model__d_model=10**9, model__n_layer=10**6, model__vocab_size=10**12))],

@@ -9,8 +9,7 @@ The public API, usable from a notebook as well as from the `minigpt` command:
     print(sample_text(model, tok, "ROMEO:", max_new_tokens=100)[0])
 """
 
-__version__ = "0.1.0"
-
+from .version import __version__  # noqa: E402,F401
 from .config import ModelConfig, RunConfig, TrainConfig, preset  # noqa: E402
 from .errors import MiniGPTError  # noqa: E402
 

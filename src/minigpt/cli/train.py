@@ -82,7 +82,6 @@ def run(args: argparse.Namespace) -> int:
     model, tok, _, _ = load(out)
     prompt = cfg.train.sample_prompt
     for t in cfg.train.sample_temperatures:
-        text = sample_text(model, tok, prompt, max_new_tokens=cfg.train.sample_tokens,
-                           temperature=t, seed=cfg.train.seed)[0]
+        text = sample_text(model, tok, prompt, settings=cfg.train.sampling(t))[0]
         print(f"\n--- sample at temperature {t} ---\n{text}")
     return 0
