@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -565,3 +566,6 @@ def test_the_doc_table_lists_every_row() -> None:
     doc = (ROOT / "docs" / "bad-inputs.md").read_text(encoding="utf-8")
     missing = [r.id for r in ROWS if f"`{r.id}`" not in doc]
     assert not missing, f"docs/bad-inputs.md lacks rows {missing}"
+    listed = re.findall(r"^\| \d+ \| .* \| `([\w-]+)`(?: \(\+ subprocess\))? \|$", doc,
+                        re.M)
+    assert sorted(listed) == sorted(r.id for r in ROWS)  # one row per case, none left over
