@@ -91,6 +91,19 @@ def test_the_readme_links_to_the_docs_instead_of_copying_them():
         assert not copied, f"{page.name} repeats the README: {copied[0][0]!r}..."
 
 
+def test_every_test_a_page_names_exists():
+    """`tests/test_x.py` and `tests/test_x.py::test_name` in the docs point at real tests."""
+    named = [(page.name, f, name) for page in PAGES for f, name in
+             re.findall(r"tests/(test_\w+\.py)(?:::(\w+))?", page.read_text(encoding="utf-8"))]
+    assert len(named) >= 5
+    for page, f, name in named:
+        path = ROOT / "tests" / f
+        assert path.exists(), f"{page} names {f}"
+        if name:
+            assert re.search(rf"^def {name}\(", path.read_text(encoding="utf-8"), re.M), \
+                f"{page} names {f}::{name}"
+
+
 def test_python_blocks_compile():
     for page in PAGES:
         for body in blocks(page, "python"):

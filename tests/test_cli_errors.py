@@ -3,6 +3,8 @@
 Each row of ROWS is one line of the table in docs/bad-inputs.md (a test checks the two agree).
 Rows run in-process through `minigpt.cli.main` for speed; the rows marked `sub` also run as
 a real `python -m minigpt` process to prove that a user sees no traceback there either.
+After the table, more `train`, `sample` and checkpoint cases run as real processes, and the
+library's errors are checked to name arguments where the CLI names flags.
 """
 
 from __future__ import annotations
