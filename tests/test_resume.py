@@ -500,6 +500,21 @@ def test_init_from_starts_from_the_checkpoint(corpus, tmp_path):
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
 
 
+def test_what_a_setting_left_off_the_command_line_means_is_the_librarys(corpus, tmp_path):
+    """training.flags_base (what `minigpt train` builds its flags on): a resume starts from the
+    saved config, a new or unsaved run from nothing, --init-from from the checkpoint's model."""
+    from minigpt.training import flags_base
+
+    src = tmp_path / "src"
+    cfg = tiny_config(corpus, {"pos": "rope"})
+    train(cfg, src, progress=False)
+    saved, init_model = flags_base(src, resume=True, init_from=None)
+    assert saved == read_config(src)[0] and saved.model.pos == "rope" and init_model is None
+    assert flags_base(tmp_path / "none", resume=True, init_from=None) == (None, None)
+    assert flags_base(src, resume=False, init_from=None) == (None, None)
+    assert flags_base(tmp_path / "new", resume=False, init_from=src) == (None, saved.model)
+
+
 def test_init_from_rule_is_the_librarys(corpus, tmp_path):
     """train(init_from=...) from Python gets the CLI's rule: model settings other than dropout
     must be the checkpoint's (named, old -> new), checked before any file is written; a
