@@ -89,3 +89,28 @@ def test_one_vocab_size_flag_means_what_it_says_per_tokenizer(corpus, tmp_path):
     assert r.returncode == 0, r.stderr
     m = re.search(r"made (\d+) tokens, fewer than the 5000 asked for", r.stdout)
     assert m and int(m.group(1)) < 5000
+
+
+def test_checkpoint_and_viz_flags_come_from_one_declaration():
+    """--which is the same option on every command that reads a checkpoint, and viz's model
+    flags are ModelConfig's settings: their help, type and the small preset's default."""
+    import dataclasses
+
+    from minigpt.config import VIZ_SETTINGS, WHICH, field_types, preset_value
+
+    sub = build_parser()._subparsers._group_actions[0].choices
+
+    def action(cmd: str, flag: str):
+        return next(a for a in sub[cmd]._actions if flag in a.option_strings)
+
+    readers = [c for c, p in sub.items() if any("--which" in a.option_strings for a in p._actions)]
+    assert set(readers) == {"sample", "serve", "export", "viz"}
+    assert all(tuple(action(c, "--which").choices) == WHICH for c in readers)
+    helps = {f.name: f.metadata["help"] for f in dataclasses.fields(ModelConfig)}
+    types = field_types(ModelConfig)
+    for name in VIZ_SETTINGS:
+        a = action("viz", "--" + name.replace("_", "-"))
+        assert a.type is types[name] and a.help.startswith(helps[name].removeprefix("rope only: "))
+        shown = preset_value("small", "model", name)
+        assert f"{shown:g} in small" in a.help if isinstance(shown, float) else \
+            f"{shown} in small" in a.help
