@@ -58,8 +58,10 @@ class Decoding:
     the (B, V) logits they were drawn from (the model's own, before temperature and
     filters); `ids` is the sequence so far, (B, T).
 
-    The settings are checked and the weights chosen when it is built, so a mistake is
-    reported before any output; nothing is computed until it is iterated, and it runs once.
+    The settings (`settings` and/or the SamplingSettings fields as keywords) are checked and
+    the weights chosen when it is built, so a mistake is reported before any output; nothing
+    is computed until it is iterated, and it runs once. Tokens are drawn with `generator`
+    (its callers seed it from `settings.seed`), or torch's global generator without one.
 
     The model sees at most its last `window` tokens (default: everything for an encoding
     that extrapolates, block_size for one that cannot); when the window is full the cache is
