@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import strategies as st
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -100,3 +101,27 @@ def chromium() -> str | None:
         if path:
             return path
     return None
+
+
+# the flags of a seconds-long `minigpt train` (add --data and --out)
+TINY_ARGS = ["--preset", "tiny", "--n-layer", "1", "--d-model", "16", "--n-head", "2",
+             "--block-size", "16", "--eval-iters", "1", "--sample-tokens", "0", "--dtype",
+             "float32", "--device", "cpu"]
+
+
+def one_line(err: str) -> str:
+    """The one line a refused command printed (no traceback)."""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+# hypothesis: any JSON-like value, with the names and sizes configs and tokenizer files use
+NAMES = ["learned", "rope", "alibi", "t5", "nope", "sinusoidal", "char", "bpe", "word", "cpu",
+         "auto", "gelu", "gelu_tanh", "stream", "documents", "off", "float32", "cuda:0", ""]
+scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(-10**13, 10**13), st.integers(),
+    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=8), st.sampled_from(NAMES),
+    st.sampled_from([0, 1, 2, 4, 8, 16, 32, 64, 0.5, 1e-3, 10**9, 10**12, 2.0, 16.0]))
+values = st.recursive(scalars, lambda c: st.one_of(
+    st.lists(c, max_size=3), st.dictionaries(st.text(max_size=4), c, max_size=2)), max_leaves=4)

@@ -12,7 +12,8 @@ import torch
 from minigpt.config import ModelConfig
 from minigpt.data import VAL_PLAYS, play_to_text, prepare, shakespeare_texts
 from minigpt.errors import DataError
-from minigpt.model import IGNORE_INDEX, GPT
+from minigpt.config import IGNORE_INDEX
+from minigpt.model import GPT
 
 PLAY = """# Macbeth
 

@@ -74,6 +74,36 @@ def test_the_readme_starts_with_the_two_commands_and_links_to_real_pages():
             assert (page.parent / link).resolve().exists(), f"{page.name} links to {link}"
 
 
+def test_the_readme_links_to_the_docs_instead_of_copying_them():
+    """A block of the README found again in a page of docs/ goes stale in one of them: the
+    README says it in a line and links (a few lines of a log may be quoted)."""
+    def lines_of(page: Path) -> list[str]:
+        return [line for line in page.read_text(encoding="utf-8").splitlines()
+                if line.strip() and not line.startswith("```")]
+
+    readme = lines_of(ROOT / "README.md")
+    run = 6  # consecutive lines, blank lines and fences left out
+    shingles = {tuple(readme[i:i + run]) for i in range(len(readme) - run + 1)}
+    for page in PAGES[1:]:
+        lines = lines_of(page)
+        copied = [s for s in (tuple(lines[i:i + run]) for i in range(len(lines) - run + 1))
+                  if s in shingles]
+        assert not copied, f"{page.name} repeats the README: {copied[0][0]!r}..."
+
+
+def test_every_test_a_page_names_exists():
+    """`tests/test_x.py` and `tests/test_x.py::test_name` in the docs point at real tests."""
+    named = [(page.name, f, name) for page in PAGES for f, name in
+             re.findall(r"tests/(test_\w+\.py)(?:::(\w+))?", page.read_text(encoding="utf-8"))]
+    assert len(named) >= 5
+    for page, f, name in named:
+        path = ROOT / "tests" / f
+        assert path.exists(), f"{page} names {f}"
+        if name:
+            assert re.search(rf"^def {name}\(", path.read_text(encoding="utf-8"), re.M), \
+                f"{page} names {f}::{name}"
+
+
 def test_python_blocks_compile():
     for page in PAGES:
         for body in blocks(page, "python"):
@@ -89,6 +119,16 @@ def test_results_schema_page_is_generated_from_the_schema():
                   "runs[].length_generalization.results[].window_ppl",
                   "aggregates[].steps_to_criterion", "study.length_kinds"):
         assert f"`{field}`" in page
+
+
+def test_the_bad_input_counts_come_from_the_table():
+    """docs/bad-inputs.md numbers its rows 1..N, and every page that counts them says N."""
+    table = (ROOT / "docs" / "bad-inputs.md").read_text(encoding="utf-8")
+    numbers = [int(n) for n in re.findall(r"^\| (\d+) \| `", table, re.M)]
+    assert numbers == list(range(1, len(numbers) + 1)) and len(numbers) >= 100
+    counted = {page.name: int(n) for page in PAGES
+               for n in re.findall(r"(\d+) bad inputs", page.read_text(encoding="utf-8"))}
+    assert counted and counted == {name: len(numbers) for name in counted}, counted
 
 
 TIMING = re.compile(r"\d+(?:[.,]\d+)? ?(?:min\b|s\b|ms\b|seconds\b|minutes\b|hours?\b)"

@@ -201,3 +201,95 @@ def test_prompt_and_continuation_read_as_the_decode_of_all_ids(kind):
     assert "".join(piece for _, piece in stream_text(model, tok, prompt, **kw)) == whole
     if kind == "word":  # the case that was wrong: a space after "encoding" (no punctuation
         assert text[len(prompt)] == " " or text[len(prompt)] in ".,;:!?"  # follows it here)
+
+
+# --- the sampling settings: one dataclass behind the API, `sample`, `serve` and training ---
+
+def test_every_sampling_setting_is_a_sample_flag_with_the_dataclass_default():
+    """`minigpt sample`'s flags are the fields of SamplingSettings, and a command line that
+    gives none of them samples with exactly the dataclass's defaults."""
+    import dataclasses
+
+    from minigpt.cli import build_parser
+    from minigpt.cli.options import given_settings
+    from minigpt.config import SamplingSettings, sampling_settings
+
+    parser = build_parser()
+    args = parser.parse_args(["sample", "--ckpt", "x"])
+    assert sampling_settings(given_settings(args)) == SamplingSettings()
+    names = [f.name for f in dataclasses.fields(SamplingSettings)]
+    assert set(given_settings(args)) == set()
+    flags = ["--" + n.replace("_", "-") for n in names]
+    values = {"max_new_tokens": "7", "temperature": "0.5", "top_k": "3", "top_p": "0.9",
+              "seed": "4", "dtype": "float32", "quantize": "int8"}
+    assert set(values) == set(names)  # a new field needs a value here, and is a flag for free
+    args = parser.parse_args(["sample", "--ckpt", "x",
+                              *[a for f, n in zip(flags, names) for a in (f, values[n])]])
+    got = sampling_settings(given_settings(args))
+    assert got == SamplingSettings(max_new_tokens=7, temperature=0.5, top_k=3, top_p=0.9,
+                                   seed=4, dtype="float32", quantize="int8")
+
+
+def test_a_bad_sampling_setting_reads_the_same_from_python_the_cli_and_the_server(tmp_path):
+    """One rule, one sentence: named as a keyword in Python and the server's JSON, as a flag
+    on the command line (checked before the checkpoint is even read)."""
+    from conftest import run_cli
+
+    from minigpt.serve.engine import Engine, Entry
+
+    model, tok = _model_and_tok()
+    with pytest.raises(MiniGPTError) as api:
+        generate(model, torch.tensor([[1]]), 3, top_p=1.5)
+    assert str(api.value) == "top_p must be in (0, 1], got 1.5."
+    r = run_cli("sample", "--ckpt", tmp_path / "missing", "--top-p", "1.5")
+    assert r.returncode == 2 and r.stderr.strip().endswith("--top-p must be in (0, 1], got 1.5.")
+    engine = Engine([Entry("m", tmp_path, model, tok, "rope", None, None, "last")])
+    with pytest.raises(MiniGPTError) as served:
+        engine.parse_request({"model": "m", "prompt": "ab", "top_p": 1.5})
+    assert str(served.value) == str(api.value)
+
+
+def test_unknown_sampling_knobs_are_refused_by_name():
+    model, tok = _model_and_tok()
+    with pytest.raises(MiniGPTError, match=r"unknown sampling setting\(s\) topk; the settings "
+                                           r"are max_new_tokens, temperature, top_k"):
+        generate(model, torch.tensor([[1]]), 3, topk=2)
+    with pytest.raises(MiniGPTError, match="unknown sampling setting"):
+        sample_text(model, tok, "ab", temprature=0.5)
+
+
+def test_generate_takes_a_seed_or_settings_as_sample_text_does():
+    """`seed=` (or a SamplingSettings) gives generate() the generator sample_text would seed;
+    without either it draws from torch's global generator, as Hugging Face's does."""
+    from minigpt.config import SamplingSettings
+
+    model, tok = _model_and_tok()
+    x = torch.tensor([tok.encode("abc")])
+    by_seed = generate(model, x, 12, temperature=1.0, seed=9, dtype="float32")
+    by_gen = generate(model, x, 12, temperature=1.0, dtype="float32",
+                      generator=torch.Generator().manual_seed(9))
+    s = SamplingSettings(max_new_tokens=12, temperature=1.0, seed=9, dtype="float32")
+    assert torch.equal(by_seed, by_gen) and torch.equal(generate(model, x, settings=s), by_gen)
+    (text,) = sample_text(model, tok, "abc", settings=s)
+    assert text == tok.decode(by_gen[0].tolist())
+    torch.manual_seed(1)
+    a = generate(model, x, 12, temperature=1.0, dtype="float32")
+    torch.manual_seed(1)
+    assert torch.equal(a, generate(model, x, 12, temperature=1.0, dtype="float32"))
+    with pytest.raises(MiniGPTError, match="a seed or a generator, not both"):
+        generate(model, x, 3, seed=1, generator=torch.Generator())
+
+
+def test_training_samples_use_the_sampling_settings_of_the_run():
+    """The samples printed after training (and the study's) are SamplingSettings built from
+    the run's sample_tokens and seed; their temperature rule is the sampling one."""
+    from minigpt.config import MAX_TEMPERATURE, SamplingSettings, TrainConfig
+
+    t = TrainConfig(sample_tokens=33, seed=5, sample_temperatures=[0.0, 1.0])
+    assert t.sampling(0.0) == SamplingSettings(max_new_tokens=33, temperature=0.0, seed=5)
+    SamplingSettings(temperature=MAX_TEMPERATURE)
+    TrainConfig(sample_temperatures=[MAX_TEMPERATURE])
+    for bad in (lambda: SamplingSettings(temperature=MAX_TEMPERATURE * 1.01),
+                lambda: TrainConfig(sample_temperatures=[MAX_TEMPERATURE * 1.01])):
+        with pytest.raises(MiniGPTError, match="temperature"):
+            bad()

@@ -98,3 +98,32 @@ def test_every_function_reads_in_one_screen():
                     long.append(f"{path.relative_to(SRC)}:{node.lineno} {node.name} "
                                 f"({node.end_lineno - first + 1} lines)")
     assert not long, long
+
+
+def test_rooms_do_not_import_the_package_facade():
+    """A room that takes a name from `minigpt/__init__.py` (`from . import __version__`) runs
+    back up the layers; the version has a module of its own (minigpt.version)."""
+    waiting = {"minigpt.study.records", "minigpt.study.orchestrate"}  # the study's, to move
+    offenders = set()
+    for path in sorted((SRC / "minigpt").rglob("*.py")):
+        name = _module_name(path)
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for node in _runtime_imports(ast.parse(path.read_text(encoding="utf-8"))):
+            base = package.split(".")[: len(package.split(".")) - node.level + 1]
+            target = ".".join(base + ([node.module] if node.module else []))
+            facade_names = [a.name for a in node.names
+                            if not (SRC / "minigpt" / f"{a.name}.py").exists()
+                            and not (SRC / "minigpt" / a.name).is_dir()]
+            if target == "minigpt" and facade_names and name != "minigpt":
+                offenders.add(name)
+    assert offenders == waiting, sorted(offenders)
+
+
+def test_the_version_is_the_one_pyproject_declares():
+    import tomllib
+
+    import minigpt
+    from minigpt.version import __version__
+
+    project = tomllib.loads((SRC.parent / "pyproject.toml").read_text(encoding="utf-8"))
+    assert __version__ == minigpt.__version__ == project["project"]["version"]

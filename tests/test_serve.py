@@ -200,8 +200,10 @@ def test_bad_requests_get_one_sentence_and_the_server_keeps_serving(server: Serv
         ({"model": "rope", "max_new_tokens": CAP + 1}, 400, f"at most {CAP} (--max-new-tokens)"),
         ({"model": "rope", "temperature": -1}, 400, "temperature must be 0 (greedy) or positive"),
         ({"model": "rope", "top_p": 5}, 400, "top_p must be in (0, 1]"),
-        ({"model": "rope", "top_k": "ten"}, 400, "top_k must be a number"),
-        ({"model": "rope", "seed": 1.5}, 400, "seed must be a whole number"),
+        ({"model": "rope", "top_k": "ten"}, 400, "top_k must be a whole number, got 'ten'"),
+        ({"model": "rope", "seed": 1.5}, 400, "seed must be a whole number, got 1.5"),
+        ({"model": "rope", "seed": -1}, 400, "seed must be between 0 and"),
+        ({"model": "rope", "dtype": "float32"}, 400, "unknown field(s) dtype"),
         ({"model": "rope", "prompt": "日本"}, 400, "char tokenizer does not know"),
         ({"model": "rope", "colour": "red"}, 400, "unknown field(s) colour"),
         ([1, 2], 400, "must be a JSON object"),
@@ -223,6 +225,15 @@ def test_bad_requests_get_one_sentence_and_the_server_keeps_serving(server: Serv
     assert code == 404
     status, models = server.get("/api/models")
     assert status == 200 and [m["name"] for m in models["models"]] == ["rope", "learned"]
+    from minigpt.config import SamplingSettings
+    from minigpt.positional import REGISTRY
+
+    assert [m["description"] for m in models["models"]] == [REGISTRY["rope"].description,
+                                                            REGISTRY["learned"].description]
+    d = SamplingSettings()  # the page's knobs start at the one declaration's defaults
+    assert models["defaults"] == {"temperature": d.temperature, "top_k": d.top_k,
+                                  "top_p": d.top_p, "seed": d.seed,
+                                  "max_new_tokens": min(d.max_new_tokens, CAP)}
     assert text_of(server.generate(model="rope", prompt=PROMPT, max_new_tokens=3))
 
 

@@ -16,7 +16,7 @@ from test_study import PNG, report_in_browser
 
 from minigpt import results_schema, tasks
 from minigpt.config import merge, preset
-from minigpt.data import IGNORE_INDEX
+from minigpt.config import IGNORE_INDEX
 from minigpt.errors import ConfigError
 from minigpt.generation import generate
 from minigpt.model import GPT

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-import pytest
-from hypothesis import assume, given, settings
-from hypothesis import strategies as st
 
+import pytest
+from hypothesis import HealthCheck, assume, given, settings, strategies as st
+
+from conftest import SMALL_TEXT, run_cli, tiny_config, values
 from minigpt.errors import DataError
 from minigpt.tokenizers import (BPETokenizer, CharTokenizer, WordTokenizer, load_tokenizer,
                                 train_tokenizer)
+from minigpt.training import train
+
 
 TEXT = "ROMEO:\nBut, soft! what light through yonder window breaks?\nIt is the east.\n\n"
 
@@ -109,3 +112,62 @@ def test_a_typed_backslash_n_is_named_as_a_backslash_with_a_hint():
     with pytest.raises(DataError) as e:  # an unknown backslash alone gets no newline hint
         char.check_text("a\\b")
     assert "newline" not in str(e.value)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.text(min_size=1, max_size=60))
+def test_char_and_word_tokenizer_files_round_trip(tmp_path_factory, text):
+    from minigpt.tokenizers import CharTokenizer, WordTokenizer, load_tokenizer
+
+    p = tmp_path_factory.getbasetemp() / "tok.json"
+    char = CharTokenizer.train([text])
+    char.save(p)
+    again = load_tokenizer(p)
+    assert again.decode(again.encode(text)) == text and again.vocab_size == char.vocab_size
+    if WordTokenizer.split(text):
+        word = WordTokenizer.train([text])
+        word.save(p)
+        w2 = load_tokenizer(p)
+        assert w2.encode(text) == word.encode(text) and w2.itos == word.itos
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.one_of(values, st.builds(lambda kind, rest: {"type": kind, **rest},
+                                   st.sampled_from(["char", "word", "bpe"]),
+                                   st.dictionaries(st.sampled_from(["chars", "words", "hf"]),
+                                                   values, max_size=2))))
+def test_tokenizer_files_give_a_tokenizer_or_a_data_error(d):
+    from minigpt.tokenizers import Tokenizer, from_dict
+
+    try:
+        tok = from_dict(d)
+    except DataError:
+        return
+    assert isinstance(tok, Tokenizer)
+
+
+def test_init_from_char_tokenizer_names_the_new_datas_missing_characters(corpus, tmp_path):
+    src = tmp_path / "src"
+    train(tiny_config(corpus), src, progress=False)
+    new = tmp_path / "new.txt"
+    new.write_text(SMALL_TEXT * 20 + "Zoë says ½\n", encoding="utf-8")
+    r = run_cli("train", "--init-from", src, "--data", new, "--out", tmp_path / "ft",
+                "--quiet")
+    assert r.returncode == 2, r.stderr
+    err = r.stderr
+    assert f"the tokenizer comes from {src}, not from the data {new}" in err
+    assert "lacks characters of that data: '½', 'ë'; remove them" in err
+    assert "without --init-from" in err
+    assert not (tmp_path / "ft").exists()
+
+
+def test_sample_warns_once_about_unknown_words(corpus, tmp_path):
+    out = tmp_path / "w"
+    train(tiny_config(corpus, train={"tokenizer": "word"}), out, progress=False)
+    r = run_cli("sample", "--ckpt", out, "--prompt", "zebra zebra speak quagga",
+                "--max-new-tokens", "3")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("warning:") == 1
+    assert "does not know 'zebra', 'quagga'; the model sees each as <unk>" in r.stderr
+    r = run_cli("sample", "--ckpt", out, "--prompt", "speak", "--max-new-tokens", "3")
+    assert "warning" not in r.stderr

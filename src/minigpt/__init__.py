@@ -9,13 +9,13 @@ The public API, usable from a notebook as well as from the `minigpt` command:
     print(sample_text(model, tok, "ROMEO:", max_new_tokens=100)[0])
 """
 
-__version__ = "0.1.0"
-
-from .config import ModelConfig, RunConfig, TrainConfig, preset  # noqa: E402
+from .version import __version__  # noqa: F401
+from .config import ModelConfig, RunConfig, SamplingSettings, TrainConfig, preset  # noqa: E402
 from .errors import MiniGPTError  # noqa: E402
 
-__all__ = ["ModelConfig", "RunConfig", "TrainConfig", "preset", "MiniGPTError", "GPT",
-           "train", "load", "generate", "sample_text", "stream_text", "prepare", "load_tokenizer"]
+__all__ = ["ModelConfig", "RunConfig", "TrainConfig", "SamplingSettings", "preset", "MiniGPTError",
+           "GPT", "train", "load", "generate", "sample_text", "stream_text", "prepare",
+           "load_tokenizer"]
 
 
 def __getattr__(name: str):  # lazy: importing minigpt stays cheap

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from . import __version__
+from .version import __version__
 from .config import ModelConfig, RunConfig, merge, preset
 from .errors import MiniGPTError
 from .generation import generate

@@ -19,7 +19,8 @@ from typing import Any
 
 import torch
 
-from . import __version__, positional
+from . import positional
+from .version import __version__
 from .bench import timed
 from .config import RunConfig, TrainConfig, merge, preset
 from .errors import MiniGPTError

@@ -23,7 +23,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as st_save
 from torch.overrides import TorchFunctionMode
 
-from . import __version__
+from .version import __version__
 from .config import RunConfig, merge
 from .errors import CheckpointError, ConfigError, MiniGPTError, arg
 from .files import StagedFiles, atomic_write_bytes, remove_stale_temps

@@ -28,6 +28,9 @@ MAX_D_MODEL = 16_384
 MAX_LAYERS = 256
 MAX_BLOCK = 1_048_576
 MAX_PARAMS = 20_000_000_000
+MAX_NEW_TOKENS = 1 << 20  # tokens one sample may ask for
+MAX_TEMPERATURE = 100.0  # past this every token is about equally likely
+IGNORE_INDEX = -100  # a target with this value (padding, a prompt) is left out of the loss
 
 
 # the allowed values of the settings that have a fixed list; a field annotated with one of
@@ -226,7 +229,7 @@ class TrainConfig:
         _check_int(self, "eval_iters", 1, 1 << 20)
         _check_int(self, "log_interval", 1, 1 << 40)
         _check_int(self, "seed", 0, 2**63 - 1)
-        _check_int(self, "sample_tokens", 0, 1 << 20)
+        _check_int(self, "sample_tokens", 0, MAX_NEW_TOKENS)
         _check_float(self, "lr", 0.0, 10.0, lo_open=True)
         _check_float(self, "min_lr", 0.0, 10.0)
         _check_float(self, "weight_decay", 0.0, 10.0)
@@ -236,15 +239,77 @@ class TrainConfig:
         if self.min_lr > self.lr:
             raise ConfigError(f"min_lr ({self.min_lr}) must not exceed lr ({self.lr}).")
         if not isinstance(self.sample_temperatures, list) or not all(
-            _is_number(t) and 0 <= t <= 100 for t in self.sample_temperatures
+            _is_number(t) and 0 <= t <= MAX_TEMPERATURE for t in self.sample_temperatures
         ):
-            raise ConfigError("sample_temperatures must be a list of numbers from 0 to 100.")
+            raise ConfigError(f"sample_temperatures must be a list of numbers from 0 to "
+                              f"{MAX_TEMPERATURE:g}.")
         self.sample_temperatures = [float(t) for t in self.sample_temperatures]
         dev = self.device
         if not isinstance(dev, str) or not (
             dev in ("auto", "cpu", "cuda", "mps") or (dev.startswith("cuda:") and dev[5:].isdigit())
         ):
             raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps, not {dev!r}.")
+
+
+    def sampling(self, temperature: float) -> SamplingSettings:
+        """The settings of one sample printed after training (and of the study's samples):
+        `sample_tokens` new tokens at `temperature`, seeded with the run's seed."""
+        return SamplingSettings(max_new_tokens=self.sample_tokens, temperature=temperature,
+                                seed=self.seed)
+
+
+@dataclass
+class SamplingSettings:
+    """How tokens are drawn (Hugging Face's knob names) and the weights they are computed
+    with: the one declaration of every sampling setting. `minigpt sample`'s flags,
+    `minigpt serve`'s request fields, the keywords of `generate()`, `sample_text()` and
+    `stream_text()`, and their checks all come from these fields, so a new knob is one field
+    here (and its use in `generation.Decoding`)."""
+
+    max_new_tokens: int = setting(200, "tokens to generate per sample", metavar="N")
+    temperature: float = setting(0.8, "divide the logits by this; 0 means greedy",
+                                 metavar="FLOAT")
+    top_k: int = setting(0, "keep only the N most likely tokens; 0 keeps all", metavar="N")
+    top_p: float = setting(1.0, "nucleus sampling: keep the most likely tokens up to this "
+                           "probability mass; 1 keeps all", metavar="FLOAT")
+    seed: int = setting(0, "random seed; the same seed gives the same text", metavar="N")
+    dtype: Dtype = setting("auto", "weights for sampling: auto (bfloat16 on CPUs with native "
+                           "bf16 and on GPUs that support it, else float32), float32 (exact) "
+                           "or bfloat16")
+    quantize: Quantize = setting("none", "int8: weight-only int8 linear layers with one scale "
+                                 "per output channel (about half the bytes of bf16 per token)")
+
+    def __post_init__(self) -> None:
+        _check_int(self, "max_new_tokens", 0, MAX_NEW_TOKENS)
+        t = self.temperature
+        if not _is_number(t) or not 0 <= t <= MAX_TEMPERATURE:
+            raise ConfigError(f"{arg('temperature')} must be 0 (greedy) or positive, at most "
+                              f"{MAX_TEMPERATURE:g}, got {t}.")
+        self.temperature = float(t)
+        _check_int(self, "top_k", 0, MAX_VOCAB)
+        _check_float(self, "top_p", 0, 1, lo_open=True)
+        _check_int(self, "seed", 0, 2**63 - 1)
+        _check_choice(self, "dtype")
+        _check_choice(self, "quantize")
+
+
+# sampling settings that choose the weights: one choice per loaded model (a server's flags),
+# not per request
+WEIGHT_SETTINGS = ("dtype", "quantize")
+
+
+def sampling_settings(given: dict[str, Any] | None = None,
+                      base: SamplingSettings | None = None) -> SamplingSettings:
+    """`base` (default: the defaults) with the settings in `given` applied and checked; a
+    value of None means not given. Names outside SamplingSettings are refused by name."""
+    types_ = field_types(SamplingSettings)
+    given = {k: v for k, v in (given or {}).items() if v is not None}
+    unknown = sorted(set(given) - set(types_))
+    if unknown:
+        raise ConfigError(f"unknown sampling setting(s) {', '.join(unknown)}; the settings are "
+                          f"{', '.join(types_)}.")
+    values = {k: _coerce("SamplingSettings", k, types_[k], v) for k, v in given.items()}
+    return dataclasses.replace(base or SamplingSettings(), **values)
 
 
 @dataclass
@@ -346,6 +411,14 @@ STUDY_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+# model settings `minigpt viz` takes for an untrained encoding, and the context-extension
+# ones that `sample`, `export` and `viz` also apply to a checkpoint (zero-shot)
+VIZ_SETTINGS = ("block_size", "n_head", "d_model", "rope_base")
+EXTENSION_SETTINGS = ("rope_scaling", "rope_factor")
+
+# the weights a command that reads a checkpoint can load: the latest, or the best evaluated
+WHICH = ("last", "best")
+
 # the vocabulary setting behind --vocab-size, per tokenizer (char has none)
 VOCAB_FIELDS = {"bpe": "vocab_size_bpe", "word": "max_vocab"}
 
@@ -424,10 +497,24 @@ def _coerce(cls_name: str, name: str, typ: Any, value: Any) -> Any:
                 return _coerce(cls_name, name, option, value)
             except ConfigError:
                 pass
-    tname = getattr(typ, "__name__", str(typ))
     if typ in (int, float) and isinstance(value, float) and not math.isfinite(value):
         raise ConfigError(f"{name} must be a finite number, got {value!r}.")
-    raise ConfigError(f"{name} must be of type {tname}, got {value!r}.")
+    shown = repr(value)  # a value from a request or a file may be long: show its start
+    shown = shown if len(shown) <= 40 else shown[:37] + "..."
+    raise ConfigError(f"{name} must be {_kind(typ)}, got {shown}.")
+
+
+def _kind(typ: Any) -> str:
+    """What a value of an annotated type is, in words: `a whole number`, `text`."""
+    words = {bool: "true or false", int: "a whole number", float: "a number", str: "text"}
+    origin = typing.get_origin(typ)
+    if origin is Literal:
+        return "text"
+    if origin is list:
+        return f"a list of {_kind(typing.get_args(typ)[0]).removeprefix('a ')}s"
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_kind(t) for t in typing.get_args(typ) if t is not type(None))
+    return words.get(typ, f"of type {getattr(typ, '__name__', typ)}")
 
 
 @functools.cache

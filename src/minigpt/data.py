@@ -30,10 +30,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .config import IGNORE_INDEX
 from .errors import DataError, arg
 from .tokenizers import Tokenizer, load_tokenizer, train_tokenizer
 
-IGNORE_INDEX = -100  # a target with this value (padding, a prompt) is left out of the loss
 CORPUS_VERSION = 1  # bump when the conversion rules change (invalidates caches)
 # Held-out plays (about 10 % of the text): validation text the model never saw in training.
 VAL_PLAYS = ("hamlet", "macbeth", "the-tempest", "twelfth-night")

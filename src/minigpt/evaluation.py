@@ -34,6 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .config import SamplingSettings
 from .errors import DataError, MiniGPTError
 from .positional import PositionLimitError
 
@@ -254,10 +255,10 @@ def unigram_ppl(train: np.ndarray, targets: np.ndarray, vocab_size: int, *,
 # --- sampling with a sliding window ---------------------------------------------------------
 
 @torch.no_grad()
-def sample_windowed(model: torch.nn.Module, tokenizer: Any, prompt: str, *, max_new_tokens: int,
-                    temperature: float, seed: int, window: int | None = None) -> str:
-    """Generate `max_new_tokens` after `prompt` with the weights `minigpt sample` uses;
-    return only the generated text.
+def sample_windowed(model: torch.nn.Module, tokenizer: Any, prompt: str,
+                    settings: SamplingSettings, *, window: int | None = None) -> str:
+    """Generate `settings.max_new_tokens` after `prompt` with `settings` (seeded with its
+    seed); return only the generated text.
 
     Every model sees at most its last `window` tokens (default: its block_size L), so the
     samples of all encodings are compared inside the context they were trained on; how an
@@ -270,12 +271,11 @@ def sample_windowed(model: torch.nn.Module, tokenizer: Any, prompt: str, *, max_
     if not ids:
         raise MiniGPTError("the sampling prompt encodes to no tokens; give a non-empty prompt.")
     device = next(model.parameters()).device
-    gen = torch.Generator(device=device).manual_seed(seed)
     idx = torch.tensor([ids], dtype=torch.long, device=device)  # (1, T)
-    out = generate(model, idx, max_new_tokens, temperature=temperature, generator=gen,
-                   use_cache=False, window=window or model.cfg.block_size)
+    out = generate(model, idx, settings=settings, use_cache=False,
+                   window=window or model.cfg.block_size)
     ids = out[0].tolist()
-    cut = len(ids) - max_new_tokens
+    cut = len(ids) - settings.max_new_tokens
     return continuation(tokenizer, ids[:cut], ids[cut:])
 
 

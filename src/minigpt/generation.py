@@ -1,5 +1,8 @@
 """Sampling with Hugging Face's knobs: temperature, top_k, top_p, max_new_tokens.
 
+The knobs, their defaults and their checks are the fields of `config.SamplingSettings`;
+every function here takes them as keywords (or a whole `settings=SamplingSettings(...)`).
+
 Temperature 0 is greedy. The order of the filters is HF `generate`'s: temperature, then
 top-k, then top-p. With the key/value cache each new token costs one position's work;
 without it (`use_cache=False`) every step re-runs the whole window, and both give the same
@@ -12,23 +15,10 @@ from collections.abc import Callable, Iterator
 
 import torch
 
+from .config import SamplingSettings, sampling_settings
 from .errors import MiniGPTError, arg
 from .inference import sampling_model
 from .model import GPT
-
-
-def check_sampling(temperature: float, top_k: int | None, top_p: float | None,
-                   max_new_tokens: int) -> None:
-    """The sampling settings' rules, for every caller (generate, sample_text, the server)."""
-    if not temperature >= 0:
-        raise MiniGPTError(f"{arg('temperature')} must be 0 (greedy) or positive, "
-                           f"got {temperature}.")
-    if top_k is not None and top_k < 0:
-        raise MiniGPTError(f"{arg('top_k')} must be 0 (off) or a positive integer, got {top_k}.")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise MiniGPTError(f"{arg('top_p')} must be in (0, 1], got {top_p}.")
-    if max_new_tokens < 0:
-        raise MiniGPTError(f"{arg('max_new_tokens')} must be 0 or more, got {max_new_tokens}.")
 
 
 def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None
@@ -68,23 +58,27 @@ class Decoding:
     the (B, V) logits they were drawn from (the model's own, before temperature and
     filters); `ids` is the sequence so far, (B, T).
 
-    The settings are checked and the weights chosen when it is built, so a mistake is
-    reported before any output; nothing is computed until it is iterated, and it runs once.
+    The settings (`settings` and/or the SamplingSettings fields as keywords) are checked and
+    the weights chosen when it is built, so a mistake is reported before any output; nothing
+    is computed until it is iterated, and it runs once. Tokens are drawn with `generator`
+    (its callers seed it from `settings.seed`), or torch's global generator without one.
 
     The model sees at most its last `window` tokens (default: everything for an encoding
     that extrapolates, block_size for one that cannot); when the window is full the cache is
     rebuilt from the last `window` tokens, which a learned model does every step.
     """
 
-    def __init__(self, model: GPT, idx: torch.Tensor, max_new_tokens: int, *,
-                 temperature: float = 1.0, top_k: int | None = None,
-                 top_p: float | None = None, generator: torch.Generator | None = None,
-                 use_cache: bool = True, window: int | None = None, dtype: str = "auto",
-                 quantize: str | None = None) -> None:
-        check_sampling(temperature, top_k, top_p, max_new_tokens)
+    def __init__(self, model: GPT, idx: torch.Tensor, max_new_tokens: int | None = None, *,
+                 settings: SamplingSettings | None = None,
+                 generator: torch.Generator | None = None, use_cache: bool = True,
+                 window: int | None = None, **knobs) -> None:
+        s = sampling_settings({**knobs, "max_new_tokens": max_new_tokens}, settings)
+        self.settings = s
+        max_new_tokens, temperature, top_k, top_p = (s.max_new_tokens, s.temperature, s.top_k,
+                                                     s.top_p)
         if window is not None and window < 1:
             raise MiniGPTError(f"window must be a positive number of tokens, got {window}.")
-        self.model, self.info = sampling_model(model, dtype, quantize)
+        self.model, self.info = sampling_model(model, s.dtype, s.quantize)
         if not self.model.pos.extrapolates:
             L = self.model.cfg.block_size
             window = L if window is None else min(window, L)
@@ -129,14 +123,19 @@ class Decoding:
             model.train(was_training)
 
 
-def generate(model: GPT, idx: torch.Tensor, max_new_tokens: int, *, temperature: float = 1.0,
-             top_k: int | None = None, top_p: float | None = None,
+def generate(model: GPT, idx: torch.Tensor, max_new_tokens: int | None = None, *,
+             settings: SamplingSettings | None = None,
              generator: torch.Generator | None = None, use_cache: bool = True,
              on_token: Callable[[torch.Tensor], None] | None = None,
              on_step: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
-             dtype: str = "auto", quantize: str | None = None,
-             window: int | None = None) -> torch.Tensor:
+             window: int | None = None, **knobs) -> torch.Tensor:
     """idx (B, T) prompt ids -> (B, T + max_new_tokens) ids.
+
+    The sampling knobs (`temperature`, `top_k`, `top_p`, `max_new_tokens`, `seed`, `dtype`,
+    `quantize`: the fields of `SamplingSettings`, with its defaults) come as keywords or as
+    `settings`, keywords overriding it. Tokens are drawn with `generator`; or, where a seed
+    is given (as `seed=` or in `settings`), with a generator seeded with it; else with
+    torch's global generator, as Hugging Face's `generate()`.
 
     `on_token(ids)` is called with each step's (B, 1) chosen ids; `on_step(ids, logits)` also
     gets the (B, V) logits they were drawn from. Either may raise to stop generation early.
@@ -144,13 +143,17 @@ def generate(model: GPT, idx: torch.Tensor, max_new_tokens: int, *, temperature:
     A model whose encoding cannot extrapolate (learned) sees at most its last block_size
     tokens (and so does every model given `window`); see `Decoding`.
 
-    `dtype` ("auto", "float32", "bfloat16") and `quantize` (None or "int8") choose the
+    `dtype` ("auto", "float32", "bfloat16") and `quantize` ("none" or "int8") choose the
     weights the tokens are computed with (see `minigpt.inference`); `model` itself is left
     as it is. "float32" reproduces the float32 model exactly.
     """
-    steps = Decoding(model, idx, max_new_tokens, temperature=temperature, top_k=top_k,
-                     top_p=top_p, generator=generator, use_cache=use_cache, window=window,
-                     dtype=dtype, quantize=quantize)
+    if settings is not None or knobs.get("seed") is not None:
+        if generator is not None:
+            raise MiniGPTError(f"give generate() a {arg('seed')} or a generator, not both.")
+        seed = sampling_settings(knobs, settings).seed
+        generator = torch.Generator(device=idx.device).manual_seed(seed)
+    steps = Decoding(model, idx, max_new_tokens, settings=settings, generator=generator,
+                     use_cache=use_cache, window=window, **knobs)
     for nxt, logits in steps:
         if on_token is not None:
             on_token(nxt)
@@ -159,39 +162,35 @@ def generate(model: GPT, idx: torch.Tensor, max_new_tokens: int, *, temperature:
     return steps.ids
 
 
-def stream_text(model: GPT, tokenizer, prompt: str, *, max_new_tokens: int = 200,
-                temperature: float = 0.8, top_k: int | None = None,
-                top_p: float | None = None, seed: int = 0, num_samples: int = 1,
+def stream_text(model: GPT, tokenizer, prompt: str, *,
+                settings: SamplingSettings | None = None, num_samples: int = 1,
                 use_cache: bool = True, warn: Callable[[str], None] | None = None,
-                dtype: str = "auto", quantize: str | None = None) -> Samples:
+                **knobs) -> Samples:
     """Prompt text -> (sample number, text) pieces as soon as each is complete: every
     sample starts with the prompt, then each new token's text follows.
 
     Everything is checked now, before the first piece; `warn` hears about the prompt when
     iteration starts. The samples are drawn one after another from one generator seeded
-    with `seed`. `dtype` and `quantize` as for `generate`.
+    with `seed`. The knobs as for `generate`.
     """
-    return Samples(model, tokenizer, prompt, num_samples, seed, max_new_tokens,
-                   temperature=temperature, top_k=top_k, top_p=top_p, use_cache=use_cache,
-                   dtype=dtype, quantize=quantize, warn=warn)
+    return Samples(model, tokenizer, prompt, sampling_settings(knobs, settings), num_samples,
+                   use_cache=use_cache, warn=warn)
 
 
-def sample_text(model: GPT, tokenizer, prompt: str, *, max_new_tokens: int = 200,
-                temperature: float = 0.8, top_k: int | None = None, top_p: float | None = None,
-                seed: int = 0, num_samples: int = 1, use_cache: bool = True,
-                warn: Callable[[str], None] | None = None, dtype: str = "auto",
-                quantize: str | None = None) -> list[str]:
+def sample_text(model: GPT, tokenizer, prompt: str, *,
+                settings: SamplingSettings | None = None, num_samples: int = 1,
+                use_cache: bool = True, warn: Callable[[str], None] | None = None,
+                **knobs) -> list[str]:
     """Prompt text -> generated continuations, the prompt included (`stream_text` gives the
-    same text piece by piece). `dtype` and `quantize` as for `generate`."""
-    samples = Samples(model, tokenizer, prompt, num_samples, seed, max_new_tokens,
-                      temperature=temperature, top_k=top_k, top_p=top_p, use_cache=use_cache,
-                      dtype=dtype, quantize=quantize, warn=warn)
+    same text piece by piece). The knobs as for `generate`."""
+    s = sampling_settings(knobs, settings)
+    samples = Samples(model, tokenizer, prompt, s, num_samples, use_cache=use_cache, warn=warn)
     samples.tell()
     out = []
     for run in samples.runs:
         for _ in run:
             pass
-        n_prompt = run.ids.shape[1] - max_new_tokens
+        n_prompt = run.ids.shape[1] - s.max_new_tokens
         ids = run.ids[0].tolist()
         out.append(prompt + continuation(tokenizer, ids[:n_prompt], ids[n_prompt:]))
     return out
@@ -206,19 +205,19 @@ def continuation(tokenizer, context: list[int], new_ids: list[int]) -> str:
 
 class Samples:
     """`num_samples` generations from one prompt, drawn one after another from one generator
-    seeded with `seed`; iterating gives (sample number, text) pieces. `info` says which
-    weights compute them."""
+    seeded with `settings.seed`; iterating gives (sample number, text) pieces. `info` says
+    which weights compute them."""
 
-    def __init__(self, model: GPT, tokenizer, prompt: str, num_samples: int, seed: int,
-                 max_new_tokens: int, *, warn: Callable[[str], None] | None = None,
-                 **settings) -> None:
+    def __init__(self, model: GPT, tokenizer, prompt: str, settings: SamplingSettings,
+                 num_samples: int = 1, *, use_cache: bool = True,
+                 warn: Callable[[str], None] | None = None) -> None:
         if num_samples < 1:
             raise MiniGPTError(f"{arg('num_samples')} must be at least 1, got {num_samples}.")
         ids = prompt_ids(tokenizer, prompt)
         device = model.tok_emb.weight.device
-        gen = torch.Generator(device=device).manual_seed(seed)
+        gen = torch.Generator(device=device).manual_seed(settings.seed)
         x = torch.tensor([ids], dtype=torch.long, device=device)  # (1, T)
-        self.runs = [Decoding(model, x, max_new_tokens, generator=gen, **settings)
+        self.runs = [Decoding(model, x, settings=settings, generator=gen, use_cache=use_cache)
                      for _ in range(num_samples)]
         self.info = self.runs[0].info
         self.tokenizer, self.prompt, self.warn = tokenizer, prompt, warn

@@ -18,8 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import positional
-from .config import ModelConfig
-from .data import IGNORE_INDEX
+from .config import IGNORE_INDEX, ModelConfig
 
 
 class KVCache:

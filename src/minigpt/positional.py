@@ -47,7 +47,7 @@ class PositionalEncoding(nn.Module):
     """The interface, and everything the rest of the program knows about an encoding."""
 
     name: ClassVar[str] = ""
-    description: ClassVar[str] = ""  # one line, for --help and the docs
+    description: ClassVar[str] = ""  # one line: the playground shows it on each model
     extrapolates: ClassVar[bool] = True  # defined (and meaningful) past block_size?
     where: ClassVar[str] = "nowhere"
     picture: ClassVar[str | None] = None  # what `minigpt viz` draws: table | rotary | bias
@@ -83,10 +83,6 @@ class PositionalEncoding(nn.Module):
 
     def bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor | None:
         return None
-
-    @property
-    def has_bias(self) -> bool:
-        return type(self).bias is not PositionalEncoding.bias
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

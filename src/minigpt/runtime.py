@@ -86,7 +86,6 @@ class Dist:
 
     rank: int = 0
     world: int = 1
-    local_rank: int = 0
 
     @property
     def main(self) -> bool:
@@ -121,7 +120,7 @@ def setup_distributed(device_name: str) -> tuple[Dist, torch.device]:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    return Dist(dist.get_rank(), dist.get_world_size(), local), device
+    return Dist(dist.get_rank(), dist.get_world_size()), device
 
 
 def barrier(ranks: Dist) -> None:

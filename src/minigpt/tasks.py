@@ -51,7 +51,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from .data import IGNORE_INDEX
+from .config import IGNORE_INDEX
 from .errors import ConfigError, MiniGPTError
 from .tokenizers import CharTokenizer
 

@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 
 from . import checkpoint
-from .config import RunConfig, TrainConfig, merge
+from .config import ModelConfig, RunConfig, TrainConfig, merge
 from .data import Dataset, prepare
 from .errors import CheckpointError, ConfigError, MiniGPTError, arg
 from .files import StagedFiles
@@ -176,6 +176,17 @@ def resume_config(cfg: RunConfig, out: Path) -> tuple[RunConfig, dict[str, Any]]
     if keep["max_steps"] != saved.train.max_steps:  # the schedule of the run stays as it was
         keep["lr_decay_steps"] = decay_steps(saved.train)
     return merge(saved, None, keep, where="resume"), raw
+
+
+def flags_base(out: Path, *, resume: bool, init_from: str | Path | None
+               ) -> tuple[RunConfig | None, ModelConfig | None]:
+    """What the settings a command line leaves out mean for this run, by the rules
+    resume_config and init_config then enforce: a resume starts from the saved config (when
+    `out` has one), so flags apply to the saved run and only real changes are named; a run
+    from `init_from` takes the checkpoint's model settings (its config's `model`)."""
+    saved = checkpoint.read_config(out)[0] if resume and (out / "config.json").exists() else None
+    init_model = checkpoint.read_config(init_from)[0].model if init_from else None
+    return saved, init_model
 
 
 INIT_CHANGEABLE = ("dropout",)  # model settings a run started from a checkpoint may change

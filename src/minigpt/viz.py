@@ -33,13 +33,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from . import positional
-from .config import ModelConfig, merge, preset
+from .config import EXTENSION_SETTINGS, VIZ_SETTINGS, ModelConfig, merge, preset
 from .errors import MiniGPTError
 from .plots import legend_outside, save
 
 # model settings that describe an untrained encoding (and so make no sense with a checkpoint)
-OVERRIDES = ("block_size", "n_head", "d_model", "rope_base", "rope_scaling", "rope_factor")
-EXTENSION = ("rope_scaling", "rope_factor")  # these also apply to a checkpoint (zero-shot)
+OVERRIDES = VIZ_SETTINGS + EXTENSION_SETTINGS
+EXTENSION = EXTENSION_SETTINGS  # these also apply to a checkpoint (zero-shot)
 DPI = 110
 MAX_TICK_LABELS = 48  # prompts up to this many tokens get their tokens as tick labels
 OTHER_ROPE_BASES = (100.0, 10_000.0, 500_000.0)

@@ -24,7 +24,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> Parser:
-    from .. import __version__
+    from ..version import __version__
 
     p = Parser(prog="minigpt", description="Train small GPTs and compare positional encodings.")
     p.add_argument("--version", action="version", version=f"minigpt {__version__}")

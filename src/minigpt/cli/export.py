@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .options import add_extension_flags, extension
+from .options import add_extension_flags, add_which_flag, extension
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -17,8 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--to", choices=["hf"], default="hf",
                    help="target format: hf, a transformers model directory (default: hf)")
     p.add_argument("--out", required=True, metavar="PATH", help="directory to write")
-    p.add_argument("--which", choices=["last", "best"], default="last",
-                   help="latest weights, or those with the best validation loss (default: last)")
+    add_which_flag(p)
     add_extension_flags(p)
     p.set_defaults(handler=run)
 

@@ -11,10 +11,12 @@ import argparse
 import dataclasses
 import types
 import typing
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..config import (ModelConfig, RunConfig, TrainConfig, choices, field_types, file_names,
-                      load_toml, merge, preset, preset_value, vocab_field)
+from ..config import (EXTENSION_SETTINGS, WHICH, ModelConfig, RunConfig, TrainConfig, choices,
+                      field_types, file_names, load_toml, merge, preset, preset_value,
+                      vocab_field)
 from ..errors import ConfigError
 
 # config fields that are not flags: the model's vocabulary comes from the tokenizer, and the
@@ -31,7 +33,7 @@ def _parse_list(text: str) -> list[float]:
             f"expected comma-separated numbers, got {text!r}") from None
 
 
-def _show(value: Any) -> str:
+def show(value: Any) -> str:
     if isinstance(value, list):
         return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
     if isinstance(value, str):
@@ -52,10 +54,10 @@ def add_config_flags(p: argparse.ArgumentParser, skip: set[str] = frozenset(),
             if name in SKIP or name in skip:
                 continue
             meta = fields[name].metadata
-            default = meta.get("default_text") or _show(preset_value(preset_name, section, name))
+            default = meta.get("default_text") or show(preset_value(preset_name, section, name))
             add_field_flag(g, cls, name, typ, meta, default, dest=f"cfg_{name}")
             if name == "tokenizer":
-                sizes = {t: _show(preset_value(preset_name, "train", vocab_field(t)))
+                sizes = {t: show(preset_value(preset_name, "train", vocab_field(t)))
                          for t in ("bpe", "word")}
                 g.add_argument("--vocab-size", type=int, metavar="N", dest="vocab_size_flag",
                                help=f"bpe: target vocabulary size (default: {sizes['bpe']}); "
@@ -86,14 +88,18 @@ def add_field_flag(g: Any, cls: type, name: str, typ: Any, meta: Any, default: s
         g.add_argument(flag, type=typ, metavar=meta["metavar"] or METAVARS[typ], **kw)
 
 
-def add_settings_flags(p: argparse.ArgumentParser, cls: type, title: str) -> None:
-    """One flag per field of a settings dataclass (the study's), defaults shown from the
-    dataclass; given flags land in `args.set_<name>`."""
+def add_settings_flags(p: argparse.ArgumentParser, cls: type, title: str,
+                       names: Sequence[str] | None = None) -> None:
+    """One flag per field of a settings dataclass (the study's, the sampling settings), or per
+    field in `names`, defaults shown from the dataclass; given flags land in
+    `args.set_<name>`."""
     g = p.add_argument_group(title)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for name, typ in field_types(cls).items():
+        if names is not None and name not in names:
+            continue
         meta = fields[name].metadata
-        default = meta.get("default_text") or _show(fields[name].default)
+        default = meta.get("default_text") or show(fields[name].default)
         add_field_flag(g, cls, name, typ, meta, default, dest=f"set_{name}")
 
 
@@ -102,20 +108,33 @@ def given_settings(args: argparse.Namespace) -> dict[str, Any]:
     return {k[4:]: v for k, v in vars(args).items() if k.startswith("set_") and v is not None}
 
 
+def add_model_flags(g: Any, names: Sequence[str], default: Callable[[str], str]) -> None:
+    """Flags for some ModelConfig settings (their help, choices and metavars from config.py),
+    `default(name)` saying what an omitted one means; given ones land in `args.<name>`."""
+    fields = {f.name: f for f in dataclasses.fields(ModelConfig)}
+    types_ = field_types(ModelConfig)
+    for name in names:
+        meta = dict(fields[name].metadata)
+        meta["help"] = meta["help"].removeprefix("rope only: ")
+        add_field_flag(g, ModelConfig, name, types_[name], meta, default(name), dest=name)
+
+
 def add_extension_flags(p: argparse.ArgumentParser) -> None:
     """--rope-scaling and --rope-factor for a command that reads a checkpoint (sample, viz):
     run a rope model with a context-extension method zero-shot (default: the checkpoint's)."""
-    fields = {f.name: f for f in dataclasses.fields(ModelConfig)}
     g = p.add_argument_group("context extension (rope checkpoints; default: the checkpoint's)")
-    g.add_argument("--rope-scaling", choices=choices(ModelConfig, "rope_scaling"),
-                   help=fields["rope_scaling"].metadata["help"].removeprefix("rope only: "))
-    g.add_argument("--rope-factor", type=float, metavar="FLOAT",
-                   help=fields["rope_factor"].metadata["help"].removeprefix("rope only: "))
+    add_model_flags(g, EXTENSION_SETTINGS, lambda name: "the checkpoint's")
 
 
 def extension(args: argparse.Namespace) -> dict[str, Any]:
     """The context-extension settings given on the command line (see add_extension_flags)."""
-    return {"rope_scaling": args.rope_scaling, "rope_factor": args.rope_factor}
+    return {name: getattr(args, name) for name in EXTENSION_SETTINGS}
+
+
+def add_which_flag(p: argparse.ArgumentParser) -> None:
+    """--which, for every command that reads a checkpoint's weights."""
+    p.add_argument("--which", choices=WHICH, default="last",
+                   help="latest weights, or those with the best validation loss (default: last)")
 
 
 def overrides(args: argparse.Namespace, base: RunConfig
@@ -167,4 +186,5 @@ def describe(cfg: RunConfig) -> str:
 
 
 __all__ = ["add_config_flags", "add_settings_flags", "given_settings", "add_extension_flags",
-           "extension", "overrides", "build_config", "describe", "RunConfig"]
+           "extension", "add_model_flags", "add_which_flag", "overrides", "build_config",
+           "describe", "RunConfig"]

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-import typing
 
-from ..config import Dtype, Quantize
-from .options import add_extension_flags, extension
+from ..config import SamplingSettings
+from .options import (add_extension_flags, add_settings_flags, add_which_flag, extension,
+                      given_settings)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -16,48 +16,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ckpt", required=True, metavar="PATH", help="checkpoint directory")
     p.add_argument("--prompt", default="", metavar="TEXT",
                    help="text to continue (default: empty, start from a newline)")
-    p.add_argument("--max-new-tokens", type=int, default=200, metavar="N",
-                   help="tokens to generate per sample (default: 200)")
-    p.add_argument("--temperature", type=float, default=0.8, metavar="FLOAT",
-                   help="divide the logits by this; 0 means greedy (default: 0.8)")
-    p.add_argument("--top-k", type=int, default=None, metavar="N",
-                   help="keep only the N most likely tokens (default: all)")
-    p.add_argument("--top-p", type=float, default=None, metavar="FLOAT",
-                   help="nucleus sampling: keep the most likely tokens up to this probability "
-                        "mass (default: 1, all)")
     p.add_argument("--num-samples", type=int, default=1, metavar="N",
                    help="independent samples (default: 1)")
-    p.add_argument("--seed", type=int, default=0, metavar="N",
-                   help="random seed; the same seed gives the same text (default: 0)")
     p.add_argument("--device", default="cpu", metavar="DEVICE",
                    help="cpu, cuda, cuda:N, mps or auto (default: cpu)")
-    p.add_argument("--which", choices=["last", "best"], default="last",
-                   help="latest weights, or those with the best validation loss (default: last)")
+    add_which_flag(p)
     p.add_argument("--no-cache", action="store_true",
                    help="recompute the whole window for every token instead of using the "
                         "key/value cache (slower; for checking)")
-    p.add_argument("--dtype", choices=typing.get_args(Dtype), default="auto",
-                   help="weights for sampling: auto (bfloat16 on CPUs with native bf16 and on "
-                        "GPUs that support it, else float32), float32 (exact) or bfloat16 "
-                        "(default: auto)")
-    p.add_argument("--quantize", choices=typing.get_args(Quantize), default="none",
-                   help="int8: weight-only int8 linear layers with one scale per output "
-                        "channel (about half the bytes of bf16 per token) (default: none)")
+    add_settings_flags(p, SamplingSettings, "sampling settings")
     add_extension_flags(p)
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..checkpoint import load
+    from ..config import sampling_settings
     from ..generation import stream_text
     from ..runtime import resolve_device
 
+    settings = sampling_settings(given_settings(args))  # checked before the model loads
     model, tok, _, _ = load(args.ckpt, which=args.which, device=resolve_device(args.device),
                             extension=extension(args))
-    pieces = stream_text(model, tok, args.prompt, max_new_tokens=args.max_new_tokens,
-                         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                         seed=args.seed, num_samples=args.num_samples,
-                         use_cache=not args.no_cache, dtype=args.dtype, quantize=args.quantize,
+    pieces = stream_text(model, tok, args.prompt, settings=settings,
+                         num_samples=args.num_samples, use_cache=not args.no_cache,
                          warn=lambda m: print(m, file=sys.stderr))
     print(f"sampling with {pieces.info.describe()}", file=sys.stderr)
     sample = None

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from ..config import WEIGHT_SETTINGS, SamplingSettings
+from .options import add_settings_flags, add_which_flag, given_settings
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -19,18 +22,20 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="address to listen on (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=8000, metavar="N",
                    help="port (default: 8000; 0: any free port)")
-    p.add_argument("--which", choices=["last", "best"], default="last",
-                   help="latest weights, or those with the best validation loss (default: last)")
+    add_which_flag(p)
     p.add_argument("--max-prompt-chars", type=int, default=2000, metavar="N",
                    help="longest prompt a request may send (default 2000)")
     p.add_argument("--max-new-tokens", type=int, default=500, metavar="N",
                    help="most tokens a request may ask for (default 500)")
     p.add_argument("--max-jobs", type=int, default=32, metavar="N",
                    help="generations at once; more are refused as busy (default 32)")
+    add_settings_flags(p, SamplingSettings, "sampling weights (every model's)",
+                       names=WEIGHT_SETTINGS)
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..config import sampling_settings
     from ..errors import MiniGPTError
     from ..serve import serve
     from ..serve.engine import Limits, find_runs
@@ -39,8 +44,9 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, flag) < 1:
             raise MiniGPTError(f"--{flag.replace('_', '-')} must be at least 1, got "
                                f"{getattr(args, flag)}.")
+    settings = sampling_settings(given_settings(args))
     ckpts = find_runs(args.study) if args.study else args.ckpt
     limits = Limits(args.max_prompt_chars, args.max_new_tokens, args.max_jobs)
     serve(ckpts, host=args.host, port=args.port, which=args.which, limits=limits,
-          log=lambda m: print(m, flush=True))
+          settings=settings, log=lambda m: print(m, flush=True))
     return 0

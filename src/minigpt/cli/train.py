@@ -38,20 +38,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..checkpoint import read_config
     from ..generation import sample_text
     from ..runtime import is_main_process
-    from ..training import train
+    from ..training import flags_base, train
 
     out = Path(args.out)
     main = is_main_process()
     if args.until is not None and args.until < 1:
         raise MiniGPTError(f"--until must be a positive step number, got {args.until}.")
-    base = None
-    if args.resume and (out / "config.json").exists():
-        base, _ = read_config(out)  # without --preset/--config, flags apply to the saved run
-    # with --init-from, model settings not given as flags come from the checkpoint
-    init_model = read_config(args.init_from)[0].model if args.init_from else None
+    base, init_model = flags_base(out, resume=args.resume, init_from=args.init_from)
     cfg = build_config(args, base=base, init_model=init_model)
     say = print if main else (lambda *a, **k: None)
     opening = [f"minigpt train: {describe(cfg)} -> {out}"]
@@ -82,7 +77,6 @@ def run(args: argparse.Namespace) -> int:
     model, tok, _, _ = load(out)
     prompt = cfg.train.sample_prompt
     for t in cfg.train.sample_temperatures:
-        text = sample_text(model, tok, prompt, max_new_tokens=cfg.train.sample_tokens,
-                           temperature=t, seed=cfg.train.seed)[0]
+        text = sample_text(model, tok, prompt, settings=cfg.train.sampling(t))[0]
         print(f"\n--- sample at temperature {t} ---\n{text}")
     return 0

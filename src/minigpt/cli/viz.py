@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..config import ModelConfig, choices
-from .options import add_extension_flags, extension
+from ..config import VIZ_SETTINGS, ModelConfig, choices, preset_value
+from .options import show, add_extension_flags, add_model_flags, add_which_flag, extension
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,20 +22,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="directory for the PNGs (created if missing)")
     p.add_argument("--prompt", metavar="TEXT",
                    help="with --ckpt: draw every layer's attention on this text")
-    p.add_argument("--which", choices=["last", "best"], default="last",
-                   help="latest weights, or those with the best validation loss (default: last)")
+    add_which_flag(p)
     g = p.add_argument_group("untrained encoding (without --ckpt)")
     g.add_argument("--preset", metavar="NAME",
                    help="model shapes to start from: tiny, small (default), shakespeare-char "
                         "or gpt2")
-    g.add_argument("--block-size", type=int, metavar="N",
-                   help="context length L, in tokens (default: the preset's)")
-    g.add_argument("--n-head", type=int, metavar="N",
-                   help="number of attention heads (default: the preset's)")
-    g.add_argument("--d-model", type=int, metavar="N",
-                   help="embedding width (default: the preset's)")
-    g.add_argument("--rope-base", type=float, metavar="FLOAT",
-                   help="rope rotation base (default: 10000)")
+    add_model_flags(g, VIZ_SETTINGS, lambda name: f"the preset's; "
+                    f"{show(preset_value('small', 'model', name))} in small")
     add_extension_flags(p)  # also with --ckpt: a rope checkpoint zero-shot
     p.set_defaults(handler=run)
 
@@ -43,8 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..viz import draw
 
-    overrides = {"block_size": args.block_size, "n_head": args.n_head, "d_model": args.d_model,
-                 "rope_base": args.rope_base, **extension(args)}
+    overrides = {**{name: getattr(args, name) for name in VIZ_SETTINGS}, **extension(args)}
     paths = draw(args.pos, args.ckpt, args.out, args.prompt, preset_name=args.preset,
                  overrides=overrides, which=args.which, log=print)
     for path in paths:

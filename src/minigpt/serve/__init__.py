@@ -16,8 +16,10 @@ from ..errors import MiniGPTError
 
 
 def serve(ckpts: list[str | Path], *, host: str = "127.0.0.1", port: int = 8000,
-          which: str = "last", limits=None, log: Callable[[str], None] = print) -> None:
-    """Load `ckpts` and serve the playground until interrupted (Ctrl-C)."""
+          which: str = "last", limits=None, settings=None,
+          log: Callable[[str], None] = print) -> None:
+    """Load `ckpts` and serve the playground until interrupted (Ctrl-C); `settings` (a
+    SamplingSettings) holds the weights to sample with and what a request leaves out."""
     try:
         import uvicorn
 
@@ -30,7 +32,7 @@ def serve(ckpts: list[str | Path], *, host: str = "127.0.0.1", port: int = 8000,
     sock = bind(host, port)  # before loading: a busy port is refused at once
     engine = None
     try:
-        engine = Engine(load_entries(ckpts, which=which), limits)
+        engine = Engine(load_entries(ckpts, which=which), limits, settings)
         addr = sock.getsockname()
         shown = f"[{addr[0]}]" if ":" in addr[0] else addr[0]
         names = ", ".join(f"{e.name} ({e.pos})" for e in engine.entries.values())

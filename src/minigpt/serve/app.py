@@ -28,7 +28,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from ..errors import MiniGPTError
-from .engine import Busy, Engine, UnknownModel
+from .engine import REQUEST_SETTINGS, Busy, Engine, UnknownModel
 
 STATIC = Path(__file__).with_name("static")
 MAX_BODY = 256 * 1024  # bytes of JSON a request may send
@@ -93,8 +93,9 @@ def models_payload(engine: Engine) -> dict[str, Any]:
     return {"models": [e.info() for e in engine.entries.values()],
             "limits": {"max_prompt_chars": lim.max_prompt_chars,
                        "max_new_tokens": lim.max_new_tokens, "max_jobs": lim.max_jobs},
-            "defaults": {"temperature": 0.8, "top_k": None, "top_p": None,
-                         "max_new_tokens": min(200, lim.max_new_tokens), "seed": 0}}
+            "defaults": {**{k: getattr(engine.settings, k) for k in REQUEST_SETTINGS},
+                         "max_new_tokens": min(engine.settings.max_new_tokens,
+                                               lim.max_new_tokens)}}
 
 
 def event_response(outbox: Outbox, job: Any) -> StreamingResponse:

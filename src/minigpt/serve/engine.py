@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import base64
 import collections
-import json
+import dataclasses
 import math
 import tempfile
 import threading
@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..config import WEIGHT_SETTINGS, SamplingSettings, sampling_settings
 from ..errors import MiniGPTError
 
 TOP_K_SHOWN = 5  # alternatives shown on hover
@@ -64,7 +65,7 @@ class Entry:
                 "block_size": c.block_size, "extrapolates": bool(self.model.pos.extrapolates),
                 "n_layer": c.n_layer, "n_head": c.n_head, "d_model": c.d_model,
                 "params": self.model.num_params(), "vocab_size": c.vocab_size,
-                "tokenizer": self.tok.kind}
+                "tokenizer": self.tok.kind, "description": self.model.pos.description}
 
 
 def find_runs(study: str | Path) -> list[Path]:
@@ -145,17 +146,19 @@ class Turnstile:
         self.leave()
 
 
+# the sampling settings a request may give: every SamplingSettings field but the weights,
+# which the server chooses once per model (`minigpt serve --dtype/--quantize`)
+REQUEST_SETTINGS = tuple(f.name for f in dataclasses.fields(SamplingSettings)
+                         if f.name not in WEIGHT_SETTINGS)
+
+
 @dataclass
 class Request:
     """A checked generation request (the knobs and semantics of `minigpt sample`)."""
 
     model: str
     prompt: str
-    temperature: float = 0.8
-    top_k: int | None = None
-    top_p: float | None = None
-    max_new_tokens: int = 200
-    seed: int = 0
+    settings: SamplingSettings = field(default_factory=SamplingSettings)
 
 
 @dataclass
@@ -182,11 +185,13 @@ class Stats:
 class Engine:
     """The models and everything the pages ask of them."""
 
-    def __init__(self, entries: list[Entry], limits: Limits | None = None) -> None:
+    def __init__(self, entries: list[Entry], limits: Limits | None = None,
+                 settings: SamplingSettings | None = None) -> None:
         if not entries:
             raise MiniGPTError("give at least one checkpoint: --ckpt DIR or --study DIR.")
         self.entries = {e.name: e for e in entries}
         self.limits = limits or Limits()
+        self.settings = settings or SamplingSettings()  # what a request leaves out
         self.turnstile = Turnstile()
         self.stats = Stats()
         self._viz_lock = threading.Lock()  # matplotlib's pyplot is not thread-safe
@@ -226,9 +231,10 @@ class Engine:
         (the sampling settings themselves are checked by `start`, as `generate` does)."""
         if not isinstance(body, dict):
             raise MiniGPTError("the request must be a JSON object.")
-        unknown = sorted(set(body) - {f for f in Request.__dataclass_fields__})
+        unknown = sorted(set(body) - {"model", "prompt", *REQUEST_SETTINGS})
         if unknown:
-            raise MiniGPTError(f"unknown field(s) {', '.join(unknown)}.")
+            raise MiniGPTError(f"unknown field(s) {', '.join(unknown)}; a request has model, "
+                               f"prompt, {', '.join(REQUEST_SETTINGS)}.")
         self.entry(body.get("model"))
         prompt = body.get("prompt", "")
         if not isinstance(prompt, str):
@@ -237,18 +243,13 @@ class Engine:
         if len(prompt) > cap:
             raise MiniGPTError(f"the prompt is {len(prompt)} characters; this server takes at "
                                f"most {cap} (--max-prompt-chars).")
-        req = Request(model=body["model"], prompt=prompt)
-        req.temperature = _number(body, "temperature", req.temperature, float)
-        req.top_k = _number(body, "top_k", None, int)
-        req.top_p = _number(body, "top_p", None, float)
-        req.max_new_tokens = _number(body, "max_new_tokens", req.max_new_tokens, int)
-        req.seed = _number(body, "seed", req.seed, int)
-        if req.max_new_tokens > self.limits.max_new_tokens:
-            raise MiniGPTError(f"max new tokens is {req.max_new_tokens}; this server allows at "
-                               f"most {self.limits.max_new_tokens} (--max-new-tokens).")
-        if not 0 <= req.seed < 2**63:
-            raise MiniGPTError(f"seed must be between 0 and 2^63 - 1, got {req.seed}.")
-        return req
+        given = {k: None if body[k] == "" else body[k]  # an emptied box: the default
+                 for k in REQUEST_SETTINGS if k in body}
+        settings = sampling_settings(given, self.settings)
+        if settings.max_new_tokens > self.limits.max_new_tokens:
+            raise MiniGPTError(f"max new tokens is {settings.max_new_tokens}; this server allows "
+                               f"at most {self.limits.max_new_tokens} (--max-new-tokens).")
+        return Request(model=body["model"], prompt=prompt, settings=settings)
 
     def start(self, req: Request, emit: Callable[[dict[str, Any]], None]) -> Generation:
         """Start a generation thread; `emit` receives its events (called from that thread).
@@ -262,9 +263,8 @@ class Engine:
         ids = prompt_ids(e.tok, req.prompt)
         x = torch.tensor([ids], dtype=torch.long)  # (1, T)
         with self.turnstile:  # may build the sampling weights: not while a thread computes
-            steps = Decoding(e.model, x, req.max_new_tokens, temperature=req.temperature,
-                             top_k=req.top_k, top_p=req.top_p,
-                             generator=torch.Generator().manual_seed(req.seed))
+            steps = Decoding(e.model, x, settings=req.settings,
+                             generator=torch.Generator().manual_seed(req.settings.seed))
         with self.stats.lock:
             if self.stats.active >= self.limits.max_jobs:
                 raise Busy(f"the server is busy with {self.stats.active} generations (at most "
@@ -336,21 +336,6 @@ class Busy(MiniGPTError):
 
 class UnknownModel(MiniGPTError):
     """A model name this server does not serve."""
-
-
-def _number(body: dict[str, Any], key: str, default: Any, kind: type) -> Any:
-    v = body.get(key, default)
-    if v is None or v == "":
-        return default
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise MiniGPTError(f"{key} must be a number, got {json.dumps(v)[:40]}.")
-    if kind is int:
-        if isinstance(v, float) and not v.is_integer():
-            raise MiniGPTError(f"{key} must be a whole number, got {v}.")
-        return int(v)
-    if not math.isfinite(v):
-        raise MiniGPTError(f"{key} must be a finite number.")
-    return float(v)
 
 
 class Generation:

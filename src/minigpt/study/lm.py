@@ -97,9 +97,7 @@ class LanguageModelling(Objective):
         gen = []
         t = cfg.train
         for temp in (t.sample_temperatures if t.sample_tokens else []):
-            text = evaluation.sample_windowed(model, tok, self.prompt,
-                                              max_new_tokens=t.sample_tokens,
-                                              temperature=temp, seed=t.seed)
+            text = evaluation.sample_windowed(model, tok, self.prompt, t.sampling(temp))
             gen.append({"temperature": temp, "text": text,
                         **evaluation.generation_metrics(text, self.words)})
         return {"length_generalization": lg, "generation": gen}

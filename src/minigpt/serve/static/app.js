@@ -63,7 +63,7 @@ async function init() {
   const box = $("models");
   info.models.forEach((m, i) => {
     const id = "use-" + i;
-    const lab = el("label", { for: id, title: `${m.n_layer} layers, ${m.n_head} heads, d_model ${m.d_model}, context ${m.block_size}, ${m.tokenizer} tokens` });
+    const lab = el("label", { for: id, title: `${m.pos}: ${m.description}; ${m.n_layer} layers, ${m.n_head} heads, d_model ${m.d_model}, context ${m.block_size}, ${m.tokenizer} tokens` });
     const cb = el("input", { type: "checkbox", id, value: m.name });
     cb.checked = i < 4;
     lab.append(cb, ` ${m.name} `, el("small", {}, `(${label(m)})`));
@@ -71,7 +71,10 @@ async function init() {
   });
   $("prompt").maxLength = info.limits.max_prompt_chars;
   $("max_new_tokens").max = info.limits.max_new_tokens;
+  // the knobs start at the server's defaults (minigpt.config.SamplingSettings)
   $("max_new_tokens").value = info.defaults.max_new_tokens;
+  $("temperature").value = $("temperature-range").value = info.defaults.temperature;
+  $("seed").value = info.defaults.seed;
   $("prompt").placeholder = `up to ${info.limits.max_prompt_chars} characters; max new tokens up to ${info.limits.max_new_tokens}`;
 }
 
