@@ -9,7 +9,7 @@ from __future__ import annotations
 
 def test_one_encoding_summary_compares_nothing_with_itself():
     from minigpt.study import get_objective
-    from minigpt.study.summary import summarize
+    from minigpt.study.paragraph import summarize
 
     agg = {"pos": "learned", "extrapolates": False, "train_time_s": {"mean": 207.0},
            "step_time_ms": {"mean": 31.0, "std": 0.0, "n": 1}, "pos_params": {"mean": 8192.0},

@@ -551,7 +551,7 @@ def test_summary_words_what_the_numbers_say() -> None:
     """A model 2.5x worse than the unigram baseline is 'worse than' it, not 'close to' it;
     equal step times are one number, not '69.0-69.0 ms'; one seed never ranks."""
     from minigpt.study import get_objective
-    from minigpt.study.summary import summarize
+    from minigpt.study.paragraph import summarize
 
     def agg(pos: str, ppl: float) -> dict:
         return {"pos": pos, "extrapolates": True, "seeds": 1, "pos_params": {"mean": 0.0},

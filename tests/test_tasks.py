@@ -270,7 +270,7 @@ def test_a_run_that_missed_the_criterion_is_never_read_past_L(task_study: Simple
     does not: only rope is read past L, learned is listed as not converged, and only a
     dependency-past-L length can carry a claim about using context past L."""
     from minigpt.study import get_objective
-    from minigpt.study.summary import summarize
+    from minigpt.study.paragraph import summarize
 
     results = json.loads((task_study.out / "results.json").read_text())
     for run in results["runs"]:

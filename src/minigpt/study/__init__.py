@@ -4,11 +4,15 @@ with the study's noise rules.
 
     settings.py     StudySettings (typed; compare's flags come from it) and Study
     objective.py    the objective interface and registry; lm.py and task.py implement it
-    runs.py         training and evaluating runs, one at a time or several at once (--jobs)
+    runs.py         training and evaluating runs, one at a time or several at once (--jobs);
+                    state.py where a run stands; diffs.py settings that differ, named
+    variants.py     rope context-extension variants (--extend) and adopted rope checkpoints;
+                    variant_runs.py runs them, extension.py reads them in the report
     records.py      one run's record, the environment, the per-encoding aggregates
     fairness.py     what was held equal, checked
     stats.py        hierarchical bootstrap over seeds and items, Holm's correction
-    summary.py      the summary paragraph, worded only after the family is corrected
+    summary.py      ranking and wording, only after the family is corrected; paragraph.py
+                    the summary paragraph
     figures.py      the shared plots; render.py the Markdown and HTML report
     schema.py       results.json's schema, the objectives' fragments included
     orchestrate.py  a whole study in one directory, resumable
@@ -20,7 +24,7 @@ _WHERE = {"Objective": "objective", "get_objective": "registry", "objective_name
           "register": "registry", "StudyOutcome": "orchestrate", "check_out": "orchestrate",
           "collect_results": "orchestrate", "run_study": "orchestrate",
           "write_study_file": "orchestrate", "DEFAULT_ENCODINGS": "settings", "Study": "settings",
-          "StudySettings": "settings", "config_diff": "settings", "diff_settings": "settings",
+          "StudySettings": "settings", "config_diff": "diffs", "diff_settings": "diffs",
           "make_study": "settings", "parse_encodings": "settings", "parse_lengths": "parsing",
           "run_name": "settings"}
 __all__ = list(_WHERE)

@@ -24,18 +24,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
+from ..version import __version__
 from ..errors import MiniGPTError
 from ..files import atomic_write_json, read_json
 from ..results_schema import SCHEMA, SCHEMA_VERSION, validate
 from ..runtime import is_main_process, resolve_device
-from .extension import study_fields as extension_fields
+from .variants import study_fields as extension_fields
 from .fairness import held_equal, verify_shared_init
 from .records import aggregate, environment
 from .render import write_report
-from .runs import Job, ensure_prepared, plan_jobs, run_parallel, run_sequential
+from .runs import Job, plan_jobs, run_parallel, run_sequential
+from .state import ensure_prepared
 from .settings import Study, diff_settings
-from .summary import summarize
+from .paragraph import summarize
 
 Log = Callable[[str], None]
 

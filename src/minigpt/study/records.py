@@ -13,11 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from .. import __version__
+from ..version import __version__
 from ..metrics import read_metrics
 from ..results_schema import GEN_METRICS
 from ..runtime import autocast_dtype
-from .extension import aggregate_fields as variant_fields
+from .variants import aggregate_fields as variant_fields
 from .stats import mean_std
 
 

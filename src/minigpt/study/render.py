@@ -11,7 +11,7 @@ from typing import Any
 
 from ..files import atomic_write_text
 from ..text import plural
-from .extension import encodings_only
+from .variants import encodings_only
 from .extension import plot as ext_plot
 from .extension import table as ext_table
 from .figures import GENERIC_PLOTS

@@ -9,9 +9,7 @@ skipped (or only re-evaluated when the evaluation settings changed).
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import signal
 import time
 from collections.abc import Callable
@@ -20,14 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from ..config import RunConfig, merge
-from ..errors import MiniGPTError
 from ..files import atomic_write_json
 from ..runtime import is_main_process, resolve_device
 from .records import read_peak, read_trained, reset_peak, run_record
-from .settings import Study, config_diff
+from .settings import Study
+from .state import CHECKS, STOP, checks_of, ensure_prepared, run_state, uses_criterion
 
 Log = Callable[[str], None]
-CHECKS = "checks.json"  # convergence checks so far (a resumed run keeps its history)
 
 
 @dataclass
@@ -45,51 +42,6 @@ class Job:
     progress: bool
 
 
-def run_state(run_dir: Path, cfg: RunConfig, study: Study, force: bool) -> tuple[str, int]:
-    """fresh | partial (resume from step) | trained (evaluate) | done (skip)."""
-    from ..checkpoint import STATE_FILE, read_config
-
-    if not (run_dir / "config.json").exists():
-        if (run_dir / STATE_FILE).exists():
-            shutil.rmtree(run_dir)  # a half-written directory of ours: start over
-        return "fresh", 0
-    saved, raw = read_config(run_dir)
-    diff = config_diff(saved, cfg)
-    if diff:
-        if not force:
-            raise MiniGPTError(f"{run_dir} holds a run with other settings ({'; '.join(diff[:4])})"
-                               "; pass --force to retrain it, or choose another --out.")
-        shutil.rmtree(run_dir)
-        return "fresh", 0
-    if not (run_dir / STATE_FILE).exists():  # stopped before its first checkpoint
-        shutil.rmtree(run_dir)
-        return "fresh", 0
-    step = int(raw.get("step", 0))
-    if step < cfg.train.max_steps and not _reached(run_dir, study):
-        return "partial", step
-    try:
-        done = json.loads((run_dir / "result.json").read_text(encoding="utf-8"))
-        if isinstance(done, dict) and done.get("eval_fingerprint") == study.eval_fingerprint():
-            return "done", step
-    except (OSError, json.JSONDecodeError):
-        pass
-    return "trained", step
-
-
-def _checks(run_dir: Path) -> list[dict[str, Any]]:
-    try:
-        raw = json.loads((run_dir / CHECKS).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return []
-    return raw if isinstance(raw, list) else []
-
-
-def _reached(run_dir: Path, study: Study) -> bool:
-    """Whether the run's last convergence check already met this study's criterion."""
-    checks = _checks(run_dir)
-    return bool(checks) and checks[-1]["val_accuracy"] >= study.settings.criterion
-
-
 def do_run(job: Job, log: Log, data: Any = None) -> str:
     """Train (or resume), evaluate and record one run: 'trained', 'evaluated', 'skipped' or
     'interrupted'. `data` is the study's dataset when the caller has it (built if not)."""
@@ -98,11 +50,11 @@ def do_run(job: Job, log: Log, data: Any = None) -> str:
     study = job.study
     variant = study.variant(job.pos)
     if variant is not None:
-        from .extension import do_variant
+        from .variant_runs import do_variant
 
         return do_variant(job, variant, log, data)
     if job.pos == "rope" and job.seed in study.adopted:  # an existing checkpoint: evaluate it
-        from .extension import do_adopted
+        from .variant_runs import do_adopted
 
         return do_adopted(job, study.adopted[job.seed], log, data)
     cfg = merge(study.run_config(job.pos, job.seed), {"vocab_size": job.vocab}, {},
@@ -113,7 +65,7 @@ def do_run(job: Job, log: Log, data: Any = None) -> str:
     if state == "done":
         log(f"{tag}: finished earlier, skipped")
         return "skipped"
-    if _STOP["requested"]:
+    if STOP["requested"]:
         return "interrupted"
     if data is None:
         data = study.objective.data(study, False)
@@ -137,19 +89,6 @@ def do_run(job: Job, log: Log, data: Any = None) -> str:
     return "trained" if state != "trained" else "evaluated"
 
 
-def ensure_prepared(study: Study, data: Any) -> None:
-    """The objective's once-per-study evaluation set-up, done once per process."""
-    if not study.objective.prepared:
-        study.objective.prepare(study, data)
-        study.objective.prepared = True
-
-
-def uses_criterion(study: Study) -> bool:
-    from .objective import Objective
-
-    return type(study.objective).converged is not Objective.converged
-
-
 def train_run(cfg: RunConfig, run_dir: Path, step: int, data: Any, study: Study,
               progress: bool, log: Log, tag: str) -> bool:
     """Train one run from its saved `step` (0: a fresh run) to its criterion (checked every
@@ -161,13 +100,13 @@ def train_run(cfg: RunConfig, run_dir: Path, step: int, data: Any, study: Study,
     reset_ok = reset_peak(device)
     every = study.settings.check_every if uses_criterion(study) else cfg.train.max_steps
     resume = step > 0
-    checks = _checks(run_dir) if resume else []
+    checks = checks_of(run_dir) if resume else []
     stopped = "budget"
     while step < cfg.train.max_steps:
         until = min(cfg.train.max_steps, (step // every + 1) * every)
         res = train(cfg, run_dir, resume=resume, until=until, progress=progress, data=data,
                     log=log)
-        if res.interrupted or _STOP["requested"]:
+        if res.interrupted or STOP["requested"]:
             return False
         resume, step = True, res.step
         if not uses_criterion(study):
@@ -241,11 +180,10 @@ def plan_jobs(study: Study, requested: int) -> Plan:
     return Plan(n, threads, why=f"{why}; {cpus} cores, {threads} thread(s) per run")
 
 
-_STOP = {"requested": False}  # a worker's Ctrl-C outside training (training has its own)
 
 
 def _note_stop(signum: int, frame: Any) -> None:
-    _STOP["requested"] = True
+    STOP["requested"] = True
 
 
 def _init_worker(threads: int, devices: Any) -> None:

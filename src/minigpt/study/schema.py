@@ -17,7 +17,7 @@ def build_schema() -> dict[str, Any]:
     run = props["runs"]["items"]["properties"]
     agg = props["aggregates"]["items"]["properties"]
     study = props["study"]["properties"]
-    from .extension import AGGREGATE_SCHEMA, RUN_SCHEMA, STUDY_SCHEMA
+    from .variants import AGGREGATE_SCHEMA, RUN_SCHEMA, STUDY_SCHEMA
 
     run.update(RUN_SCHEMA)
     agg.update(AGGREGATE_SCHEMA)

@@ -17,11 +17,10 @@ from typing import Any
 from ..config import STUDY_PRESETS, RunConfig, merge, preset, setting
 from ..errors import ConfigError, MiniGPTError
 from ..results_schema import SCHEMA_VERSION
+from .diffs import NOT_FINGERPRINTED, config_diff, diff_settings  # noqa: F401  (the API)
 from .parsing import parse_lengths, parse_list  # noqa: F401  (part of the study's API)
 
 DEFAULT_ENCODINGS = ["learned", "sinusoidal", "rope", "alibi", "nope", "fire", "kerple"]
-# Settings that may differ between invocations without making it another study.
-NOT_FINGERPRINTED = {"device", "compile"}
 EVAL_VERSION = 3  # bump when an evaluation's numbers change meaning (forces re-evaluation)
 
 
@@ -182,7 +181,7 @@ class Study:
         """The config of one run: an encoding's, or a variant's (extension.variant_config)."""
         v = self.variant(pos)
         if v is not None:
-            from .extension import variant_config
+            from .variants import variant_config
 
             return variant_config(self, v, seed)
         return merge(self.base, {"pos": pos}, {"seed": seed}, where=f"run {pos}-s{seed}")
@@ -219,7 +218,7 @@ class Study:
     def extension_settings(self) -> dict[str, Any]:
         """The variants' settings (absent without --extend: older studies keep their
         fingerprint)."""
-        from .extension import study_fields
+        from .variants import study_fields
 
         return {"extension": study_fields(self)} if self.variants else {}
 
@@ -257,7 +256,7 @@ def make_study(preset_name: str = "quick", *, model: dict[str, Any] | None = Non
     objective = get_objective(st.task)
     adopted: dict[int, Path] = {}
     if st.rope_checkpoints is not None:
-        from .extension import adopt
+        from .variants import adopt
 
         names = parse_encodings(st.pos or "rope")
         base, adopted = adopt(st, names, model, train)
@@ -278,7 +277,7 @@ def make_study(preset_name: str = "quick", *, model: dict[str, Any] | None = Non
             check_stride(stride, lens, L)
         except MiniGPTError as e:
             raise ConfigError(f"--eval-stride: {e}") from None
-    from .extension import parse_variants
+    from .variants import parse_variants
 
     ft = sp["finetune_steps"] if st.finetune_steps is None else st.finetune_steps
     seeds = list(adopted) or [base.train.seed + i for i in range(n)]
@@ -296,32 +295,3 @@ def make_study(preset_name: str = "quick", *, model: dict[str, Any] | None = Non
                           f"evaluation needs {longest} tokens; raise --random-positions to at "
                           "least that or evaluate shorter --lengths.")
     return study
-
-
-def diff_settings(old: Any, new: Any, prefix: str = "") -> list[str]:
-    """'name: old -> new' for every setting that differs between two settings dicts."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        out: list[str] = []
-        for k in sorted(set(old) | set(new), key=str):
-            out += diff_settings(old.get(k), new.get(k), f"{prefix}{k}.")
-        return out
-    if old == new:
-        return []
-    name = prefix.rstrip(".") or "settings"
-    return [f"{name.removeprefix('config.')}: {_show(old)} -> {_show(new)}"]
-
-
-def _show(v: Any) -> str:
-    if isinstance(v, list):
-        return ",".join(map(str, v)) if len(v) <= 8 else f"{len(v)} items"
-    return "unset" if v is None else str(v)
-
-
-def config_diff(a: RunConfig, b: RunConfig) -> list[str]:
-    """Config fields (section.name: old -> new) that differ, ignoring those that need not
-    match."""
-    da, db = a.to_dict(), b.to_dict()
-    for settings in (da, db):
-        for k in NOT_FINGERPRINTED:
-            settings["train"].pop(k, None)
-    return diff_settings(da, db)
