@@ -58,9 +58,23 @@ def next_token(logits: torch.Tensor, temperature: float, top_k: int | None, top_
     """(B, V) logits of the last position -> (B, 1) chosen ids."""
     if temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
-    logits = filter_logits(logits.float() / temperature, top_k, top_p)
-    probs = logits.softmax(dim=-1)
-    return torch.multinomial(probs, 1, generator=generator)
+    logits = logits.float() / temperature
+    if top_k or (top_p is not None and top_p < 1.0):  # the filter only when asked for
+        logits = filter_logits(logits, top_k, top_p)
+    return draw(logits.softmax(dim=-1), generator)
+
+
+def draw(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """(B, V) probabilities -> (B, 1) ids: `torch.multinomial(probs, 1)` without its check of
+    the input (about ten small ops and a host sync per token). It is the race multinomial
+    itself runs for one sample, argmax of p / q with q ~ Exp(1) (the Gumbel-max trick in
+    exponential form), drawing the same numbers from `generator`, so a seed gives the same
+    token as before (pinned by tests/test_sampling_speed.py). Other devices keep multinomial.
+    """
+    if probs.device.type not in ("cpu", "cuda"):
+        return torch.multinomial(probs, 1, generator=generator)
+    q = torch.empty_like(probs).exponential_(1, generator=generator)
+    return torch.div(probs, q, out=q).argmax(dim=-1, keepdim=True)
 
 
 class Decoding:
@@ -104,23 +118,28 @@ class Decoding:
         was_training = model.training
         model.eval()
         cache = None
-        cache_cap = window if window is not None else self.ids.shape[1] + self.max_new_tokens
+        B, T0 = self.ids.shape
+        cache_cap = window if window is not None else T0 + self.max_new_tokens
+        # every id of the generation, written in place: self.ids is a view of its first n
+        buf = self.ids.new_empty(B, T0 + self.max_new_tokens)  # (B, T0 + max_new_tokens)
+        buf[:, :T0] = self.ids
+        nxt = None
         try:
-            for _ in range(self.max_new_tokens):
-                idx = self.ids
-                visible = idx if window is None else idx[:, -window:]  # a view, no copy
-                if not self.use_cache:  # seq_len: the frequencies a cache would use
-                    logits, _ = model(visible, last_only=True, seq_len=cache_cap)
-                elif cache is None or cache.length + 1 > cache_cap:
-                    # (re)fill the cache with the whole visible context
-                    cache = model.new_cache(idx.shape[0], cache_cap)
-                    logits, _ = model(visible, cache=cache, last_only=True)
+            for n in range(T0, T0 + self.max_new_tokens):
+                if self.use_cache and cache is not None and cache.length < cache_cap:
+                    logits, _ = model(nxt, cache=cache, last_only=True)  # one new position
                 else:
-                    logits, _ = model(idx[:, -1:], cache=cache, last_only=True)
+                    visible = buf[:, max(0, n - window) if window else 0:n]  # a view, no copy
+                    if not self.use_cache:  # seq_len: the frequencies a cache would use
+                        logits, _ = model(visible, last_only=True, seq_len=cache_cap)
+                    else:  # (re)fill the cache with the whole visible context
+                        cache = model.new_cache(B, cache_cap)
+                        logits, _ = model(visible, cache=cache, last_only=True)
                 last = logits[:, -1, :]  # (B, V)
                 nxt = next_token(last, self.temperature, self.top_k, self.top_p,
                                  self.generator)  # (B, 1)
-                self.ids = torch.cat((idx, nxt), dim=1)
+                buf[:, n:n + 1] = nxt
+                self.ids = buf[:, :n + 1]
                 yield nxt, last
         finally:
             model.train(was_training)
