@@ -86,3 +86,111 @@ def test_ids_seen_during_generation_are_the_prefixes_of_the_result():
                    on_token=lambda nxt: seen.append(nxt.clone()))
     assert out.shape == (1, 13) and torch.equal(out[:, :3], x)
     assert torch.equal(torch.cat(seen, 1), out[:, 3:])
+
+
+# --- --speculate ngram --------------------------------------------------------------------
+
+def test_ngram_draft_follows_the_earliest_longest_match():
+    from minigpt.speculative import ngram_draft
+
+    ids = [5, 1, 2, 7, 8, 9, 1, 2, 3, 4, 9, 1, 2]
+    assert ngram_draft(ids, 3) == [7, 8, 9]  # "1 2" first seen at 1, followed by 7 8 9
+    assert ngram_draft(ids, 10) == [7, 8, 9, 1, 2, 3, 4, 9, 1, 2]
+    assert ngram_draft([4, 6, 1, 6], 2) == [1, 6]  # no bigram match: the unigram "6"
+    assert ngram_draft([1, 2, 3], 5) == [] and ngram_draft([7], 5) == []
+
+
+def test_keep_or_redraw_leaves_every_token_distributed_as_p():
+    from minigpt.speculative import keep_or_redraw
+
+    p = torch.tensor([[0.1, 0.5, 0.0, 0.4]])
+    g = torch.Generator().manual_seed(0)
+    n = 20000
+    counts = torch.zeros(4)
+    kept = 0
+    for _ in range(n):
+        tok, k = keep_or_redraw(p, 3, g)  # the draft proposes token 3
+        counts[int(tok)] += 1
+        kept += k
+    assert counts[2] == 0  # never a token of probability 0
+    assert torch.allclose(counts / n, p[0], atol=0.012), counts / n
+    assert abs(kept / n - 0.4) < 0.012  # a draft token is kept with probability p(token)
+
+
+def _peaked_model(pos: str = "rope") -> GPT:
+    """A random model whose logits are far apart (no near-ties), with a repetitive habit."""
+    cfg = ModelConfig(vocab_size=12, block_size=64, n_layer=2, n_head=2, d_model=32, pos=pos)
+    model = GPT(cfg, seed=5).eval()
+    with torch.no_grad():
+        model.tok_emb.weight.mul_(20)
+    return model
+
+
+@pytest.mark.parametrize("pos", ["rope", "learned", "alibi"])
+def test_speculative_greedy_is_plain_greedy_in_fewer_passes(pos):
+    model = _peaked_model(pos)
+    x = torch.tensor([[1, 2, 3, 4, 1, 2, 3, 4, 1, 2]])
+    plain = generate(model, x, 40, temperature=0, dtype="float32")
+    # and with a window of 16 (the cache refilled whenever it is full)
+    assert torch.equal(generate(model, x, 40, temperature=0, dtype="float32", window=16),
+                       generate(model, x, 40, temperature=0, dtype="float32", window=16,
+                                speculate="ngram"))
+    calls, plain_logits, spec_logits = [], [], []
+    generate(model, x, 40, temperature=0, dtype="float32",
+             on_step=lambda t, lg: plain_logits.append(lg))
+    hook = model.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[1]))
+    try:
+        spec = generate(model, x, 40, temperature=0, dtype="float32", speculate="ngram",
+                        on_step=lambda t, lg: spec_logits.append(lg))
+    finally:
+        hook.remove()
+    assert torch.equal(spec, plain)
+    # every token's logits as plain decoding computes them (the cache kept the right keys)
+    assert torch.allclose(torch.cat(spec_logits), torch.cat(plain_logits), atol=1e-4)
+    assert len(calls) < 40 and max(calls) > 1  # drafts were checked several at a time
+
+
+def test_speculative_sampling_runs_to_length_and_repeats_for_a_seed():
+    model = _peaked_model()
+    x = torch.tensor([[1, 2, 3, 4, 1, 2, 3, 4]])
+    kw = dict(temperature=0.9, top_k=6, dtype="float32", speculate="ngram")
+    a = generate(model, x, 50, generator=torch.Generator().manual_seed(3), **kw)
+    b = generate(model, x, 50, generator=torch.Generator().manual_seed(3), **kw)
+    assert a.shape == (1, 58) and torch.equal(a, b) and torch.equal(a[:, :8], x)
+
+
+def test_speculate_refuses_batches_and_unknown_methods():
+    from minigpt.errors import MiniGPTError
+
+    model = _peaked_model()
+    with pytest.raises(MiniGPTError, match="one sequence at a time"):
+        generate(model, torch.tensor([[1, 2], [3, 4]]), 3, speculate="ngram")
+    with pytest.raises(MiniGPTError, match="one sequence at a time"):
+        generate(model, torch.tensor([[1, 2]]), 3, speculate="ngram", use_cache=False)
+    with pytest.raises(MiniGPTError, match="must be ngram or none"):
+        generate(model, torch.tensor([[1, 2]]), 3, speculate="medusa")
+
+
+def test_sample_cli_speculate_gives_the_greedy_text(tmp_path):
+    from conftest import run_cli
+
+    from minigpt.checkpoint import save_weights, write_config
+    from minigpt.config import RunConfig
+    from minigpt.tokenizers import CharTokenizer
+
+    tok = CharTokenizer.train(["abcdefgh \n"])
+    cfg = ModelConfig(vocab_size=tok.vocab_size, block_size=64, n_layer=2, n_head=2,
+                      d_model=32, pos="rope")
+    model = GPT(cfg, seed=5)
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    write_config(ck, RunConfig(model=cfg), 0)
+    save_weights(ck / "model.safetensors", model, 0)
+    tok.save(ck / "tokenizer.json")
+    base = ["sample", "--ckpt", ck, "--prompt", "abcabcabc", "--temperature", "0",
+            "--max-new-tokens", "30", "--dtype", "float32"]
+    plain, spec = run_cli(*base), run_cli(*base, "--speculate", "ngram")
+    assert plain.returncode == 0 and spec.returncode == 0, spec.stderr
+    assert spec.stdout == plain.stdout and len(spec.stdout.strip("\n")) == 39
+    bad = run_cli(*base, "--speculate", "ngram", "--num-samples", "2", "--no-cache")
+    assert bad.returncode == 2 and "--speculate works one sequence at a time" in bad.stderr

@@ -14,7 +14,8 @@ import torch
 
 from .errors import MiniGPTError, arg
 from .inference import sampling_model
-from .model import GPT
+from .model import GPT, KVCache
+from .speculative import DRAFT_TOKENS, check_speculate, ngram_draft, verify
 
 
 def check_sampling(temperature: float, top_k: int | None, top_p: float | None,
@@ -94,8 +95,9 @@ class Decoding:
                  temperature: float = 1.0, top_k: int | None = None,
                  top_p: float | None = None, generator: torch.Generator | None = None,
                  use_cache: bool = True, window: int | None = None, dtype: str = "auto",
-                 quantize: str | None = None) -> None:
+                 quantize: str | None = None, speculate: str | None = None) -> None:
         check_sampling(temperature, top_k, top_p, max_new_tokens)
+        self.speculate = check_speculate(speculate, idx.shape[0], use_cache)
         if window is not None and window < 1:
             raise MiniGPTError(f"window must be a positive number of tokens, got {window}.")
         self.model, self.info = sampling_model(model, dtype, quantize)
@@ -123,26 +125,46 @@ class Decoding:
         # every id of the generation, written in place: self.ids is a view of its first n
         buf = self.ids.new_empty(B, T0 + self.max_new_tokens)  # (B, T0 + max_new_tokens)
         buf[:, :T0] = self.ids
-        nxt = None
+        nxt, n, end = None, T0, T0 + self.max_new_tokens
+        seen = buf[0, :T0].tolist() if self.speculate else []  # the ids drafts are looked up in
         try:
-            for n in range(T0, T0 + self.max_new_tokens):
-                if self.use_cache and cache is not None and cache.length < cache_cap:
-                    logits, _ = model(nxt, cache=cache, last_only=True)  # one new position
+            while n < end:
+                room = 0 if cache is None else min(end - n - 1, cache_cap - cache.length - 1)
+                draft = ngram_draft(seen, min(room, DRAFT_TOKENS)) if seen and room > 0 else []
+                if draft:  # several tokens from one pass (see minigpt.speculative)
+                    steps = verify(model, cache, nxt, draft, self.temperature, self.top_k,
+                                   self.top_p, self.generator)
                 else:
-                    visible = buf[:, max(0, n - window) if window else 0:n]  # a view, no copy
-                    if not self.use_cache:  # seq_len: the frequencies a cache would use
-                        logits, _ = model(visible, last_only=True, seq_len=cache_cap)
-                    else:  # (re)fill the cache with the whole visible context
-                        cache = model.new_cache(B, cache_cap)
-                        logits, _ = model(visible, cache=cache, last_only=True)
-                last = logits[:, -1, :]  # (B, V)
-                nxt = next_token(last, self.temperature, self.top_k, self.top_p,
-                                 self.generator)  # (B, 1)
-                buf[:, n:n + 1] = nxt
-                self.ids = buf[:, :n + 1]
-                yield nxt, last
+                    tok, last, cache = self._step(model, buf, n, nxt, cache, cache_cap)
+                    steps = [(tok, last)]
+                for nxt, last in steps:
+                    buf[:, n:n + 1] = nxt
+                    n += 1
+                    self.ids = buf[:, :n]
+                    if self.speculate:
+                        seen.append(int(nxt))
+                    yield nxt, last
         finally:
             model.train(was_training)
+
+    def _step(self, model: GPT, buf: torch.Tensor, n: int, nxt: torch.Tensor | None,
+              cache: KVCache | None, cache_cap: int
+              ) -> tuple[torch.Tensor, torch.Tensor, KVCache | None]:
+        """One token after the first n of `buf`: its (B, 1) id, the (B, V) logits it was
+        drawn from, and the cache (a new one when it was (re)filled)."""
+        if self.use_cache and cache is not None and cache.length < cache_cap:
+            logits, _ = model(nxt, cache=cache, last_only=True)  # one new position
+        else:
+            window = self.window
+            visible = buf[:, max(0, n - window) if window else 0:n]  # a view, no copy
+            if not self.use_cache:  # seq_len: the frequencies a cache would use
+                logits, _ = model(visible, last_only=True, seq_len=cache_cap)
+            else:  # (re)fill the cache with the whole visible context
+                cache = model.new_cache(buf.shape[0], cache_cap)
+                logits, _ = model(visible, cache=cache, last_only=True)
+        last = logits[:, -1, :]  # (B, V)
+        nxt = next_token(last, self.temperature, self.top_k, self.top_p, self.generator)
+        return nxt, last, cache
 
 
 def generate(model: GPT, idx: torch.Tensor, max_new_tokens: int, *, temperature: float = 1.0,
@@ -151,7 +173,7 @@ def generate(model: GPT, idx: torch.Tensor, max_new_tokens: int, *, temperature:
              on_token: Callable[[torch.Tensor], None] | None = None,
              on_step: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
              dtype: str = "auto", quantize: str | None = None,
-             window: int | None = None) -> torch.Tensor:
+             window: int | None = None, speculate: str | None = None) -> torch.Tensor:
     """idx (B, T) prompt ids -> (B, T + max_new_tokens) ids.
 
     `on_token(ids)` is called with each step's (B, 1) chosen ids; `on_step(ids, logits)` also
@@ -162,11 +184,12 @@ def generate(model: GPT, idx: torch.Tensor, max_new_tokens: int, *, temperature:
 
     `dtype` ("auto", "float32", "bfloat16") and `quantize` (None or "int8") choose the
     weights the tokens are computed with (see `minigpt.inference`); `model` itself is left
-    as it is. "float32" reproduces the float32 model exactly.
+    as it is. "float32" reproduces the float32 model exactly. `speculate="ngram"` drafts
+    tokens by prompt lookup and checks them in one pass (batch 1; `minigpt.speculative`).
     """
     steps = Decoding(model, idx, max_new_tokens, temperature=temperature, top_k=top_k,
                      top_p=top_p, generator=generator, use_cache=use_cache, window=window,
-                     dtype=dtype, quantize=quantize)
+                     dtype=dtype, quantize=quantize, speculate=speculate)
     for nxt, logits in steps:
         if on_token is not None:
             on_token(nxt)
@@ -179,7 +202,8 @@ def stream_text(model: GPT, tokenizer, prompt: str, *, max_new_tokens: int = 200
                 temperature: float = 0.8, top_k: int | None = None,
                 top_p: float | None = None, seed: int = 0, num_samples: int = 1,
                 use_cache: bool = True, warn: Callable[[str], None] | None = None,
-                dtype: str = "auto", quantize: str | None = None) -> Samples:
+                dtype: str = "auto", quantize: str | None = None,
+                speculate: str | None = None) -> Samples:
     """Prompt text -> (sample number, text) pieces as soon as each is complete: every
     sample starts with the prompt, then each new token's text follows.
 
@@ -189,19 +213,19 @@ def stream_text(model: GPT, tokenizer, prompt: str, *, max_new_tokens: int = 200
     """
     return Samples(model, tokenizer, prompt, num_samples, seed, max_new_tokens,
                    temperature=temperature, top_k=top_k, top_p=top_p, use_cache=use_cache,
-                   dtype=dtype, quantize=quantize, warn=warn)
+                   dtype=dtype, quantize=quantize, speculate=speculate, warn=warn)
 
 
 def sample_text(model: GPT, tokenizer, prompt: str, *, max_new_tokens: int = 200,
                 temperature: float = 0.8, top_k: int | None = None, top_p: float | None = None,
                 seed: int = 0, num_samples: int = 1, use_cache: bool = True,
                 warn: Callable[[str], None] | None = None, dtype: str = "auto",
-                quantize: str | None = None) -> list[str]:
+                quantize: str | None = None, speculate: str | None = None) -> list[str]:
     """Prompt text -> generated continuations, the prompt included (`stream_text` gives the
     same text piece by piece). `dtype` and `quantize` as for `generate`."""
     samples = Samples(model, tokenizer, prompt, num_samples, seed, max_new_tokens,
                       temperature=temperature, top_k=top_k, top_p=top_p, use_cache=use_cache,
-                      dtype=dtype, quantize=quantize, warn=warn)
+                      dtype=dtype, quantize=quantize, speculate=speculate, warn=warn)
     samples.tell()
     out = []
     for run in samples.runs:

@@ -43,6 +43,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quantize", choices=typing.get_args(Quantize), default="none",
                    help="int8: weight-only int8 linear layers with one scale per output "
                         "channel (about half the bytes of bf16 per token) (default: none)")
+    p.add_argument("--speculate", choices=["ngram"], default=None,
+                   help="ngram: draft tokens by prompt lookup and check them in one pass "
+                        "(the same greedy text, fewer passes; needs the cache) (default: off)")
     add_extension_flags(p)
     p.set_defaults(handler=run)
 
@@ -58,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
                          temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                          seed=args.seed, num_samples=args.num_samples,
                          use_cache=not args.no_cache, dtype=args.dtype, quantize=args.quantize,
+                         speculate=args.speculate,
                          warn=lambda m: print(m, file=sys.stderr))
     print(f"sampling with {pieces.info.describe()}", file=sys.stderr)
     if pieces.info.warning:
