@@ -103,17 +103,21 @@ def test_ngram_draft_follows_the_earliest_longest_match():
 def test_keep_or_redraw_leaves_every_token_distributed_as_p():
     from minigpt.speculative import keep_or_redraw
 
-    p = torch.tensor([[0.1, 0.5, 0.0, 0.4]])
+    probs = torch.tensor([[0.1, 0.5, 0.0, 0.4], [0.0, 0.0, 1.0, 0.0]])  # 2 positions
     g = torch.Generator().manual_seed(0)
     n = 20000
     counts = torch.zeros(4)
     kept = 0
     for _ in range(n):
-        tok, k = keep_or_redraw(p, 3, g)  # the draft proposes token 3
-        counts[int(tok)] += 1
-        kept += k
+        out = keep_or_redraw(probs, [3], g)  # one draft: token 3 at position 0
+        counts[int(out[0])] += 1
+        if int(out[0]) == 3:  # kept: the second position's token comes free
+            kept += 1
+            assert len(out) == 2 and int(out[1]) == 2
+        else:
+            assert len(out) == 1
     assert counts[2] == 0  # never a token of probability 0
-    assert torch.allclose(counts / n, p[0], atol=0.012), counts / n
+    assert torch.allclose(counts / n, probs[0], atol=0.012), counts / n
     assert abs(kept / n - 0.4) < 0.012  # a draft token is kept with probability p(token)
 
 

@@ -2,7 +2,7 @@
 
 Drafts come from the text itself (Saxena 2023, "Prompt Lookup Decoding"; Hugging Face's
 `prompt_lookup_num_tokens`): find the earliest earlier occurrence of the sequence's last
-two tokens (else its last one) and propose the up to 10 tokens that followed it. One
+two tokens (else its last one) and propose the up to 3 tokens that followed it. One
 forward pass over [last token, draft...] with the key/value cache scores every proposal,
 and the standard speculative-sampling rule (Leviathan et al. 2023; Chen et al. 2023) keeps
 a prefix of them: greedy keeps a draft token while it is the argmax; sampling keeps it with
@@ -26,7 +26,9 @@ import torch
 from .errors import MiniGPTError, arg
 
 Speculate = typing.Literal["ngram"]
-DRAFT_TOKENS = 10  # tokens proposed per pass (HF's prompt_lookup_num_tokens default)
+# tokens proposed per pass: HF's default is 10, but on a CPU a pass over 11 positions costs
+# 1.5-2x one over 1, and 3 was fastest on Shakespeare (docs/performance-sampling.md)
+DRAFT_TOKENS = 3
 MATCH_TOKENS = 2  # the longest n-gram looked up (HF's max_matching_ngram_size default)
 
 
@@ -46,26 +48,40 @@ def ngram_draft(ids: list[int], k: int, max_n: int = MATCH_TOKENS) -> list[int]:
     (n = max_n, then shorter); [] when nothing matches."""
     L = len(ids)
     for n in range(min(max_n, L - 1), 0, -1):
-        tail = ids[L - n:]
-        for i in range(L - n):
+        tail, i = ids[L - n:], -1
+        while True:
+            try:  # the next place the tail's first id occurs (list.index: a C loop)
+                i = ids.index(tail[0], i + 1, L - n)
+            except ValueError:
+                break
             if ids[i:i + n] == tail:
                 return ids[i + n:i + n + k]
     return []
 
 
-def keep_or_redraw(probs: torch.Tensor, token: int, generator: torch.Generator | None
-                   ) -> tuple[torch.Tensor, bool]:
-    """(1, V) probabilities and a drafted token -> ((1, 1) token, kept?): keep it with
-    probability p(token), else draw from p without it (the rejection step for a draft that
-    proposes its token with certainty)."""
+def keep_or_redraw(probs: torch.Tensor, draft: list[int], generator: torch.Generator | None
+                   ) -> list[torch.Tensor]:
+    """(k + 1, V) probabilities of the scored positions and k drafted ids -> the emitted
+    (1, 1) ids: each draft kept with probability p(draft) (its proposer was certain of it);
+    at the first refusal one draw from p without it, and after k kept one draw from the
+    last row. Each emitted token is so distributed exactly as p of its position."""
     from .generation import draw
 
-    u = torch.rand((), device=probs.device, generator=generator)
-    if u < probs[0, token]:
-        return torch.full((1, 1), token, dtype=torch.long, device=probs.device), True
-    rest = probs.clone()
-    rest[0, token] = 0.0  # the race in `draw` needs no normalising
-    return draw(rest, generator), False
+    k = len(draft)
+    ids = torch.tensor(draft, dtype=torch.long, device=probs.device)[:, None]  # (k, 1)
+    u = torch.rand(k, device=probs.device, generator=generator).tolist()
+    p_draft = probs[:k].gather(1, ids).squeeze(1).tolist()  # p(draft j) at position j
+    out = []
+    for j in range(k):
+        if u[j] < p_draft[j]:
+            out.append(ids[j:j + 1])
+            continue
+        rest = probs[j:j + 1].clone()
+        rest[0, draft[j]] = 0.0  # the race in `draw` needs no normalising
+        out.append(draw(rest, generator))
+        return out
+    out.append(draw(probs[k:k + 1], generator))  # every draft kept: one more, free
+    return out
 
 
 def verify(model, cache, last: torch.Tensor, draft: list[int], temperature: float,
@@ -73,26 +89,25 @@ def verify(model, cache, last: torch.Tensor, draft: list[int], temperature: floa
            ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Score [last, draft...] in one pass -> the emitted ((1, 1) id, (1, V) logits) pairs:
     the kept draft tokens, then one the model chose. The cache keeps `last` and the kept
-    drafts; the final emitted token is the next step's input."""
-    from .generation import filter_logits, next_token
+    drafts; the final emitted token is the next step's input. Every position's choice is
+    computed at once and read back in one go (one host sync, not one per token)."""
+    from .generation import filter_logits
 
-    start = cache.length
+    start, k = cache.length, len(draft)
     x = torch.cat((last, torch.tensor([draft], dtype=last.dtype, device=last.device)), 1)
     logits, _ = model(x, cache=cache)  # (1, k + 1, V)
+    rows = logits[0]  # (k + 1, V)
     out = []
-    for j, d in enumerate(draft):
-        row = logits[:, j, :]
-        if temperature == 0:
-            tok = row.argmax(dim=-1, keepdim=True)
-            kept = int(tok) == d
-        else:
-            probs = filter_logits(row.float() / temperature, top_k, top_p).softmax(dim=-1)
-            tok, kept = keep_or_redraw(probs, d, generator)
-        out.append((tok, row))
-        if not kept:
-            break
-    else:  # every draft kept: the pass scored one more position
-        row = logits[:, len(draft), :]
-        out.append((next_token(row, temperature, top_k, top_p, generator), row))
+    if temperature == 0:
+        best = rows.argmax(dim=-1, keepdim=True)  # (k + 1, 1)
+        chosen = best[:, 0].tolist()
+        for j in range(k + 1):
+            out.append((best[j:j + 1], logits[:, j, :]))
+            if j == k or chosen[j] != draft[j]:
+                break
+    else:
+        probs = filter_logits(rows.float() / temperature, top_k, top_p).softmax(dim=-1)
+        out = [(tok, logits[:, j, :])
+               for j, tok in enumerate(keep_or_redraw(probs, draft, generator))]
     cache.length = start + len(out)  # last + the kept drafts
     return out

@@ -45,7 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "channel (about half the bytes of bf16 per token) (default: none)")
     p.add_argument("--speculate", choices=["ngram"], default=None,
                    help="ngram: draft tokens by prompt lookup and check them in one pass "
-                        "(the same greedy text, fewer passes; needs the cache) (default: off)")
+                        "(the same greedy text in fewer passes; needs the cache) (default: off)")
     add_extension_flags(p)
     p.set_defaults(handler=run)
 
