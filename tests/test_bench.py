@@ -33,7 +33,12 @@ def test_bench_vs_hf_writes_every_measure(tmp_path):
         assert set(g["percent_of_limit"]) == rows
         assert g["percent_of_limit"]["int8"] == 100 * g["int8"] / g["int8_limit"]
         assert g["percent_of_limit"]["hf"] == 100 * g["hf"] / g["fp32_limit"]
-    assert res["default_sampler"] in ("fp32", "bf16")
+    # the default is the format auto measured fastest, and the bench shows the figures
+    wc = res["weights_choice"]
+    assert res["default_sampler"] == ("int8" if wc["default"].startswith("int8") else
+                                      wc["default"])
+    assert wc["default"] == min(wc["ms_per_token"], key=wc["ms_per_token"].get)
+    assert f"auto chose {wc['default']}: matrix products per token" in r.stdout
     assert "int8 weights (torch._weight_int8pack_mm)" in res["samplers"]["int8"]
     ratios = res["ratio_vs_hf"]
     assert {"batch1_cache_default", "batch1_cache_int8", "batch1_cache_bf16", "eval"} <= set(ratios)

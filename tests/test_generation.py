@@ -221,13 +221,14 @@ def test_every_sampling_setting_is_a_sample_flag_with_the_dataclass_default():
     assert set(given_settings(args)) == set()
     flags = ["--" + n.replace("_", "-") for n in names]
     values = {"max_new_tokens": "7", "temperature": "0.5", "top_k": "3", "top_p": "0.9",
-              "seed": "4", "dtype": "float32", "quantize": "int8"}
+              "seed": "4", "dtype": "float32", "quantize": "int8", "speculate": "ngram"}
     assert set(values) == set(names)  # a new field needs a value here, and is a flag for free
     args = parser.parse_args(["sample", "--ckpt", "x",
                               *[a for f, n in zip(flags, names) for a in (f, values[n])]])
     got = sampling_settings(given_settings(args))
     assert got == SamplingSettings(max_new_tokens=7, temperature=0.5, top_k=3, top_p=0.9,
-                                   seed=4, dtype="float32", quantize="int8")
+                                   seed=4, dtype="float32", quantize="int8",
+                                   speculate="ngram")
 
 
 def test_a_bad_sampling_setting_reads_the_same_from_python_the_cli_and_the_server(tmp_path):
@@ -286,7 +287,8 @@ def test_training_samples_use_the_sampling_settings_of_the_run():
     from minigpt.config import MAX_TEMPERATURE, SamplingSettings, TrainConfig
 
     t = TrainConfig(sample_tokens=33, seed=5, sample_temperatures=[0.0, 1.0])
-    assert t.sampling(0.0) == SamplingSettings(max_new_tokens=33, temperature=0.0, seed=5)
+    assert t.sampling(0.0) == SamplingSettings(max_new_tokens=33, temperature=0.0, seed=5,
+                                               dtype="float32")  # the same on every machine
     SamplingSettings(temperature=MAX_TEMPERATURE)
     TrainConfig(sample_temperatures=[MAX_TEMPERATURE])
     for bad in (lambda: SamplingSettings(temperature=MAX_TEMPERATURE * 1.01),

@@ -10,7 +10,7 @@ from conftest import run_cli
 from minigpt.config import ModelConfig
 from minigpt.errors import MiniGPTError
 from minigpt.generation import generate, sample_text
-from minigpt.inference import INT8_KERNEL, Int8Linear, resolve_dtype, sampling_model
+from minigpt.inference import INT8_KERNEL, Int8Linear, sampling_model
 from minigpt.model import GPT
 from minigpt.tokenizers import CharTokenizer
 
@@ -69,7 +69,7 @@ def test_greedy_int8_text_is_deterministic_and_cached_matches_uncached():
     assert torch.equal(a, b)
 
 
-def test_float32_reproduces_the_float32_model_and_auto_follows_the_cpu():
+def test_float32_reproduces_the_float32_model_and_auto_follows_the_measurement():
     model, _ = _model()
     ids = torch.tensor([[1, 2, 3]])
     same, info = sampling_model(model, "float32")
@@ -81,11 +81,10 @@ def test_float32_reproduces_the_float32_model_and_auto_follows_the_cpu():
         for _ in range(10):
             x = torch.cat((x, model(x)[0][:, -1].argmax(-1, keepdim=True)), 1)
     assert torch.equal(out, x)
-    auto = resolve_dtype("auto", torch.device("cpu"))
-    has_bf16 = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-    assert auto == (torch.bfloat16 if has_bf16 else torch.float32)
-    m_auto, info = sampling_model(model, "auto")
-    assert m_auto.tok_emb.weight.dtype == auto and info.asked == "auto"
+    m_auto, info = sampling_model(model, "auto")  # the fastest format measured here
+    assert info.asked == "auto" and info.format == info.choice.fastest()
+    assert m_auto.tok_emb.weight.dtype == info.dtype
+    assert isinstance(m_auto.lm_head, Int8Linear) == (info.quantize == "int8")
 
 
 def test_sampling_copy_is_rebuilt_when_the_weights_change():
@@ -123,19 +122,20 @@ def test_sample_cli_reports_the_dtype_it_used(tmp_path):
     write_config(ck, cfg, 0)
     save_weights(ck / "model.safetensors", model, 0)
     tok.save(ck / "tokenizer.json")
-    auto = str(resolve_dtype("auto", torch.device("cpu"))).removeprefix("torch.")
+    info = sampling_model(model, "auto")[1]  # as measured (and cached) for these shapes
+    auto8 = str(sampling_model(model, "auto", "int8")[1].dtype).removeprefix("torch.")
     base = ["sample", "--ckpt", ck, "--prompt", "abc", "--temperature", "0",
             "--max-new-tokens", "12"]
     r = run_cli(*base)
     assert r.returncode == 0, r.stderr
-    assert f"sampling with {auto} weights (auto)" in r.stderr
+    assert f"sampling with {info.describe()}\n" in r.stderr
     r32 = run_cli(*base, "--dtype", "float32")
     assert "sampling with float32 weights\n" in r32.stderr
     want = tok.decode(generate(model, torch.tensor([tok.encode("abc")]), 12, temperature=0,
                                dtype="float32")[0].tolist())
     assert r32.stdout.strip("\n") == want
     r8 = [run_cli(*base, "--quantize", "int8") for _ in range(2)]
-    assert f"int8 weights ({INT8_KERNEL}), {auto} activations (auto)" in r8[0].stderr
+    assert f"int8 weights ({INT8_KERNEL}), {auto8} activations (auto: " in r8[0].stderr
     assert r8[0].stdout == r8[1].stdout and r8[0].stdout.startswith("abc")
     bad = run_cli(*base, "--quantize", "int4")
     assert bad.returncode == 2 and "Traceback" not in bad.stderr

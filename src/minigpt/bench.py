@@ -281,13 +281,17 @@ def _generation_rows(model: Any, hf: Any, batch: Callable, gen_tokens: int, reps
     """Generation tokens/s of every sampler (and HF), each against the weight-streaming
     limit of its own weights."""
     rows, limits, what = samplers(model)
-    default = sampling_model(model, "auto")[1]
+    default = sampling_model(model, "auto")[1]  # the format `auto` measured fastest here
+    choice = default.choice
     gen_reps = max(1, min(3, reps))
     others = [hf] if hf else []
     out: dict[str, Any] = {
         "samplers": {**what, **({"hf": "Hugging Face GPT2LMHeadModel.generate, float32"}
                                 if hf else {})},
-        "default_sampler": "bf16" if default.dtype == torch.bfloat16 else "fp32",
+        "default_sampler": "int8" if default.quantize else default.format,
+        "weights_choice": {"default": default.format, "ms_per_token": choice.ms,
+                           "cached": choice.cached,
+                           "file": str(choice.path) if choice.path else None},
         "generate_tokens_per_s": {}, "generate_reps": gen_reps}
     for b in (1, 8):
         for use_cache in (True, False) if not sampling_only else (True,):
@@ -364,6 +368,12 @@ def format_table(res: dict[str, Any]) -> str:
             label = ""
     lines.append("* the default (`--dtype auto`); limit: the same weights' matrix products "
                  "alone, tok/s")
+    wc = res.get("weights_choice")
+    if wc:
+        figures = ", ".join(f"{n} {v:.3g}" for n, v in sorted(wc["ms_per_token"].items(),
+                                                             key=lambda kv: kv[1]))
+        lines.append(f"  auto chose {wc['default']}: matrix products per token at batch 1, "
+                     f"{figures} ms ({'cached' if wc['cached'] else 'measured now'})")
     for name, desc in res["samplers"].items():
         lines.append(f"  {name}: {desc}")
     tail = (f"{res['threads']} threads; medians of {res['reps']} alternating timings "

@@ -41,6 +41,7 @@ Batching = Literal["stream", "documents"]
 Dtype = Literal["auto", "float32", "bfloat16"]
 Compile = Literal["off", "on", "auto"]
 Quantize = Literal["none", "int8"]  # sampling weights (`minigpt sample --quantize`)
+Speculate = Literal["none", "ngram"]  # drafting tokens (`minigpt sample --speculate`)
 # rope's context-extension methods (positional.rope_frequencies has the formulas and papers)
 RopeScaling = Literal["none", "linear", "ntk", "dynamic", "yarn", "llama3"]
 
@@ -253,9 +254,11 @@ class TrainConfig:
 
     def sampling(self, temperature: float) -> SamplingSettings:
         """The settings of one sample printed after training (and of the study's samples):
-        `sample_tokens` new tokens at `temperature`, seeded with the run's seed."""
+        `sample_tokens` new tokens at `temperature`, seeded with the run's seed, in float32
+        (not the weights `auto` measures fastest), so a run's samples are the same on every
+        machine."""
         return SamplingSettings(max_new_tokens=self.sample_tokens, temperature=temperature,
-                                seed=self.seed)
+                                seed=self.seed, dtype="float32")
 
 
 @dataclass
@@ -273,11 +276,14 @@ class SamplingSettings:
     top_p: float = setting(1.0, "nucleus sampling: keep the most likely tokens up to this "
                            "probability mass; 1 keeps all", metavar="FLOAT")
     seed: int = setting(0, "random seed; the same seed gives the same text", metavar="N")
-    dtype: Dtype = setting("auto", "weights for sampling: auto (bfloat16 on CPUs with native "
-                           "bf16 and on GPUs that support it, else float32), float32 (exact) "
-                           "or bfloat16")
+    dtype: Dtype = setting("auto", "weights for sampling: auto (the format, int8 included, "
+                           "whose matrix products measure fastest here; measured once, "
+                           "cached), float32 (exact) or bfloat16")
     quantize: Quantize = setting("none", "int8: weight-only int8 linear layers with one scale "
                                  "per output channel (about half the bytes of bf16 per token)")
+    speculate: Speculate = setting("none", "ngram: draft tokens by prompt lookup and check "
+                                   "them in one pass (the same greedy text in fewer passes; "
+                                   "one sequence, with the cache)")
 
     def __post_init__(self) -> None:
         _check_int(self, "max_new_tokens", 0, MAX_NEW_TOKENS)
@@ -291,11 +297,13 @@ class SamplingSettings:
         _check_int(self, "seed", 0, 2**63 - 1)
         _check_choice(self, "dtype")
         _check_choice(self, "quantize")
+        _check_choice(self, "speculate")
 
 
 # sampling settings that choose the weights: one choice per loaded model (a server's flags),
 # not per request
 WEIGHT_SETTINGS = ("dtype", "quantize")
+SAMPLE_ONLY_SETTINGS = ("speculate",)  # one sequence at a time: `sample`'s, not a server's
 
 
 def sampling_settings(given: dict[str, Any] | None = None,

@@ -18,7 +18,8 @@ import torch
 from .config import SamplingSettings, sampling_settings
 from .errors import MiniGPTError, arg
 from .inference import sampling_model
-from .model import GPT
+from .model import GPT, KVCache
+from .speculative import DRAFT_TOKENS, check_speculate, ngram_draft, verify
 
 
 def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None
@@ -48,9 +49,23 @@ def next_token(logits: torch.Tensor, temperature: float, top_k: int | None, top_
     """(B, V) logits of the last position -> (B, 1) chosen ids."""
     if temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
-    logits = filter_logits(logits.float() / temperature, top_k, top_p)
-    probs = logits.softmax(dim=-1)
-    return torch.multinomial(probs, 1, generator=generator)
+    logits = logits.float() / temperature
+    if top_k or (top_p is not None and top_p < 1.0):  # the filter only when asked for
+        logits = filter_logits(logits, top_k, top_p)
+    return draw(logits.softmax(dim=-1), generator)
+
+
+def draw(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """(B, V) probabilities -> (B, 1) ids: `torch.multinomial(probs, 1)` without its check of
+    the input (about ten small ops and a host sync per token). It is the race multinomial
+    itself runs for one sample, argmax of p / q with q ~ Exp(1) (the Gumbel-max trick in
+    exponential form), drawing the same numbers from `generator`, so a seed gives the same
+    token as before (pinned by tests/test_sampling_speed.py). Other devices keep multinomial.
+    """
+    if probs.device.type not in ("cpu", "cuda"):
+        return torch.multinomial(probs, 1, generator=generator)
+    q = torch.empty_like(probs).exponential_(1, generator=generator)
+    return torch.div(probs, q, out=q).argmax(dim=-1, keepdim=True)
 
 
 class Decoding:
@@ -76,6 +91,7 @@ class Decoding:
         self.settings = s
         max_new_tokens, temperature, top_k, top_p = (s.max_new_tokens, s.temperature, s.top_k,
                                                      s.top_p)
+        self.speculate = check_speculate(s.speculate, idx.shape[0], use_cache)
         if window is not None and window < 1:
             raise MiniGPTError(f"window must be a positive number of tokens, got {window}.")
         self.model, self.info = sampling_model(model, s.dtype, s.quantize)
@@ -101,26 +117,51 @@ class Decoding:
         was_training = model.training
         model.eval()
         cache = None
-        cache_cap = window if window is not None else self.ids.shape[1] + self.max_new_tokens
+        B, T0 = self.ids.shape
+        cache_cap = window if window is not None else T0 + self.max_new_tokens
+        # every id of the generation, written in place: self.ids is a view of its first n
+        buf = self.ids.new_empty(B, T0 + self.max_new_tokens)  # (B, T0 + max_new_tokens)
+        buf[:, :T0] = self.ids
+        nxt, n, end = None, T0, T0 + self.max_new_tokens
+        seen = buf[0, :T0].tolist() if self.speculate else []  # the ids drafts are looked up in
         try:
-            for _ in range(self.max_new_tokens):
-                idx = self.ids
-                visible = idx if window is None else idx[:, -window:]  # a view, no copy
-                if not self.use_cache:  # seq_len: the frequencies a cache would use
-                    logits, _ = model(visible, last_only=True, seq_len=cache_cap)
-                elif cache is None or cache.length + 1 > cache_cap:
-                    # (re)fill the cache with the whole visible context
-                    cache = model.new_cache(idx.shape[0], cache_cap)
-                    logits, _ = model(visible, cache=cache, last_only=True)
+            while n < end:
+                room = 0 if cache is None else min(end - n - 1, cache_cap - cache.length - 1)
+                draft = ngram_draft(seen, min(room, DRAFT_TOKENS)) if seen and room > 0 else []
+                if draft:  # several tokens from one pass (see minigpt.speculative)
+                    steps = verify(model, cache, nxt, draft, self.temperature, self.top_k,
+                                   self.top_p, self.generator)
                 else:
-                    logits, _ = model(idx[:, -1:], cache=cache, last_only=True)
-                last = logits[:, -1, :]  # (B, V)
-                nxt = next_token(last, self.temperature, self.top_k, self.top_p,
-                                 self.generator)  # (B, 1)
-                self.ids = torch.cat((idx, nxt), dim=1)
-                yield nxt, last
+                    tok, last, cache = self._step(model, buf, n, nxt, cache, cache_cap)
+                    steps = [(tok, last)]
+                for nxt, last in steps:
+                    buf[:, n:n + 1] = nxt
+                    n += 1
+                    self.ids = buf[:, :n]
+                    if self.speculate:
+                        seen.append(int(nxt))
+                    yield nxt, last
         finally:
             model.train(was_training)
+
+    def _step(self, model: GPT, buf: torch.Tensor, n: int, nxt: torch.Tensor | None,
+              cache: KVCache | None, cache_cap: int
+              ) -> tuple[torch.Tensor, torch.Tensor, KVCache | None]:
+        """One token after the first n of `buf`: its (B, 1) id, the (B, V) logits it was
+        drawn from, and the cache (a new one when it was (re)filled)."""
+        if self.use_cache and cache is not None and cache.length < cache_cap:
+            logits, _ = model(nxt, cache=cache, last_only=True)  # one new position
+        else:
+            window = self.window
+            visible = buf[:, max(0, n - window) if window else 0:n]  # a view, no copy
+            if not self.use_cache:  # seq_len: the frequencies a cache would use
+                logits, _ = model(visible, last_only=True, seq_len=cache_cap)
+            else:  # (re)fill the cache with the whole visible context
+                cache = model.new_cache(buf.shape[0], cache_cap)
+                logits, _ = model(visible, cache=cache, last_only=True)
+        last = logits[:, -1, :]  # (B, V)
+        nxt = next_token(last, self.temperature, self.top_k, self.top_p, self.generator)
+        return nxt, last, cache
 
 
 def generate(model: GPT, idx: torch.Tensor, max_new_tokens: int | None = None, *,
@@ -145,7 +186,8 @@ def generate(model: GPT, idx: torch.Tensor, max_new_tokens: int | None = None, *
 
     `dtype` ("auto", "float32", "bfloat16") and `quantize` ("none" or "int8") choose the
     weights the tokens are computed with (see `minigpt.inference`); `model` itself is left
-    as it is. "float32" reproduces the float32 model exactly.
+    as it is. "float32" reproduces the float32 model exactly. `speculate="ngram"` drafts
+    tokens by prompt lookup and checks them in one pass (batch 1; `minigpt.speculative`).
     """
     if settings is not None or knobs.get("seed") is not None:
         if generator is not None:

@@ -1,12 +1,13 @@
 """The weights a model samples with: a dtype (`auto`, float32, bfloat16) and optional int8.
 
 Batch-1 decoding reads every weight once per token, so its speed is set by how many bytes
-the weights take and how fast the matrix-vector kernels stream them. `auto` picks bf16
-weights where bf16 matrix products are native (CPUs with AVX512-BF16 or AMX, GPUs that
-support bf16), the same decision training's `--dtype auto` makes, and float32 elsewhere.
-`quantize="int8"` stores every linear layer's weight as int8 with one scale per output
-channel (symmetric, absmax / 127) and multiplies with PyTorch's own weight-only int8
-kernel, `torch._weight_int8pack_mm`; the token embedding stays in the sampling dtype.
+the weights take and how fast the matrix-vector kernels stream them. `auto` takes the format
+(fp32, bf16, int8 with bf16 or fp32 activations; with `quantize="int8"` only the int8 ones)
+whose matrix products measure fastest on this machine at these shapes (`weights_choice`:
+measured once, cached). `quantize="int8"` stores every linear layer's weight as int8 with
+one scale per output channel (symmetric, absmax / 127) and multiplies with PyTorch's own
+weight-only int8 kernel, `torch._weight_int8pack_mm`; the token embedding stays in the
+sampling dtype.
 
 The user's model is never changed: `sampling_model` returns a converted copy, built once
 and kept on the model until its weights change (a training step, `load_state_dict`, a
@@ -23,8 +24,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import Dtype, Quantize, TrainConfig
+from .config import ModelConfig, Dtype, Quantize
 from .errors import MiniGPTError
+from .weights_choice import FORMATS, Choice, choose, format_name
 
 DTYPES = typing.get_args(Dtype)
 QUANTIZE = typing.get_args(Quantize)
@@ -32,13 +34,22 @@ INT8_KERNEL = "torch._weight_int8pack_mm"
 INT8_FALLBACK = "dequantize + matmul"
 
 
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """`auto` -> bf16 where training's `--dtype auto` would use bf16 here, else float32."""
-    if name not in DTYPES:
-        raise MiniGPTError(f"dtype must be one of {', '.join(DTYPES)}, got {name!r}.")
-    from .runtime import autocast_dtype  # one decision for training and sampling
-
-    return autocast_dtype(TrainConfig(dtype=name), device) or torch.float32
+def sampling_format(cfg: ModelConfig, device: torch.device, dtype: str = "auto",
+                    quantize: str | None = None
+                    ) -> tuple[torch.dtype, str | None, Choice | None]:
+    """(dtype, quantize) as asked -> the (dtype, quantize) to sample with, and the measured
+    figures it was chosen by (measured for `auto` and for int8, to warn when int8 is slow)."""
+    if dtype not in DTYPES:
+        raise MiniGPTError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}.")
+    quantize = check_quantize(quantize)
+    choice = choose(cfg, device) if dtype == "auto" or quantize else None
+    if dtype != "auto":
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype], quantize, choice
+    pool = [n for n, (_, q) in FORMATS.items() if quantize is None or q == quantize]
+    if not any(n in choice.ms for n in pool):  # no int8 kernel here: the fallback, faster dtype
+        pool = ["fp32", "bf16"]
+    target, q = FORMATS[choice.fastest(pool)]
+    return target, quantize or q, choice
 
 
 def check_quantize(quantize: str | None) -> str | None:
@@ -106,13 +117,33 @@ class SamplingInfo:
     quantize: str | None
     kernel: str | None  # the int8 kernel, when quantized
     asked: str  # the dtype the caller asked for ("auto", "float32", "bfloat16")
+    choice: Choice | None = None  # the measured figures (auto, int8)
+
+    @property
+    def format(self) -> str:
+        """fp32, bf16, int8 or int8-fp32 (see `weights_choice.FORMATS`)."""
+        return format_name(self.dtype, self.quantize)
 
     def describe(self) -> str:
+        """One line: the weights, and for auto the figures they were chosen by."""
         name = str(self.dtype).removeprefix("torch.")
-        why = " (auto)" if self.asked == "auto" else ""
-        if self.quantize:
-            return f"int8 weights ({self.kernel}), {name} activations{why}"
-        return f"{name} weights{why}"
+        what = (f"int8 weights ({self.kernel}), {name} activations" if self.quantize
+                else f"{name} weights")
+        if self.asked == "auto" and self.choice is not None:
+            return (f"{what} (auto: fastest here; matrix products per token: "
+                    f"{self.choice.figures()})")
+        return what + (" (auto)" if self.asked == "auto" else "")
+
+    @property
+    def warning(self) -> str | None:
+        """One line when int8 was asked for but measures slower here than bf16 weights."""
+        ms = self.choice.ms if self.choice else {}
+        mine = ms.get(self.format) if self.quantize else None
+        if mine is None or "bf16" not in ms or mine <= ms["bf16"]:
+            return None
+        return (f"warning: int8 weights measure slower here than bfloat16 ({mine:.3g} vs "
+                f"{ms['bf16']:.3g} ms of matrix products per token); --dtype auto without "
+                "--quantize picks the fastest.")
 
 
 def sampling_model(model: nn.Module, dtype: str = "auto", quantize: str | None = None
@@ -122,11 +153,10 @@ def sampling_model(model: nn.Module, dtype: str = "auto", quantize: str | None =
     Returns `model` itself when nothing needs converting; otherwise a converted copy in
     eval mode, cached on `model` and rebuilt only when its weights change.
     """
-    quantize = check_quantize(quantize)
     w = model.tok_emb.weight
-    target = resolve_dtype(dtype, w.device)
+    target, quantize, choice = sampling_format(model.cfg, w.device, dtype, quantize)
     if quantize is None and w.dtype == target:
-        return model, SamplingInfo(target, None, None, dtype)
+        return model, SamplingInfo(target, None, None, dtype, choice)
     stamp = tuple((p.data_ptr(), p._version) for p in model.parameters())
     cache = model.__dict__.get("_sampling_variants")
     if cache is None or cache["stamp"] != stamp:  # first use, or the weights changed
@@ -136,7 +166,7 @@ def sampling_model(model: nn.Module, dtype: str = "auto", quantize: str | None =
         cache["models"][key] = _convert(model, target, quantize)
     variant = cache["models"][key]
     kernel = next((m.kernel for m in variant.modules() if isinstance(m, Int8Linear)), None)
-    return variant, SamplingInfo(target, quantize, kernel, dtype)
+    return variant, SamplingInfo(target, quantize, kernel, dtype, choice)
 
 
 def _convert(model: nn.Module, dtype: torch.dtype, quantize: str | None) -> nn.Module:

@@ -90,7 +90,9 @@ class CausalSelfAttention(nn.Module):
             # in docs/performance-sampling.md), so attention runs in fp32 (the cache is kept
             # in fp32 on CPUs, see new_cache)
             q, k, v = q.float(), k.float(), v.float()
-        with torch.autocast("cpu", enabled=False) if fp32_attention else nullcontext():
+        # (leaving an autocast region costs more than the attention of one token: only when on)
+        off = fp32_attention and torch.is_autocast_enabled("cpu")
+        with torch.autocast("cpu", enabled=False) if off else nullcontext():
             if self.capture:
                 y = self._explicit(q, k, v, ctx)
             else:
@@ -240,13 +242,14 @@ class GPT(nn.Module):
         start = cache.length if cache is not None else 0
         ctx = self.attention_context(T, start, idx.device, cache, seq_len)
         x = self.pos.embed(self.tok_emb(idx), ctx.pos)  # (B, T, C)
-        x = self.drop(x)
+        if self.training:  # eval: skip the no-op call
+            x = self.drop(x)
         for i, block in enumerate(self.blocks):
             x = block(x, ctx, i)
         if cache is not None:
             cache.length += T
         x = self.ln_f(x)
-        if last_only:
+        if last_only and T > 1:
             x = x[:, -1:, :]
         logits = self.lm_head(x)  # (B, T, V)
         loss = None

@@ -42,6 +42,8 @@ def run(args: argparse.Namespace) -> int:
                          num_samples=args.num_samples, use_cache=not args.no_cache,
                          warn=lambda m: print(m, file=sys.stderr))
     print(f"sampling with {pieces.info.describe()}", file=sys.stderr)
+    if pieces.info.warning:
+        print(pieces.info.warning, file=sys.stderr)
     sample = None
     for i, text in pieces:
         if i != sample:

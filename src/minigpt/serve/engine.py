@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import WEIGHT_SETTINGS, SamplingSettings, sampling_settings
+from ..config import SAMPLE_ONLY_SETTINGS, WEIGHT_SETTINGS, SamplingSettings, sampling_settings
 from ..errors import MiniGPTError
 
 TOP_K_SHOWN = 5  # alternatives shown on hover
@@ -149,7 +149,7 @@ class Turnstile:
 # the sampling settings a request may give: every SamplingSettings field but the weights,
 # which the server chooses once per model (`minigpt serve --dtype/--quantize`)
 REQUEST_SETTINGS = tuple(f.name for f in dataclasses.fields(SamplingSettings)
-                         if f.name not in WEIGHT_SETTINGS)
+                         if f.name not in (*WEIGHT_SETTINGS, *SAMPLE_ONLY_SETTINGS))
 
 
 @dataclass

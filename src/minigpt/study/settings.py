@@ -72,7 +72,7 @@ class StudySettings:
     rope_checkpoints: str | None = setting(
         None, "existing rope checkpoints, one per seed, used as the study's rope runs instead of "
         "training them (the study takes its model, data and training settings from them; "
-        "with --extend)", metavar="DIR,DIR,...")
+        "with --extend)", metavar="A,B,...")
     jobs: int | None = setting(
         None, "runs trained at once, each in its own process with its share of the threads "
         "(one per GPU on several GPUs)", default_text="one per CPU core, or per GPU; printed")
