@@ -25,6 +25,7 @@ import torch
 
 from .config import Speculate
 from .errors import MiniGPTError, arg
+from .logits import draw, filter_logits
 
 # tokens proposed per pass: HF's default is 10, but on a CPU a pass over 11 positions costs
 # 1.5-2x one over 1, and 3 was fastest on Shakespeare (docs/performance-sampling.md)
@@ -65,8 +66,6 @@ def keep_or_redraw(probs: torch.Tensor, draft: list[int], generator: torch.Gener
     (1, 1) ids: each draft kept with probability p(draft) (its proposer was certain of it);
     at the first refusal one draw from p without it, and after k kept one draw from the
     last row. Each emitted token is so distributed exactly as p of its position."""
-    from .generation import draw
-
     k = len(draft)
     ids = torch.tensor(draft, dtype=torch.long, device=probs.device)[:, None]  # (k, 1)
     u = torch.rand(k, device=probs.device, generator=generator).tolist()
@@ -91,7 +90,6 @@ def verify(model, cache, last: torch.Tensor, draft: list[int], temperature: floa
     the kept draft tokens, then one the model chose. The cache keeps `last` and the kept
     drafts; the final emitted token is the next step's input. Every position's choice is
     computed at once and read back in one go (one host sync, not one per token)."""
-    from .generation import filter_logits
 
     start, k = cache.length, len(draft)
     x = torch.cat((last, torch.tensor([draft], dtype=last.dtype, device=last.device)), 1)
