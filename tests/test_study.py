@@ -340,6 +340,20 @@ def test_rerun_skips_finished_runs(study: SimpleNamespace) -> None:
     assert {p: p.stat().st_mtime_ns for p in before} == before
 
 
+def test_a_second_compare_on_the_same_out_is_refused_while_one_runs(study: SimpleNamespace
+                                                                     ) -> None:
+    """Two compares writing the same runs at once would corrupt them: the second is refused
+    in one sentence while the first holds the study's lock, and nothing is touched."""
+    from minigpt.files import exclusive
+
+    before = (study.out / "results.json").read_bytes()
+    with exclusive(study.out / "study.lock", "held by this test"):
+        r = run_cli("compare", *study.args, "--out", study.out)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert f"another minigpt compare is writing to {study.out}" in r.stderr
+    assert (study.out / "results.json").read_bytes() == before
+
+
 def test_changed_settings_refused_without_force(study: SimpleNamespace, tmp_path: Path) -> None:
     out = tmp_path / "copy"
     shutil.copytree(study.out, out)

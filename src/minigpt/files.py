@@ -215,3 +215,21 @@ def read_json(path: str | Path, what: str = "file",
         raise error(f"{what} {p} does not exist.") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         raise error(f"{what} {p} is not readable JSON.") from None
+
+
+@contextmanager
+def exclusive(path: Path, busy: str) -> Iterator[None]:
+    """Hold an advisory lock on the file `path` (created if missing) for the block; if another
+    process holds it, MiniGPTError(busy) at once. The lock goes with the process, so a killed
+    holder never leaves a stale one. Where the OS has no flock (Windows) it is not taken."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover
+        yield
+        return
+    with open(path, "a+b") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise MiniGPTError(busy) from None
+        yield

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,7 +27,7 @@ from typing import Any
 
 from ..version import __version__
 from ..errors import MiniGPTError
-from ..files import atomic_write_json, read_json
+from ..files import atomic_write_json, exclusive, read_json
 from ..results_schema import SCHEMA, SCHEMA_VERSION, validate
 from ..runtime import is_main_process, resolve_device
 from .variants import study_fields as extension_fields
@@ -39,6 +40,7 @@ from .settings import Study, diff_settings
 from .paragraph import summarize
 
 Log = Callable[[str], None]
+LOCK = "study.lock"  # held by the compare writing to the study
 
 
 @dataclass
@@ -110,6 +112,15 @@ def run_study(study: Study, out: str | Path, *, force: bool = False, progress: b
         (out / "runs").mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise MiniGPTError(f"cannot create output directory {out}: {e.strerror}.") from None
+    busy = (f"another minigpt compare is writing to {out} (it holds {out / LOCK}); wait for it "
+            "to finish or stop it, or choose another --out.")
+    lock = exclusive(out / LOCK, busy) if is_main_process() else nullcontext()
+    with lock:  # two studies training the same runs at once would corrupt them
+        return _train_and_report(study, out, data, force, progress, log, t0)
+
+
+def _train_and_report(study: Study, out: Path, data: Any, force: bool, progress: bool,
+                      log: Log, t0: float) -> StudyOutcome:
     write_study_file(study, out, "running")
     vocab = data.tokenizer.vocab_size
     verification = verify_shared_init(study, vocab)
@@ -118,18 +129,7 @@ def run_study(study: Study, out: str | Path, *, force: bool = False, progress: b
     log(f"{plan.jobs} run(s) at a time ({plan.why})")
     jobs = [Job(study, out, name, pos, seed, i, vocab, force, progress and plan.jobs == 1)
             for i, (name, pos, seed) in enumerate(study.runs(), 1)]
-    try:
-        if plan.jobs > 1:  # the variants start from the rope runs: those first
-            first = [j for j in jobs if study.variant(j.pos) is None]
-            trained, skipped, interrupted = run_parallel(first, plan, log)
-            then = [j for j in jobs if study.variant(j.pos) is not None]
-            if then and not interrupted:
-                more = run_parallel(then, plan, log)
-                trained, skipped, interrupted = trained + more[0], skipped + more[1], more[2]
-        else:
-            trained, skipped, interrupted = run_sequential(jobs, data, log)
-    except KeyboardInterrupt:  # a second Ctrl-C in training, or one during evaluation
-        trained, skipped, interrupted = [], [], True
+    trained, skipped, interrupted = _run_jobs(study, jobs, plan, data, log)
     if interrupted:
         write_study_file(study, out, "interrupted")
         log("study interrupted; every finished step is saved: run the same command again "
@@ -150,6 +150,23 @@ def run_study(study: Study, out: str | Path, *, force: bool = False, progress: b
     write_report(results, out)
     write_study_file(study, out, "complete")
     return StudyOutcome(out, results, trained, skipped, jobs=plan.jobs)
+
+
+def _run_jobs(study: Study, jobs: list[Job], plan: Any, data: Any, log: Log
+              ) -> tuple[list[str], list[str], bool]:
+    """Every run, several at once or one after another: (trained, skipped, interrupted)."""
+    try:
+        if plan.jobs > 1:  # the variants start from the rope runs: those first
+            first = [j for j in jobs if study.variant(j.pos) is None]
+            trained, skipped, interrupted = run_parallel(first, plan, log)
+            then = [j for j in jobs if study.variant(j.pos) is not None]
+            if then and not interrupted:
+                more = run_parallel(then, plan, log)
+                trained, skipped, interrupted = trained + more[0], skipped + more[1], more[2]
+            return trained, skipped, interrupted
+        return run_sequential(jobs, data, log)
+    except KeyboardInterrupt:  # a second Ctrl-C in training, or one during evaluation
+        return [], [], True
 
 
 def collect_results(study: Study, out: Path, vocab: int, device: Any,
