@@ -67,7 +67,7 @@ def test_the_readme_starts_with_the_two_commands_and_links_to_real_pages():
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     first = blocks(ROOT / "README.md", "bash")[0].splitlines()
     assert [line.split("#")[0].strip() for line in first] == ["make demo", "make test"]
-    assert 8_000 <= len(text.encode()) <= 13_500  # an index, not a wall
+    assert 8_000 <= len(text.encode()) <= 14_700  # an index, not a wall
     for page in PAGES:
         for link in re.findall(r"\]\(((?:\.\./|docs/)?[\w./-]+\.md)(?:#[\w-]+)?\)",
                                page.read_text(encoding="utf-8")):
