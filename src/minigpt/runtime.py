@@ -5,8 +5,11 @@ torchrun job. Every room asks here, so each decision is made one way.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+import platform
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -146,3 +149,33 @@ def rank_rng_states(ranks: Dist) -> list[torch.Tensor] | None:
     states = [torch.empty_like(mine) for _ in range(ranks.world)]
     dist.all_gather(states, mine)
     return states
+
+
+@functools.cache
+def cpu_name() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo), else what the platform says."""
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return name
+
+
+def cpu_flags() -> str:
+    """The CPU features that decide speed here: the widest vector unit and native bf16."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown"
+    flags = set(next((ln.split(":", 1)[1].split() for ln in text.splitlines()
+                      if ln.startswith("flags")), []))
+    if not flags:
+        return "unknown"
+    vec = "AVX512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    bf16 = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
+    names = {"avx512_bf16": "AVX512-BF16", "amx_bf16": "AMX-BF16"}
+    return f"{vec}, " + (" + ".join(names[f] for f in bf16) + " (native bf16)" if bf16
+                         else "no native bf16")

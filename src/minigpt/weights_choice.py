@@ -19,10 +19,8 @@ and stays in `runtime.autocast_dtype`.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
-import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +31,7 @@ import torch.nn.functional as F
 from .config import ModelConfig
 from .errors import MiniGPTError
 from .files import atomic_write_json
+from .runtime import cpu_name
 
 # name -> (activation/weights dtype, quantize): every format `auto` may choose
 FORMATS: dict[str, tuple[torch.dtype, str | None]] = {
@@ -90,21 +89,10 @@ def machine(device: torch.device) -> dict[str, str | int]:
         flags = [f for f, check in (("avx512_bf16", "_is_avx512_bf16_supported"),
                                     ("amx", "_is_amx_tile_supported"))
                  if getattr(cpu, check, lambda: False)()]
-        out["cpu"] = _cpu_model()
+        out["cpu"] = cpu_name()
         out["isa"] = "+".join([torch.backends.cpu.get_cpu_capability(), *flags])
         out["threads"] = torch.get_num_threads()
     return out
-
-
-@functools.cache
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def shapes(cfg: ModelConfig) -> dict[str, int | bool]:

@@ -16,7 +16,7 @@ import numpy as np
 from ..version import __version__
 from ..metrics import read_metrics
 from ..results_schema import GEN_METRICS
-from ..runtime import autocast_dtype
+from ..runtime import autocast_dtype, cpu_flags, cpu_name
 from .variants import aggregate_fields as variant_fields
 from .stats import mean_std
 
@@ -38,34 +38,6 @@ def environment(device: Any, train_cfg: Any = None, jobs: int = 1,
             "cpu_count": os.cpu_count(), "cpu_flags": cpu_flags(), "jobs": jobs,
             "train_precision": f"{str(amp).removeprefix('torch.')} autocast" if amp
             else "float32"}
-
-
-def cpu_name() -> str:
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return name
-
-
-def cpu_flags() -> str:
-    """The CPU features that decide speed here: the widest vector unit and native bf16."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "unknown"
-    flags = set(next((ln.split(":", 1)[1].split() for ln in text.splitlines()
-                      if ln.startswith("flags")), []))
-    if not flags:
-        return "unknown"
-    vec = "AVX512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
-    bf16 = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
-    names = {"avx512_bf16": "AVX512-BF16", "amx_bf16": "AMX-BF16"}
-    return f"{vec}, " + (" + ".join(names[f] for f in bf16) + " (native bf16)" if bf16
-                         else "no native bf16")
 
 
 def reset_peak(device: Any) -> bool:
