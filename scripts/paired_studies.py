@@ -1,9 +1,12 @@
-"""Compare two task studies that differ in one setting (for example --random-positions), run
-by run: the same encodings, seeds and test instances, so every accuracy is paired by seed and
-instance. Uses the study's own test (hierarchical bootstrap error, Student's t) and Holm over
-every (encoding, length) past the trained lengths.
+"""Compare two studies that differ in one setting (for example --random-positions), run by
+run: the same objective, encodings and evaluation items, paired by seed (the seeds both
+studies ran) and by item. Tasks: accuracy per held-out instance at every length past the
+trained ones. Language modelling: the mean loss of every scored window at every length (the
+same targets in both; lower is better). Uses the study's own test (hierarchical bootstrap
+error, Student's t) and Holm over every (encoding, length) compared.
 
     python scripts/paired_studies.py runs/passkey-rp runs/passkey
+    python scripts/paired_studies.py runs/lm-rp runs/lm
 """
 
 from __future__ import annotations
@@ -15,27 +18,43 @@ from pathlib import Path
 from minigpt.study.stats import Family, Items
 
 
-def hits(results: dict, pos: str, n: int) -> Items:
+def items(results: dict, pos: str, n: int, seeds: list[int]) -> Items | None:
+    """Per seed, the scored items of `pos` at length n (None where a run has none)."""
     per_seed = []
-    for r in sorted((r for r in results["runs"] if r["pos"] == pos), key=lambda r: r["seed"]):
-        row = next(x for x in r["task_accuracy"]["results"] if x["length"] == n)
-        per_seed.append(row["per_instance"])
-    return Items.of(per_seed)
+    for r in sorted((r for r in results["runs"] if r["pos"] == pos and r["seed"] in seeds),
+                    key=lambda r: r["seed"]):
+        if "task_accuracy" in r:
+            row = next(x for x in r["task_accuracy"]["results"] if x["length"] == n)
+            per_seed.append(row["per_instance"])
+        else:
+            row = next(x for x in r["length_generalization"]["results"] if x["length"] == n)
+            if row["loss"] is None:
+                return None
+            per_seed.append(row["window_loss"])
+    block = next((r["length_generalization"].get("windows_per_block", 1) for r in
+                  results["runs"] if "length_generalization" in r), 1)
+    return Items.of(per_seed, block)
 
 
 def main(a_dir: str, b_dir: str) -> None:
     a, b = (json.loads((Path(d) / "results.json").read_text()) for d in (a_dir, b_dir))
-    if a["study"]["seeds"] != b["study"]["seeds"] or a["study"]["lengths"] != b["study"]["lengths"]:
-        sys.exit("the two studies must have the same seeds and lengths")
-    nmax = a["study"]["max_train_length"]
+    sa, sb = a["study"], b["study"]
+    seeds = sorted(set(sa["seeds"]) & set(sb["seeds"]))
+    if sa["task"] != sb["task"] or sa["lengths"] != sb["lengths"] or len(seeds) < 2:
+        sys.exit("the two studies must have the same objective and lengths, and 2+ seeds in "
+                 "common")
+    first = sa.get("max_train_length", sa["block_size"] - 1)  # lm: L itself is compared too
     family = Family()
-    encodings = [p for p in a["study"]["encodings"] if p in b["study"]["encodings"]]
+    encodings = [p for p in sa["encodings"] if p in sb["encodings"]]
     for pos in encodings:
-        for n in (n for n in a["study"]["lengths"] if n > nmax):
-            family.add(f"{pos}@{n}", hits(a, pos, n), hits(b, pos, n))
+        for n in (n for n in sa["lengths"] if n > first):
+            ia, ib = items(a, pos, n, seeds), items(b, pos, n, seeds)
+            if ia is not None and ib is not None:
+                family.add(f"{pos}@{n}", ia, ib)
     family.resolve()
-    print(f"{a_dir} minus {b_dir}: accuracy difference, 95% interval, Holm-adjusted p "
-          f"({len(family.comparisons)} comparisons)")
+    what = "accuracy" if sa["task"] != "lm" else "mean loss (nats; lower is better)"
+    print(f"{a_dir} minus {b_dir}: {what} difference, 95% interval, Holm-adjusted p "
+          f"({len(family.comparisons)} comparisons, seeds {seeds})")
     for c in family.comparisons.values():
         mark = "differs" if c.differs else "within noise"
         print(f"  {c.key:14s} {c.diff:+.3f} [{c.lo:+.3f}, {c.hi:+.3f}]  p_holm {c.p_holm:.3f}  "
