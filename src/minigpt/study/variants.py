@@ -19,6 +19,10 @@ transformers `dynamic` type; Peng et al. 2023 section 3.3), so there is nothing 
 fine-tune. `none` is plain RoPE fine-tuned at s x L (the "direct extrapolation" fine-tune
 PI is compared against); zero-shot it would be the rope run itself. Fine-tuned variants train
 from the rope run of the same seed, so the seed pairs them with it in every comparison.
+
+This module says what the variants are (their configs, the rope checkpoints a study may
+adopt with --rope-checkpoints, their part of results.json); variant_runs.py runs them and
+extension.py reads them in the report.
 """
 
 from __future__ import annotations
