@@ -143,8 +143,13 @@ def run_record(model: Any, cfg: Any, run_dir: Path, name: str,
 
 
 def read_trained(run_dir: Path) -> dict[str, Any]:
+    return read_dict(run_dir / "trained.json")
+
+
+def read_dict(path: Path) -> dict[str, Any]:
+    """A JSON object a run wrote, or {} where it is missing or unreadable."""
     try:
-        raw = json.loads((run_dir / "trained.json").read_text(encoding="utf-8"))
+        raw = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return {}
     return raw if isinstance(raw, dict) else {}

@@ -6,7 +6,6 @@ retrained rope run redoes its variants and an unchanged one skips them."""
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Any
 from ..config import merge
 from ..errors import ConfigError, MiniGPTError
 from ..files import atomic_write_json
-from .records import run_record
+from .records import read_dict, run_record
 from .settings import run_name
 from .state import STOP, ensure_prepared, run_state, uses_criterion
 from .variants import EXTENDS, Variant, variant_config
@@ -117,7 +116,7 @@ def _variant_fields(record: dict[str, Any], job: Any, v: Variant, model: Any, cf
         cost = {"steps": 0, "time_s": 0.0, "tokens": 0, "final_val_loss": None}
         record["dir"] = _dir_text(job.out, src)
     if uses_criterion(job.study):
-        base = read_json_dict(job.out / "runs" / base_name / "result.json")
+        base = read_dict(job.out / "runs" / base_name / "result.json")
         record["training"]["checks"] = base.get("training", {}).get("checks", [])
         record["training"]["criterion"] = job.study.settings.criterion
     record["pos"] = v.label
@@ -163,15 +162,7 @@ def do_adopted(job: Any, src: Path, log: Any, data: Any = None) -> str:
     return "evaluated"
 
 
-def read_json_dict(path: Path) -> dict[str, Any]:
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return {}
-    return raw if isinstance(raw, dict) else {}
-
-
 def _stamp(run_dir: Path) -> Any:
-    return read_json_dict(run_dir / "result.json").get("variant_stamp")
+    return read_dict(run_dir / "result.json").get("variant_stamp")
 
 
