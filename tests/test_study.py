@@ -67,7 +67,10 @@ def test_paired_bootstrap_and_wilson() -> None:
     assert same["lo"] <= 0 <= same["hi"]
     lo, hi = evaluation.wilson_interval(90, 200)
     assert lo == pytest.approx(0.3820, abs=1e-3) and hi == pytest.approx(0.5198, abs=1e-3)
-    assert evaluation.wilson_interval(0, 200)[0] == 0.0
+    for n in (200, 1000):  # exact ends: rounding gave 0.9999999999999999 and 2e-19, and a
+        # one-seed accuracy plot then drew a negative error bar (matplotlib raised)
+        assert evaluation.wilson_interval(0, n)[0] == 0.0
+        assert evaluation.wilson_interval(n, n)[1] == 1.0
 
 
 class ConstantLM(nn.Module):

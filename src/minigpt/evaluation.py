@@ -237,7 +237,9 @@ def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
     den = 1 + z * z / n
     mid = (p + z * z / (2 * n)) / den
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return max(0.0, mid - half), min(1.0, mid + half)
+    # exactly 0 at k = 0 and 1 at k = n (rounding made 1.0 into 0.9999999999999999, and a
+    # plot's error bar of the point above its interval negative)
+    return (0.0 if k == 0 else max(0.0, mid - half)), (1.0 if k == n else min(1.0, mid + half))
 
 
 def unigram_ppl(train: np.ndarray, targets: np.ndarray, vocab_size: int, *,

@@ -134,7 +134,8 @@ def plot_accuracy(results: dict[str, Any], path: Path) -> Path:
             if a["seeds"] > 1:  # error bars: sample std over seeds
                 lo = hi = c["accuracy"]["std"] or 0.0
             else:  # the 95% Wilson interval of the one seed
-                lo, hi = m - one["ci_low"], one["ci_high"] - m
+                # (clamped: records written before the interval's ends were exact)
+                lo, hi = max(0.0, m - one["ci_low"]), max(0.0, one["ci_high"] - m)
             pts.append((c["length"] * dodge, m, lo, hi))
         if not pts:
             continue
