@@ -25,6 +25,8 @@ def items(results: dict, pos: str, n: int, seeds: list[int]) -> Items | None:
                     key=lambda r: r["seed"]):
         if "task_accuracy" in r:
             row = next(x for x in r["task_accuracy"]["results"] if x["length"] == n)
+            if row["accuracy"] is None:  # not evaluated there (learned past L)
+                return None
             per_seed.append(row["per_instance"])
         else:
             row = next(x for x in r["length_generalization"]["results"] if x["length"] == n)
