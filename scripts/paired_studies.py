@@ -15,27 +15,17 @@ import json
 import sys
 from pathlib import Path
 
+from minigpt.study.registry import get_objective
 from minigpt.study.stats import Family, Items
 
 
 def items(results: dict, pos: str, n: int, seeds: list[int]) -> Items | None:
-    """Per seed, the scored items of `pos` at length n (None where a run has none)."""
-    per_seed = []
-    for r in sorted((r for r in results["runs"] if r["pos"] == pos and r["seed"] in seeds),
-                    key=lambda r: r["seed"]):
-        if "task_accuracy" in r:
-            row = next(x for x in r["task_accuracy"]["results"] if x["length"] == n)
-            if row["accuracy"] is None:  # not evaluated there (learned past L)
-                return None
-            per_seed.append(row["per_instance"])
-        else:
-            row = next(x for x in r["length_generalization"]["results"] if x["length"] == n)
-            if row["loss"] is None:
-                return None
-            per_seed.append(row["window_loss"])
-    block = next((r["length_generalization"].get("windows_per_block", 1) for r in
-                  results["runs"] if "length_generalization" in r), 1)
-    return Items.of(per_seed, block)
+    """Per seed (in seed order, so the two studies pair up), the items the study's objective
+    scores for `pos` at length n; None where a run has none (learned past L)."""
+    runs = sorted((r for r in results["runs"] if r["pos"] == pos and r["seed"] in seeds),
+                  key=lambda r: r["seed"])
+    got = get_objective(results["study"]["task"]).score_items({**results, "runs": runs}, pos, n)
+    return None if any(len(s) == 0 for s in got.seeds) else got
 
 
 def main(a_dir: str, b_dir: str) -> None:
